@@ -1,0 +1,86 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""Streaming encoders/decoders for stored layers: 'none' or one lz4 frame (self-describing, checksummed)."""
+
+from __future__ import annotations
+
+import traceback
+
+try:
+    import lz4.frame as lz4_frame
+    HAS_LZ4 = True
+    LZ4_IMPORT_ERROR = None
+except ImportError:
+    HAS_LZ4 = False
+    LZ4_IMPORT_ERROR = traceback.format_exc()
+
+from ._errors import BlobCorruptError, DogestryError
+
+
+class _Identity:
+    def update(self, data: bytes) -> bytes:
+        return data
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class _Lz4Encoder:
+    def __init__(self):
+        # Content checksum off: the sha256 of the decoded bytes is the check that matters.
+        self._compressor = lz4_frame.LZ4FrameCompressor(block_size=lz4_frame.BLOCKSIZE_MAX4MB, auto_flush=False)
+        self._header = self._compressor.begin()
+
+    def update(self, data: bytes) -> bytes:
+        out = self._compressor.compress(data)
+        if self._header:
+            out, self._header = self._header + out, b""
+        return out
+
+    def finish(self) -> bytes:
+        out = self._header + self._compressor.flush()
+        self._header = b""
+        return out
+
+
+class _Lz4Decoder:
+    def __init__(self, what: str):
+        self._decompressor = lz4_frame.LZ4FrameDecompressor()
+        self._what = what
+
+    def update(self, data: bytes) -> bytes:
+        if self._decompressor.eof:
+            if data:
+                raise BlobCorruptError("%s has data after the end of its lz4 frame" % self._what)
+            return b""
+        try:
+            return self._decompressor.decompress(data)
+        except RuntimeError as exc:
+            raise BlobCorruptError("%s is not a valid lz4 frame (%s)" % (self._what, exc))
+
+    def finish(self) -> bytes:
+        if not self._decompressor.eof:
+            raise BlobCorruptError("%s ends in the middle of its lz4 frame (truncated)" % self._what)
+        return b""
+
+
+def _require_lz4():
+    if not HAS_LZ4:
+        raise DogestryError("the Python package 'lz4' is required for lz4-encoded layers: pip install lz4")
+
+
+def encoder(encoding: str):
+    """An object with update(bytes)->bytes and finish()->bytes."""
+    if encoding == "none":
+        return _Identity()
+    _require_lz4()
+    return _Lz4Encoder()
+
+
+def decoder(encoding: str, what: str):
+    if encoding == "none":
+        return _Identity()
+    _require_lz4()
+    return _Lz4Decoder(what)

@@ -1,0 +1,113 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""The few Docker daemon calls the engine needs, through the Docker SDK, API version negotiated."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Dict, Iterable, Iterator, List, Optional, Set
+
+try:
+    import docker
+    from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+    HAS_DOCKER = True
+    DOCKER_IMPORT_ERROR = None
+except ImportError:
+    HAS_DOCKER = False
+    DOCKER_IMPORT_ERROR = traceback.format_exc()
+
+    class DockerException(Exception):  # placeholders so except clauses stay valid
+        pass
+
+    APIError = NotFound = ImageNotFound = DockerException
+
+from ._errors import DockerError, DogestryError
+from ._format import chain_ids, parse_digest
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+
+def _one_line(exc: Exception) -> str:
+    explanation = getattr(exc, "explanation", None)
+    text = str(explanation or exc)
+    return " ".join(text.split())
+
+
+class Daemon:
+    """One Docker daemon. `host` is for messages."""
+
+    def __init__(self, docker_host: Optional[str] = None, timeout: int = 300):
+        if not HAS_DOCKER:
+            raise DogestryError("the Python package 'docker' (Docker SDK for Python) is required: pip install docker")
+        self.host = docker_host or DEFAULT_DOCKER_HOST
+        try:
+            self.api = docker.APIClient(base_url=self.host, version="auto", timeout=timeout)
+        except DockerException as exc:
+            raise DockerError("cannot reach the Docker daemon at %s: %s" % (self.host, _one_line(exc)))
+
+    def _fail(self, what: str, exc: Exception) -> DockerError:
+        return DockerError("Docker daemon %s: %s failed: %s" % (self.host, what, _one_line(exc)))
+
+    def inspect(self, ref: str) -> Optional[dict]:
+        try:
+            return self.api.inspect_image(ref)
+        except (ImageNotFound, NotFound):
+            return None
+        except DockerException as exc:
+            raise self._fail("inspecting %s" % ref, exc)
+
+    def present_chain_ids(self) -> Set[str]:
+        """ChainIDs of every layer stack the daemon holds, from its images' rootfs.
+
+        `docker load` skips exactly the layers whose ChainID the daemon has, so this decides
+        what a pull must download.
+        """
+        found: Set[str] = set()
+        try:
+            image_ids = {image["Id"] for image in self.api.images(all=True)}
+        except DockerException as exc:
+            raise self._fail("listing images", exc)
+        for image_id in image_ids:
+            info = self.inspect(image_id)
+            if info:
+                found.update(chain_ids([parse_digest(d) for d in (info.get("RootFS") or {}).get("Layers") or []]))
+        return found
+
+    def save(self, ref: str) -> Iterator[bytes]:
+        try:
+            return self.api.get_image(ref, chunk_size=1 << 20)
+        except DockerException as exc:
+            raise self._fail("docker save of %s" % ref, exc)
+
+    def load(self, archive: Iterable[bytes]) -> List[str]:
+        """Send a `docker load` stream; returns the daemon's progress lines. Errors raise."""
+        lines = []
+        try:
+            for event in self.api.load_image(archive, quiet=True):
+                if isinstance(event, dict) and event.get("error"):
+                    raise DockerError("Docker daemon %s refused the image: %s" % (self.host, " ".join(str(event["error"]).split())))
+                if isinstance(event, dict) and event.get("stream"):
+                    lines.append(event["stream"].strip())
+        except DockerException as exc:
+            raise self._fail("docker load", exc)
+        return lines
+
+    def tag(self, image_id: str, name: str, tag: str) -> None:
+        try:
+            self.api.tag(image_id, name, tag, force=True)
+        except DockerException as exc:
+            raise self._fail("tagging %s as %s:%s" % (image_id, name, tag), exc)
+
+    def remove(self, ref: str) -> None:
+        try:
+            self.api.remove_image(ref, force=True)
+        except (ImageNotFound, NotFound):
+            pass
+        except DockerException as exc:
+            raise self._fail("removing %s" % ref, exc)
+
+
+def image_layers(info: Dict) -> List[str]:
+    return [parse_digest(d) for d in (info.get("RootFS") or {}).get("Layers") or []]

@@ -1,0 +1,322 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""Reading `docker save` streams and writing `docker load` streams, one pass, bounded memory.
+
+Reads both layouts `docker save` has produced since Docker 1.10:
+  * Docker 1.10-24: manifest.json, <config>.json, <v1-id>/layer.tar (uncompressed);
+  * Docker >= 25:   an OCI layout (blobs/sha256/<digest>) plus manifest.json;
+and the containerd image store's gzip-compressed layer blobs, which are decoded on the fly
+so that layers are always keyed by their uncompressed sha256 (Docker's diff_id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set
+
+from ._compress import decoder, encoder
+from ._errors import BlobCorruptError, FormatError
+from ._format import diff_ids_of_config, sha256_hex
+
+CHUNK = 1 << 20
+SMALL_MEMBER = 1 << 20      # members up to this size (JSON, tiny layers) are kept in memory
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _ChunkReader:
+    """A file-like read() over an iterator of byte chunks (what the Docker SDK yields)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._buffer = b""
+        self._offset = 0
+
+    def read(self, size: int = -1) -> bytes:
+        parts = []
+        wanted = size
+        while wanted != 0:
+            available = len(self._buffer) - self._offset
+            if not available:
+                try:
+                    self._buffer, self._offset = next(self._chunks), 0
+                except StopIteration:
+                    break
+                continue
+            take = available if wanted < 0 else min(wanted, available)
+            parts.append(self._buffer[self._offset:self._offset + take])
+            self._offset += take
+            if wanted > 0:
+                wanted -= take
+        return b"".join(parts)
+
+
+@dataclass
+class SpooledLayer:
+    """A layer read from `docker save`: hashed, encoded and written to a local spool file."""
+    oid: str
+    size: int
+    encoding: str
+    stored_size: int
+    path: str
+
+
+def _decoded_chunks(reader, what: str) -> Iterator[bytes]:
+    """Raw tar bytes of a layer member, undoing the containerd store's gzip if present."""
+    first = reader.read(CHUNK)
+    if first.startswith(_ZSTD_MAGIC):
+        raise FormatError("%s is zstd-compressed; export the image from the classic image store" % what)
+    inflate = zlib.decompressobj(wbits=31) if first.startswith(_GZIP_MAGIC) else None
+    chunk = first
+    while chunk:
+        yield inflate.decompress(chunk) if inflate else chunk
+        chunk = reader.read(CHUNK)
+    if inflate:
+        tail = inflate.flush()
+        if tail:
+            yield tail
+
+
+def spool_layer(reader, what: str, encoding: str, spool_dir: str) -> SpooledLayer:
+    """Hash and encode one layer in a single pass into a spool file in `spool_dir`."""
+    digest = hashlib.sha256()
+    enc = encoder(encoding)
+    size = stored = 0
+    fd = None
+    path = os.path.join(spool_dir, "layer-%s.part" % os.urandom(8).hex())
+    try:
+        with open(path, "wb") as out:
+            fd = out
+            for raw in _decoded_chunks(reader, what):
+                digest.update(raw)
+                size += len(raw)
+                data = enc.update(raw)
+                stored += len(data)
+                out.write(data)
+            data = enc.finish()
+            stored += len(data)
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        if fd is not None:
+            _unlink(path)
+        raise
+    return SpooledLayer(digest.hexdigest(), size, encoding, stored, path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+@dataclass
+class SavedImage:
+    config_oid: str
+    config_bytes: bytes
+    diff_ids: List[str]
+    repo_tags: List[str]
+    sizes: Dict[str, int]                                            # every layer's uncompressed size
+    layers: Dict[str, SpooledLayer] = field(default_factory=dict)   # wanted oids that were spooled
+
+
+def read_save_stream(chunks: Iterable[bytes], wanted: Set[str], known: Set[str], encoding: str,
+                     spool_dir: str, on_layer: Callable[[SpooledLayer], None]) -> SavedImage:
+    """Walk a `docker save` stream of one image.
+
+    `wanted` are the layer oids to spool (missing on the remote), `known` all layer oids of the
+    image (from `docker image inspect`): an OCI blob named by a known but unwanted oid is skipped
+    without being read twice. `on_layer` is called as soon as a wanted layer is spooled, so the
+    caller can upload it while the stream goes on. Unwanted spools are deleted.
+    """
+    small: Dict[str, bytes] = {}
+    links: Dict[str, str] = {}
+    by_member: Dict[str, str] = {}          # member path -> layer oid it decoded to
+    sizes: Dict[str, int] = {}              # layer oid -> uncompressed size
+    spooled: Dict[str, SpooledLayer] = {}
+
+    def take(layer: SpooledLayer, member: str):
+        by_member[member] = layer.oid
+        sizes[layer.oid] = layer.size
+        if layer.oid in wanted and layer.oid not in spooled:
+            spooled[layer.oid] = layer
+            on_layer(layer)
+        else:
+            _unlink(layer.path)
+
+    try:
+        with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as tar:
+            for member in tar:
+                name = posixpath.normpath(member.name)
+                if member.issym() or member.islnk():
+                    target = member.linkname if member.islnk() else posixpath.join(posixpath.dirname(name), member.linkname)
+                    links[name] = posixpath.normpath(target)
+                    continue
+                if not member.isfile():
+                    continue
+                named_oid = _oid_from_blob_name(name)
+                if named_oid in known:
+                    if named_oid in wanted and named_oid not in spooled:
+                        take(spool_layer(tar.extractfile(member), name, encoding, spool_dir), name)
+                    else:
+                        by_member[name] = named_oid
+                        sizes[named_oid] = member.size
+                elif member.size <= SMALL_MEMBER:
+                    small[name] = tar.extractfile(member).read()
+                elif name.endswith("/layer.tar") or name.startswith("blobs/"):
+                    take(spool_layer(tar.extractfile(member), name, encoding, spool_dir), name)
+    except tarfile.TarError as exc:
+        _discard(spooled)
+        raise FormatError("docker save produced an unreadable archive (%s)" % exc)
+    except BaseException:
+        _discard(spooled)
+        raise
+
+    try:
+        return _finish(small, links, by_member, sizes, spooled, wanted, encoding, spool_dir, take)
+    except BaseException:
+        _discard(spooled)
+        raise
+
+
+def _finish(small, links, by_member, sizes, spooled, wanted, encoding, spool_dir, take) -> SavedImage:
+    def resolve(path):
+        path = posixpath.normpath(path)
+        for _ in range(16):
+            if path not in links:
+                return path
+            path = links[path]
+        raise FormatError("docker save archive has a symlink loop at %s" % path)
+
+    if "manifest.json" not in small:
+        raise FormatError("docker save archive has no manifest.json")
+    try:
+        entries = json.loads(small["manifest.json"])
+        entry = entries[0]
+        config_path, layer_paths = resolve(entry["Config"]), [resolve(p) for p in entry["Layers"]]
+        repo_tags = entry.get("RepoTags") or []
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise FormatError("docker save archive has a malformed manifest.json (%s)" % exc)
+    if config_path not in small:
+        raise FormatError("docker save archive lacks its image config %s" % config_path)
+    config_bytes = small[config_path]
+    diff_ids = diff_ids_of_config(config_bytes, config_path)
+    if len(diff_ids) != len(layer_paths):
+        raise FormatError("docker save archive lists %d layers but its config %d" % (len(layer_paths), len(diff_ids)))
+    for index, (path, oid) in enumerate(zip(layer_paths, diff_ids)):
+        if path not in by_member and path in small:
+            take(spool_layer(_BytesReader(small[path]), path, encoding, spool_dir), path)
+        got = by_member.get(path)
+        if got is None:
+            raise FormatError("docker save archive lacks layer %d (%s)" % (index, path))
+        if got != oid:
+            raise BlobCorruptError("docker save layer %s hashes to sha256:%s, its config says sha256:%s" % (path, got, oid))
+    missing = wanted.intersection(diff_ids) - set(spooled)
+    if missing:
+        raise FormatError("docker save archive did not contain layers %s" % ", ".join(sorted(missing)))
+    return SavedImage(sha256_hex(config_bytes), config_bytes, diff_ids, list(repo_tags), sizes, spooled)
+
+
+def _oid_from_blob_name(name: str) -> Optional[str]:
+    if name.startswith("blobs/sha256/"):
+        return name[len("blobs/sha256/"):]
+    return None
+
+
+def _discard(spooled: Dict[str, SpooledLayer]) -> None:
+    for layer in spooled.values():
+        _unlink(layer.path)
+
+
+class _BytesReader:
+    def __init__(self, data: bytes):
+        self._data, self._pos = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size < 0 else self._pos + size
+        data, self._pos = self._data[self._pos:end], min(end, len(self._data))
+        return data
+
+
+# ---- docker load ----------------------------------------------------------------------------
+
+@dataclass
+class LoadLayer:
+    oid: str
+    size: int
+    encoding: str
+    open_stored: Optional[Callable[[], object]]   # None: the daemon already has it (left out of the archive)
+    what: str = ""
+
+
+def verified_chunks(stored, layer: LoadLayer) -> Iterator[bytes]:
+    """Decode a stored layer, yielding bytes only while they can still match; raise on any mismatch."""
+    dec = decoder(layer.encoding, layer.what)
+    digest = hashlib.sha256()
+    size = 0
+    while True:
+        chunk = stored.read(CHUNK)
+        data = dec.update(chunk) if chunk else dec.finish()
+        if data:
+            size += len(data)
+            if size > layer.size:
+                raise BlobCorruptError("%s is corrupt: it decodes to more than its %d bytes" % (layer.what, layer.size))
+            digest.update(data)
+            yield data
+        if not chunk:
+            break
+    if size != layer.size:
+        raise BlobCorruptError("%s is corrupt: %d bytes instead of %d" % (layer.what, size, layer.size))
+    if digest.hexdigest() != layer.oid:
+        raise BlobCorruptError("%s is corrupt: its content hashes to sha256:%s" % (layer.what, digest.hexdigest()))
+
+
+def _header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % tarfile.BLOCKSIZE)
+
+
+def load_stream(config_oid: str, config_bytes: bytes, repo_tags: List[str], layers: List[LoadLayer],
+                on_layer_done: Callable[[LoadLayer], None] = lambda layer: None) -> Iterator[bytes]:
+    """A `docker load` archive holding only the layers the daemon lacks.
+
+    Layers stream first, verified as they go; manifest.json comes last, so if any byte fails
+    verification the generator raises before the daemon has a loadable archive and the daemon
+    registers nothing.
+    """
+    sent = set()
+    for layer in layers:
+        if layer.open_stored is None or layer.oid in sent:
+            continue
+        sent.add(layer.oid)
+        yield _header("%s/layer.tar" % layer.oid, layer.size)
+        with layer.open_stored() as stored:
+            for data in verified_chunks(stored, layer):
+                yield data
+        yield _padding(layer.size)
+        on_layer_done(layer)
+    config_name = "%s.json" % config_oid
+    yield _header(config_name, len(config_bytes)) + config_bytes + _padding(len(config_bytes))
+    manifest = json.dumps([{
+        "Config": config_name,
+        "RepoTags": repo_tags,
+        "Layers": ["%s/layer.tar" % layer.oid for layer in layers],
+    }]).encode("utf-8")
+    yield _header("manifest.json", len(manifest)) + manifest + _padding(len(manifest))
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)

@@ -1,0 +1,298 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""The sync engine: plan, then push or pull; no Ansible in here.
+
+Push: docker image inspect -> remote stat -> (only if something is missing) docker save ->
+hash/encode/spool each missing layer -> upload in parallel -> config -> manifest -> tag.
+Pull: tag -> manifest -> config (verified) -> plan by ChainID -> download missing layers in
+parallel -> verify while streaming into docker load (manifest.json last) -> tag.
+
+Every plan has a `reason`: a sentence saying what a real run would change, or None.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from ._docker import Daemon, image_layers
+from ._docker_archive import LoadLayer, load_stream, read_save_stream
+from ._errors import BlobCorruptError, DockerError, ImageReferenceError, RemoteNotFoundError
+from ._format import (
+    ENCODINGS, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, parse_digest, parse_image_ref,
+)
+from ._remote import temp_dir_for
+from ._repository import Repository
+from ._transfer import TransferPool
+
+
+def _unique(items: List[str]) -> List[str]:
+    return list(dict.fromkeys(items))
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return ("%d %s" % (size, unit)) if unit == "B" else ("%.1f %s" % (size, unit))
+        size /= 1024.0
+    return "%d B" % size
+
+
+# ---- push -----------------------------------------------------------------------------------
+
+@dataclass
+class PushPlan:
+    source: str
+    ref: ImageRef
+    image_id: str
+    diff_ids: List[str]
+    current: Optional[str]              # manifest the remote tag points at now
+    existing: Optional[str]             # a complete manifest of this image already on the remote
+    present: Dict[str, LayerEntry] = field(default_factory=dict)   # layers already stored (size unknown: 0)
+    missing: List[str] = field(default_factory=list)               # layer oids to upload
+    config_missing: bool = False
+    up_to_date: bool = False
+
+    @property
+    def config_oid(self) -> str:
+        return parse_digest(self.image_id)
+
+    @property
+    def reason(self) -> Optional[str]:
+        if self.up_to_date:
+            return None
+        if self.existing:
+            return "%s: tag %s -> %s (image already stored)" % (self.ref, "would be set" if not self.current else "would move", self.image_id[:19])
+        layers = len(_unique(self.diff_ids))
+        return "%s: %d of %d layers%s missing on the remote" % (
+            self.ref, len(self.missing), layers, " and the config" if self.config_missing else "")
+
+    def result(self) -> Dict:
+        return {
+            "image": str(self.ref),
+            "source": self.source,
+            "image_id": self.image_id,
+            "changed": self.reason is not None,
+            "reason": self.reason,
+            "layers_transferred": ["sha256:" + oid for oid in self.missing],
+            "layers_skipped": ["sha256:" + oid for oid in _unique(self.diff_ids) if oid not in self.missing],
+        }
+
+
+def plan_push(daemon: Daemon, repo: Repository, source: str, tag_as: Optional[str] = None) -> PushPlan:
+    ref = parse_image_ref(tag_as or source)
+    info = daemon.inspect(source)
+    if info is None:
+        raise ImageReferenceError("image %s not found in the Docker daemon at %s" % (source, daemon.host))
+    plan = PushPlan(source, ref, info["Id"], image_layers(info), None, None)
+    found = {}
+    if _remote_exists(repo):
+        plan.current = repo.read_tag(ref)
+        plan.existing = repo.manifest_for_image(plan.config_oid)
+        if plan.current and plan.existing and (
+                plan.current == plan.existing or repo.read_manifest(plan.current).config_oid == plan.config_oid):
+            plan.up_to_date = True
+            return plan
+        if plan.existing:
+            return plan
+        found = repo.remote.stat([blob_key(plan.config_oid)] +
+                                 [blob_key(oid, enc) for oid in _unique(plan.diff_ids) for enc in ENCODINGS])
+    plan.config_missing = blob_key(plan.config_oid) not in found
+    for oid in _unique(plan.diff_ids):
+        stored = [LayerEntry(oid, 0, enc, found[blob_key(oid, enc)].size)
+                  for enc in ENCODINGS if blob_key(oid, enc) in found]
+        if stored:
+            plan.present[oid] = stored[0]
+        else:
+            plan.missing.append(oid)
+    return plan
+
+
+def _remote_exists(repo: Repository) -> bool:
+    """False for a remote a push has yet to create; a foreign or newer format still raises."""
+    try:
+        return repo.check()
+    except RemoteNotFoundError:
+        return False
+
+
+def execute_push(daemon: Daemon, repo: Repository, plan: PushPlan, compression: str, jobs: int) -> Dict:
+    result = plan.result()
+    if plan.up_to_date:
+        result["manifest"] = "sha256:" + (plan.current or "")
+        return result
+    repo.check(create=True)
+    if plan.existing:
+        repo.write_tag(plan.ref, plan.existing)
+        result.update(manifest="sha256:" + plan.existing, bytes_transferred=0)
+        return result
+    spool = temp_dir_for(repo.remote)
+    uploaded = {}
+    try:
+        with TransferPool(jobs) as pool:
+            def upload(layer):
+                repo.remote.put_file(blob_key(layer.oid, layer.encoding), layer.path)
+                uploaded[layer.oid] = layer.stored_size
+
+            saved = read_save_stream(daemon.save(plan.source), set(plan.missing), set(plan.diff_ids),
+                                     compression, spool, lambda layer: pool.submit(upload, layer))
+            pool.join()
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    if saved.config_oid != plan.config_oid:
+        raise DockerError("image %s changed while it was being pushed (now sha256:%s): run the push again"
+                          % (plan.source, saved.config_oid))
+    repo.remote.put(blob_key(plan.config_oid), saved.config_bytes)
+    layers = []
+    for oid in saved.diff_ids:
+        spooled = saved.layers.get(oid)
+        stored = spooled or plan.present[oid]
+        layers.append(LayerEntry(oid, saved.sizes[oid], stored.encoding, stored.stored_size))
+    manifest = Manifest(plan.config_oid, len(saved.config_bytes), tuple(layers))
+    manifest_oid = repo.write_manifest(manifest)
+    repo.write_tag(plan.ref, manifest_oid)
+    result.update(manifest="sha256:" + manifest_oid, bytes_transferred=sum(uploaded.values()) + (
+        len(saved.config_bytes) if plan.config_missing else 0))
+    return result
+
+
+# ---- pull -----------------------------------------------------------------------------------
+
+@dataclass
+class PullPlan:
+    requested: str
+    ref: Optional[ImageRef]
+    manifest_oid: str
+    manifest: Manifest
+    config: Optional[bytes] = None
+    image_present: bool = False
+    tag_present: bool = False
+    missing: List[LayerEntry] = field(default_factory=list)      # what must be downloaded
+    skipped: List[LayerEntry] = field(default_factory=list)      # what the daemon already has
+
+    @property
+    def reason(self) -> Optional[str]:
+        if self.image_present:
+            if self.tag_present:
+                return None
+            return "%s: image %s is present, tag would be set" % (self.ref, self.manifest.image_id[:19])
+        stored = sum(layer.stored_size for layer in self.missing)
+        return "%s: %d of %d layers (%s) to download" % (
+            self.ref or self.requested, len(self.missing), len(_unique([l.oid for l in self.manifest.layers])),
+            human_size(stored))
+
+    def result(self) -> Dict:
+        return {
+            "image": str(self.ref) if self.ref else None,
+            "image_id": self.manifest.image_id,
+            "manifest": "sha256:" + self.manifest_oid,
+            "changed": self.reason is not None,
+            "reason": self.reason,
+            "layers_transferred": ["sha256:" + layer.oid for layer in self.missing],
+            "layers_skipped": ["sha256:" + layer.oid for layer in self.skipped],
+            "bytes_transferred": sum(layer.stored_size for layer in self.missing),
+        }
+
+
+def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
+    repo.check()
+    ref, manifest_oid = repo.resolve(requested)
+    manifest = repo.read_manifest(manifest_oid)
+    plan = PullPlan(requested, ref, manifest_oid, manifest)
+    info = daemon.inspect(manifest.image_id)
+    if info is not None:
+        plan.image_present = True
+        plan.tag_present = ref is None or str(ref) in set(info.get("RepoTags") or [])
+        return plan
+    plan.config = repo.read_config(manifest)
+    present = daemon.present_chain_ids()
+    layers = list(manifest.layers)
+    have = 0
+    for chain in chain_ids([layer.oid for layer in layers]):
+        if chain not in present:
+            break
+        have += 1
+    plan.skipped = layers[:have]
+    seen = set()
+    for layer in layers[have:]:
+        if layer.oid not in seen:
+            seen.add(layer.oid)
+            plan.missing.append(layer)
+    stored = repo.remote.stat([layer.key for layer in plan.missing]) if plan.missing else {}
+    absent = [layer for layer in plan.missing if layer.key not in stored]
+    if absent:
+        raise BlobCorruptError("%s is damaged: layer sha256:%s of %s is missing (push the image again)"
+                               % (repo.url, absent[0].oid, ref or requested))
+    return plan
+
+
+def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan, jobs: int,
+                 progress: Callable[[LoadLayer], None] = lambda layer: None) -> Dict:
+    result = plan.result()
+    if plan.reason is None:
+        return result
+    if plan.image_present:
+        daemon.tag(plan.manifest.image_id, plan.ref.name, plan.ref.tag)
+        result.update(bytes_transferred=0)
+        return result
+    remote = repo.remote
+    spool = None
+    missing = {layer.oid for layer in plan.missing}
+    try:
+        with TransferPool(jobs) as pool:
+            load_layers = []
+            for layer in plan.manifest.layers:
+                opener = None
+                if layer.oid in missing:
+                    what = "layer sha256:%s of %s on %s" % (layer.oid, plan.ref or plan.requested, repo.url)
+                    local = remote.local_path(layer.key)
+                    if local is not None:
+                        opener = _opener(local)
+                    else:
+                        spool = spool or tempfile.mkdtemp(prefix="dogestry-pull-")
+                        path = os.path.join(spool, layer.oid)
+                        opener = _opener(path, pool.submit(remote.get_file, layer.key, path))
+                    load_layers.append(LoadLayer(layer.oid, layer.size, layer.encoding, opener, what))
+                else:
+                    load_layers.append(LoadLayer(layer.oid, layer.size, layer.encoding, None))
+            archive = load_stream(plan.manifest.config_oid, plan.config, [str(plan.ref)] if plan.ref else [],
+                                  load_layers, progress)
+            daemon.load(archive)
+            pool.join()
+    finally:
+        if spool:
+            shutil.rmtree(spool, ignore_errors=True)
+    if daemon.inspect(plan.manifest.image_id) is None:
+        raise DockerError("Docker daemon %s accepted the archive but has no image %s afterwards"
+                          % (daemon.host, plan.manifest.image_id))
+    return result
+
+
+def _opener(path: str, download=None):
+    def open_stored():
+        if download is not None:
+            download.result()       # re-raises a failed download here, in load order
+        return open(path, "rb")
+    return open_stored
+
+
+# ---- tags -----------------------------------------------------------------------------------
+
+def describe_tags(repo: Repository, tags: Dict[ImageRef, str]) -> Dict[str, Dict]:
+    manifests = repo.read_manifests(tags.values())
+    described = {}
+    for ref, oid in sorted(tags.items()):
+        manifest = manifests[oid]
+        described[str(ref)] = {
+            "manifest": "sha256:" + oid,
+            "image_id": manifest.image_id,
+            "layers": len(manifest.layers),
+            "size": sum(layer.size for layer in manifest.layers),
+            "stored_size": sum(layer.stored_size for layer in manifest.layers) + manifest.config_size,
+        }
+    return described

@@ -1,0 +1,259 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""The remote repository format, version 1 (docs/FORMAT.md is the prose twin of this file).
+
+Keys, relative to the remote's root::
+
+    dogestry.json                          {"format": "dogestry", "version": 1}; readers check it first
+    blobs/sha256/<ab>/<hex>                image config or uncompressed layer, named by its sha256
+    blobs/sha256/<ab>/<hex>.lz4            layer as one lz4 frame, named by its *uncompressed* sha256
+    manifests/sha256/<hex>                 canonical JSON manifest, named by the sha256 of its bytes
+    images/sha256/<config-hex>             "sha256:<manifest-hex>": finds a manifest by image ID (prefix)
+    repositories/<name>/_tags/<tag>        "sha256:<manifest-hex>": the only objects ever rewritten
+
+Everything but a tag is immutable and written create-only, in the order blobs, config,
+manifest, image index, tag, so a tag never points at incomplete data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from ._errors import FormatError, ImageReferenceError
+
+FORMAT_NAME = "dogestry"
+FORMAT_VERSION = 1
+VERSION_KEY = "dogestry.json"
+MANIFEST_MEDIA_TYPE = "application/vnd.dogestry.manifest.v1+json"
+
+# Encodings a layer blob may be stored in, mapped to the key suffix.
+ENCODINGS = {"none": "", "lz4": ".lz4"}
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# docker/distribution reference grammar, in the "familiar" form the daemon shows in RepoTags.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+_NAME = re.compile(r"^(?:%s/)?%s(?:/%s)*$" % (_DOMAIN, _COMPONENT, _COMPONENT))
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def version_document() -> bytes:
+    return canonical_json({"format": FORMAT_NAME, "version": FORMAT_VERSION})
+
+
+def check_version_document(data: bytes, where: str) -> None:
+    try:
+        doc = json.loads(data)
+        name, version = doc["format"], doc["version"]
+    except (ValueError, TypeError, KeyError):
+        raise FormatError("%s is not a dogestry remote: %s is not valid" % (where, VERSION_KEY))
+    if name != FORMAT_NAME:
+        raise FormatError("%s is not a dogestry remote: %s names format %r" % (where, VERSION_KEY, name))
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            "%s uses dogestry format version %r; this collection reads version %d: upgrade the collection"
+            % (where, version, FORMAT_VERSION))
+
+
+def canonical_json(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_digest(digest: str) -> str:
+    """'sha256:<hex>' -> '<hex>'; anything else is a FormatError (the remote or daemon lied)."""
+    algo, _, hexdigest = str(digest).partition(":")
+    if algo != "sha256" or not _HEX64.match(hexdigest):
+        raise FormatError("unsupported or malformed digest %r" % (digest,))
+    return hexdigest
+
+
+# ---- keys -----------------------------------------------------------------------------------
+
+def blob_key(oid: str, encoding: str = "none") -> str:
+    return "blobs/sha256/%s/%s%s" % (oid[:2], oid, ENCODINGS[encoding])
+
+
+def manifest_key(oid: str) -> str:
+    return "manifests/sha256/%s" % oid
+
+
+def image_index_prefix(id_prefix: str = "") -> str:
+    return "images/sha256/%s" % id_prefix
+
+
+def image_index_key(config_oid: str) -> str:
+    return image_index_prefix(config_oid)
+
+
+def tag_key(name: str, tag: str) -> str:
+    # "_tags" cannot be a name component, so "a:x" and "a/b:x" never collide on a filesystem.
+    return "repositories/%s/_tags/%s" % (name, tag)
+
+
+def tag_from_key(key: str) -> Optional["ImageRef"]:
+    if not key.startswith("repositories/"):
+        return None
+    name, sep, tag = key[len("repositories/"):].rpartition("/_tags/")
+    if not sep or not _NAME.match(name) or not _TAG.match(tag):
+        return None
+    return ImageRef(name, tag)
+
+
+def ref_document(manifest_oid: str) -> bytes:
+    return ("sha256:%s\n" % manifest_oid).encode("ascii")
+
+
+def parse_ref_document(data: bytes, where: str) -> str:
+    try:
+        return parse_digest(data.decode("ascii").strip())
+    except (UnicodeDecodeError, FormatError):
+        raise FormatError("%s does not hold a manifest digest" % where)
+
+
+# ---- image references -----------------------------------------------------------------------
+
+@dataclass(frozen=True, order=True)
+class ImageRef:
+    name: str
+    tag: str
+
+    def __str__(self) -> str:
+        return "%s:%s" % (self.name, self.tag)
+
+
+def familiar_name(name: str) -> str:
+    """Docker Hub names the way `docker images` shows them: docker.io/library/redis -> redis."""
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def parse_image_ref(text: str, default_tag: Optional[str] = "latest") -> ImageRef:
+    """'registry:5000/team/app:1.2' -> ImageRef('registry:5000/team/app', '1.2')."""
+    text = str(text).strip()
+    if "@" in text:
+        raise ImageReferenceError("%r: digest references are not supported; use name:tag or an image ID" % text)
+    name, tag = text, default_tag
+    slash = text.rfind("/")
+    colon = text.rfind(":")
+    if colon > slash:
+        name, tag = text[:colon], text[colon + 1:]
+    name = familiar_name(name)
+    if not _NAME.match(name) or len(name) > 255:
+        raise ImageReferenceError("%r is not a valid image name (lowercase, like registry.example.com:5000/team/app)" % text)
+    if tag is None:
+        raise ImageReferenceError("%r has no tag: write it as name:tag" % text)
+    if not _TAG.match(tag):
+        raise ImageReferenceError("%r has an invalid tag %r (letters, digits, '_', '.', '-'; at most 128)" % (text, tag))
+    return ImageRef(name, tag)
+
+
+def looks_like_id_prefix(text: str) -> bool:
+    """'sha256:1dc6', '1dc66c9bbfee': hex of 4..64 characters, as the original tool accepted."""
+    hexpart = text[len("sha256:"):] if text.startswith("sha256:") else text
+    return 4 <= len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart)
+
+
+def id_prefix_hex(text: str) -> str:
+    return text[len("sha256:"):] if text.startswith("sha256:") else text
+
+
+# ---- manifests ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerEntry:
+    oid: str            # sha256 of the uncompressed layer tar == Docker's diff_id
+    size: int           # uncompressed size: what a registry API would announce
+    encoding: str       # key of ENCODINGS
+    stored_size: int    # bytes of the stored object
+
+    @property
+    def key(self) -> str:
+        return blob_key(self.oid, self.encoding)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    config_oid: str
+    config_size: int
+    layers: Tuple[LayerEntry, ...]
+
+    @property
+    def config_key(self) -> str:
+        return blob_key(self.config_oid)
+
+    @property
+    def image_id(self) -> str:
+        return "sha256:" + self.config_oid
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({
+            "schema_version": 1,
+            "media_type": MANIFEST_MEDIA_TYPE,
+            "config": {"digest": "sha256:" + self.config_oid, "size": self.config_size},
+            "layers": [
+                {"digest": "sha256:" + layer.oid, "size": layer.size,
+                 "encoding": layer.encoding, "stored_size": layer.stored_size}
+                for layer in self.layers
+            ],
+        })
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> "Manifest":
+        try:
+            doc = json.loads(data)
+            if doc.get("media_type") != MANIFEST_MEDIA_TYPE:
+                raise ValueError("media type %r" % doc.get("media_type"))
+            layers = tuple(
+                LayerEntry(parse_digest(entry["digest"]), _size(entry["size"]), _encoding(entry["encoding"]),
+                           _size(entry["stored_size"]))
+                for entry in doc["layers"]
+            )
+            return cls(parse_digest(doc["config"]["digest"]), _size(doc["config"]["size"]), layers)
+        except (ValueError, TypeError, KeyError, AttributeError, FormatError) as exc:
+            raise FormatError("manifest %s is malformed (%s)" % (where, exc))
+
+
+def _size(value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError("bad size %r" % (value,))
+    return value
+
+
+def _encoding(value) -> str:
+    if value not in ENCODINGS:
+        raise ValueError("unknown encoding %r" % (value,))
+    return value
+
+
+def diff_ids_of_config(config_bytes: bytes, where: str) -> List[str]:
+    """The ordered layer oids an image config declares (rootfs.diff_ids)."""
+    try:
+        doc = json.loads(config_bytes)
+        if doc["rootfs"]["type"] != "layers":
+            raise ValueError("rootfs type %r" % doc["rootfs"]["type"])
+        return [parse_digest(d) for d in doc["rootfs"]["diff_ids"]]
+    except (ValueError, TypeError, KeyError, FormatError) as exc:
+        raise FormatError("image config %s is malformed (%s)" % (where, exc))
+
+
+def chain_ids(diff_ids: List[str]) -> List[str]:
+    """ChainID(L0) = L0; ChainID(L0..Ln) = sha256(ChainID(L0..Ln-1) + " " + Ln), as Docker's layer store keys them."""
+    chains: List[str] = []
+    for oid in diff_ids:
+        if not chains:
+            chains.append(oid)
+        else:
+            chains.append(sha256_hex(("sha256:%s sha256:%s" % (chains[-1], oid)).encode("ascii")))
+    return chains

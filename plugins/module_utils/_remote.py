@@ -1,0 +1,257 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""The one small interface every remote implements, the local-directory remote, and URL dispatch.
+
+A remote is a dumb key/value object store. Keys are '/'-separated relative paths (see _format).
+The engine never writes anything but a tag twice, so remotes only need create-only writes
+for everything else; eventual consistency of listings is tolerated because nothing is found
+through a listing that a tag has not already made reachable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO, Dict, Iterable, Iterator, Optional
+from urllib.parse import unquote, urlsplit
+
+from ._errors import RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: float     # seconds since the epoch
+
+
+class Remote:
+    """Interface. `url` is for messages; it never contains secrets."""
+
+    url = ""
+    read_only = False
+
+    def get(self, key: str) -> bytes:
+        """Whole object; RemoteNotFoundError if absent. For small objects only."""
+        raise NotImplementedError
+
+    def open(self, key: str) -> BinaryIO:
+        """A streaming reader (a context manager); RemoteNotFoundError if absent."""
+        raise NotImplementedError
+
+    def stat(self, keys: Iterable[str]) -> Dict[str, ObjectInfo]:
+        """The subset of `keys` that exist, with their sizes (one listing or one HEAD each, remote's choice)."""
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`."""
+        raise NotImplementedError
+
+    def put(self, key: str, data: bytes, overwrite: bool = False) -> bool:
+        """Store `data`. Without overwrite the write is create-only: returns False if the key existed."""
+        raise NotImplementedError
+
+    def put_file(self, key: str, path: str) -> bool:
+        """Create-only store of a finished local file, which the remote takes over (moves or deletes)."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def staging_dir(self) -> Optional[str]:
+        """Where new blobs should be spooled so that put_file() is cheap (None: the system temp dir)."""
+        return None
+
+    def local_path(self, key: str) -> Optional[str]:
+        """A readable local file holding `key`, when the remote is a directory (no download needed)."""
+        return None
+
+    def get_file(self, key: str, path: str) -> None:
+        """Download `key` into the local file `path` (remotes override this with parallel transfers)."""
+        with self.open(key) as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+
+class LocalRemote(Remote):
+    """A directory on this host (or a mounted NFS/CIFS share)."""
+
+    STAGING = ".staging"
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.url = self.root
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def _fail(self, exc: OSError, what: str, key: str) -> RemoteError:
+        where = "%s (%s)" % (self._path(key), what)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return RemoteAuthError("permission denied %s" % where)
+        if exc.errno == errno.ENOENT:
+            return RemoteNotFoundError("not found: %s" % where)
+        if exc.errno == errno.ENOSPC:
+            return RemoteError("no space left on device %s" % where)
+        return RemoteError("%s failed: %s" % (where, exc.strerror or exc))
+
+    def get(self, key):
+        try:
+            with open(self._path(key), "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise self._fail(exc, "reading", key)
+
+    def open(self, key):
+        try:
+            return open(self._path(key), "rb")
+        except OSError as exc:
+            raise self._fail(exc, "reading", key)
+
+    def stat(self, keys):
+        found = {}
+        for key in keys:
+            try:
+                info = os.stat(self._path(key))
+            except OSError:
+                continue
+            found[key] = ObjectInfo(key, info.st_size, info.st_mtime)
+        return found
+
+    def list(self, prefix):
+        # Walk only the deepest directory the prefix names completely.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        top = self._path(base) if base else self.root
+        for dirpath, dirnames, filenames in os.walk(top):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            rel = "" if rel == "." else rel + "/"
+            if rel.startswith(self.STAGING):
+                dirnames[:] = []
+                continue
+            for filename in filenames:
+                key = rel + filename
+                if key.startswith(prefix):
+                    try:
+                        stat = os.stat(os.path.join(dirpath, filename))
+                    except FileNotFoundError:
+                        continue
+                    yield ObjectInfo(key, stat.st_size, stat.st_mtime)
+
+    def _tempfile(self) -> str:
+        staging = self.staging_dir()
+        return os.path.join(staging, "%s.tmp" % uuid.uuid4().hex)
+
+    def staging_dir(self):
+        path = os.path.join(self.root, self.STAGING)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise self._fail(exc, "creating the staging directory", self.STAGING)
+        return path
+
+    def put(self, key, data, overwrite=False):
+        tmp = self._tempfile()
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise self._fail(exc, "writing", key)
+        if overwrite:
+            self._makedirs_for(key)
+            try:
+                os.replace(tmp, self._path(key))
+            except OSError as exc:
+                _unlink_quietly(tmp)
+                raise self._fail(exc, "writing", key)
+            return True
+        return self.put_file(key, tmp)
+
+    def put_file(self, key, path):
+        # link() is an atomic create-only rename: a concurrent writer of the same content
+        # address loses the race harmlessly, and a reader never sees a partial object.
+        self._makedirs_for(key)
+        try:
+            os.link(path, self._path(key))
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise self._fail(exc, "writing", key)
+        finally:
+            _unlink_quietly(path)
+
+    def _makedirs_for(self, key):
+        try:
+            os.makedirs(os.path.dirname(self._path(key)), exist_ok=True)
+        except OSError as exc:
+            raise self._fail(exc, "creating directories for", key)
+
+    def delete(self, key):
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._fail(exc, "deleting", key)
+
+    def local_path(self, key):
+        return self._path(key)
+
+    def remove_stale_staging(self, older_than: float) -> None:
+        """Temp files of interrupted pushes; left alone while younger than `older_than` seconds."""
+        staging = os.path.join(self.root, self.STAGING)
+        cutoff = time.time() - older_than
+        for entry in os.scandir(staging) if os.path.isdir(staging) else ():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def remote_from_url(url: str, **options) -> Remote:
+    """'/srv/dogestry', 'file:///srv/dogestry', 's3://bucket/prefix/?region=…', 'https://host/prefix/'."""
+    text = str(url or "").strip()
+    if not text:
+        raise RemoteUnsupportedError("remote is empty: give a directory (/srv/dogestry) or an s3:// URL")
+    if text.startswith("/"):
+        return LocalRemote(text)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise RemoteUnsupportedError("remote %r: a file URL must be file:///absolute/path" % text)
+        return LocalRemote(unquote(parts.path))
+    if scheme == "s3":
+        from ._remote_s3 import S3Remote  # boto3 is only needed by users of S3
+        return S3Remote.from_url(text, **options)
+    if scheme in ("http", "https"):
+        from ._remote_http import HttpRemote
+        return HttpRemote.from_url(text, **options)
+    if not scheme:
+        raise RemoteUnsupportedError(
+            "remote %r is a relative path: use an absolute directory (/srv/dogestry) or a URL" % text)
+    raise RemoteUnsupportedError(
+        "remote %r: unsupported scheme %r (use /path, file:///path, s3://bucket/prefix or https://host/prefix)"
+        % (text, scheme))
+
+
+def temp_dir_for(remote: Remote) -> str:
+    """A private spool directory for one operation, on the remote's filesystem when it has one."""
+    return tempfile.mkdtemp(prefix="dogestry-", dir=remote.staging_dir())

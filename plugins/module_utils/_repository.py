@@ -1,0 +1,143 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""A remote seen through the format: version check, tags, manifests and configs, verified on read."""
+
+from __future__ import annotations
+
+import fnmatch
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Tuple
+
+from ._errors import BlobCorruptError, ImageReferenceError, RemoteNotFoundError
+from ._format import (
+    VERSION_KEY, ImageRef, Manifest, check_version_document, diff_ids_of_config, id_prefix_hex,
+    image_index_key, image_index_prefix, looks_like_id_prefix, manifest_key, parse_image_ref,
+    parse_ref_document, ref_document, sha256_hex, tag_from_key, tag_key, version_document,
+)
+from ._remote import Remote
+
+
+class Repository:
+    def __init__(self, remote: Remote):
+        self.remote = remote
+        self.url = remote.url
+        self._checked = False
+
+    # -- version ------------------------------------------------------------------------------
+
+    def check(self, create: bool = False) -> bool:
+        """Check the version object; with create, write it into an empty remote. True if it exists."""
+        if self._checked:
+            return True
+        try:
+            check_version_document(self.remote.get(VERSION_KEY), self.url)
+        except RemoteNotFoundError:
+            if not create:
+                raise RemoteNotFoundError(
+                    "%s is not a dogestry remote yet (no %s): push an image to it first, or check the path"
+                    % (self.url, VERSION_KEY))
+            self.remote.put(VERSION_KEY, version_document())
+            check_version_document(self.remote.get(VERSION_KEY), self.url)  # a concurrent creator may have won
+        self._checked = True
+        return True
+
+    # -- tags ---------------------------------------------------------------------------------
+
+    def read_tag(self, ref: ImageRef) -> Optional[str]:
+        try:
+            data = self.remote.get(tag_key(ref.name, ref.tag))
+        except RemoteNotFoundError:
+            return None
+        return parse_ref_document(data, "tag %s on %s" % (ref, self.url))
+
+    def write_tag(self, ref: ImageRef, manifest_oid: str) -> None:
+        self.remote.put(tag_key(ref.name, ref.tag), ref_document(manifest_oid), overwrite=True)
+
+    def delete_tag(self, ref: ImageRef) -> None:
+        self.remote.delete(tag_key(ref.name, ref.tag))
+
+    def list_tags(self, name_pattern: str = "*", tag_pattern: str = "*") -> Dict[ImageRef, str]:
+        """Tags whose name and tag match the shell-style patterns, with their manifest oids."""
+        prefix = "repositories/"
+        literal = name_pattern.split("*")[0].split("?")[0].split("[")[0]
+        if literal and literal == name_pattern:
+            prefix += literal + "/_tags/"
+        refs = []
+        for info in self.remote.list(prefix):
+            ref = tag_from_key(info.key)
+            if ref and fnmatch.fnmatchcase(ref.name, name_pattern) and fnmatch.fnmatchcase(ref.tag, tag_pattern):
+                refs.append(ref)
+        targets = self._parallel(self.read_tag, sorted(refs))
+        return {ref: oid for ref, oid in zip(sorted(refs), targets) if oid is not None}
+
+    @staticmethod
+    def _parallel(fn, items, jobs: int = 8) -> list:
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(fn, items))
+
+    # -- manifests and configs ----------------------------------------------------------------
+
+    def read_manifest(self, oid: str) -> Manifest:
+        key = manifest_key(oid)
+        data = self.remote.get(key)
+        if sha256_hex(data) != oid:
+            raise BlobCorruptError("manifest %s on %s is corrupt: its content hashes to sha256:%s"
+                                   % (oid, self.url, sha256_hex(data)))
+        return Manifest.from_bytes(data, "%s on %s" % (key, self.url))
+
+    def read_manifests(self, oids) -> Dict[str, Manifest]:
+        unique = sorted(set(oids))
+        return dict(zip(unique, self._parallel(self.read_manifest, unique)))
+
+    def read_config(self, manifest: Manifest) -> bytes:
+        """The image config, verified, and checked to declare exactly the manifest's layers."""
+        data = self.remote.get(manifest.config_key)
+        where = "image config sha256:%s on %s" % (manifest.config_oid, self.url)
+        if sha256_hex(data) != manifest.config_oid:
+            raise BlobCorruptError("%s is corrupt: its content hashes to sha256:%s" % (where, sha256_hex(data)))
+        if diff_ids_of_config(data, where) != [layer.oid for layer in manifest.layers]:
+            raise BlobCorruptError("%s does not declare the layers its manifest lists" % where)
+        return data
+
+    def write_manifest(self, manifest: Manifest) -> str:
+        data = manifest.to_bytes()
+        oid = sha256_hex(data)
+        self.remote.put(manifest_key(oid), data)
+        # The first complete manifest for an image ID is the one ID lookups find.
+        self.remote.put(image_index_key(manifest.config_oid), ref_document(oid))
+        return oid
+
+    def manifest_for_image(self, config_oid: str) -> Optional[str]:
+        try:
+            data = self.remote.get(image_index_key(config_oid))
+        except RemoteNotFoundError:
+            return None
+        return parse_ref_document(data, "image index of sha256:%s on %s" % (config_oid, self.url))
+
+    # -- resolving what a user typed ----------------------------------------------------------
+
+    def resolve(self, text: str) -> Tuple[Optional[ImageRef], str]:
+        """'name:tag' or a unique image-ID prefix -> (tag or None, manifest oid)."""
+        text = str(text).strip()
+        if looks_like_id_prefix(text):
+            hexprefix = id_prefix_hex(text)
+            prefix = image_index_prefix(hexprefix)
+            matches = sorted(info.key[len(image_index_prefix()):] for info in self.remote.list(prefix))
+            if len(matches) > 1:
+                raise ImageReferenceError("image ID prefix %s is ambiguous on %s: it matches %s"
+                                          % (hexprefix, self.url, ", ".join(m[:12] for m in matches[:10])))
+            if matches:
+                return None, self.manifest_for_image(matches[0])
+            if text.startswith("sha256:") or len(hexprefix) == 64:
+                raise ImageReferenceError("no image with ID sha256:%s... on %s" % (hexprefix, self.url))
+            # Otherwise a short hex string may still be a repository name ('cafe'): try name:latest.
+        ref = parse_image_ref(text)
+        oid = self.read_tag(ref)
+        if oid is None:
+            raise ImageReferenceError("%s is not on %s: no such tag (dogestry_tags lists them)" % (ref, self.url))
+        return ref, oid
+

@@ -1,0 +1,64 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""Bounded parallelism for blob transfers: at most `jobs` running, a few more queued, first error wins."""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, List, Set
+
+
+class TransferPool:
+    """Submit transfers while the producer goes on; `join()` re-raises the first failure.
+
+    Back-pressure: submit() blocks while 2*jobs transfers are pending, so a fast producer
+    (a `docker save` stream) never piles up unbounded spool files or memory.
+    """
+
+    def __init__(self, jobs: int):
+        self.jobs = max(1, int(jobs))
+        self._executor = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="dogestry")
+        self._pending: Set[Future] = set()
+        self._errors: List[BaseException] = []
+
+    def submit(self, fn: Callable, *args) -> Future:
+        self._raise_if_failed()
+        while len(self._pending) >= 2 * self.jobs:
+            self._collect(wait(self._pending, return_when=FIRST_COMPLETED).done)
+            self._raise_if_failed()
+        future = self._executor.submit(fn, *args)
+        self._pending.add(future)
+        return future
+
+    def _collect(self, done) -> None:
+        for future in done:
+            self._pending.discard(future)
+            exc = future.exception()
+            if exc is not None:
+                self._errors.append(exc)
+
+    def _raise_if_failed(self) -> None:
+        if self._errors:
+            self.cancel()
+            raise self._errors[0]
+
+    def join(self) -> None:
+        self._collect(wait(self._pending).done)
+        self._raise_if_failed()
+
+    def cancel(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._collect(wait(self._pending).done)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.cancel()
+        self._executor.shutdown(wait=True)
+        return False
+
