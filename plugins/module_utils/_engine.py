@@ -57,6 +57,7 @@ class PushPlan:
     missing: List[str] = field(default_factory=list)               # layer oids to upload
     config_missing: bool = False
     up_to_date: bool = False
+    current_image_id: Optional[str] = None     # image the remote tag points at now
 
     @property
     def config_oid(self) -> str:
@@ -94,10 +95,12 @@ def plan_push(daemon: Daemon, repo: Repository, source: str, tag_as: Optional[st
     if _remote_exists(repo):
         plan.current = repo.read_tag(ref)
         plan.existing = repo.manifest_for_image(plan.config_oid)
-        if plan.current and plan.existing and (
-                plan.current == plan.existing or repo.read_manifest(plan.current).config_oid == plan.config_oid):
-            plan.up_to_date = True
-            return plan
+        if plan.current:
+            plan.current_image_id = (plan.image_id if plan.current == plan.existing
+                                     else repo.read_manifest(plan.current).image_id)
+            if plan.current_image_id == plan.image_id:
+                plan.up_to_date = True
+                return plan
         if plan.existing:
             return plan
         found = repo.remote.stat([blob_key(plan.config_oid)] +
@@ -296,3 +299,38 @@ def describe_tags(repo: Repository, tags: Dict[ImageRef, str]) -> Dict[str, Dict
             "stored_size": sum(layer.stored_size for layer in manifest.layers) + manifest.config_size,
         }
     return described
+
+
+@dataclass
+class TagChange:
+    ref: ImageRef
+    before: Optional[str]       # manifest oid the tag points at now
+    after: Optional[str]        # manifest oid it will point at; None removes the tag
+
+    @property
+    def reason(self) -> Optional[str]:
+        if self.before == self.after:
+            return None
+        if self.after is None:
+            return "%s would be removed" % self.ref
+        return "%s would point at manifest sha256:%s%s" % (
+            self.ref, self.after[:12], " (was sha256:%s)" % self.before[:12] if self.before else "")
+
+
+def plan_tag(repo: Repository, ref: ImageRef, source: Optional[str]) -> TagChange:
+    """Point `ref` at the image `source` names (a tag or an ID prefix), or remove it (source None)."""
+    repo.check()
+    before = repo.read_tag(ref)
+    after = repo.resolve(source)[1] if source is not None else None
+    if after is not None:
+        repo.read_manifest(after)   # never tag what cannot be read back
+    return TagChange(ref, before, after)
+
+
+def execute_tag(repo: Repository, change: TagChange) -> None:
+    if change.reason is None:
+        return
+    if change.after is None:
+        repo.delete_tag(change.ref)
+    else:
+        repo.write_tag(change.ref, change.after)

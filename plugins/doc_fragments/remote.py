@@ -1,0 +1,96 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+
+    # The remote and transfer options every dogestry module takes.
+    DOCUMENTATION = r"""
+options:
+  remote:
+    description:
+      - Where images are stored, in the dogestry repository format (see C(docs/FORMAT.md)).
+      - An absolute directory (V(/srv/dogestry)) or V(file:///srv/dogestry) on the managed host;
+        a push creates it when missing.
+      - V(s3://bucket/prefix/) or V(s3://bucket/prefix/?region=us-west-2) for Amazon S3 and
+        S3-compatible stores (see O(endpoint_url)).
+      - V(https://host/prefix/) for a read-only remote served by any static web server, or a
+        signed pull URL minted by M(dogestry.dogestry.dogestry_tags).
+    type: str
+    required: true
+  jobs:
+    description:
+      - How many blobs to transfer at the same time.
+    type: int
+    default: 4
+"""
+
+    # S3 connection options, named as in amazon.aws. Without them boto3's default chain
+    # (environment, shared profile, instance role) applies.
+    S3 = r"""
+options:
+  access_key:
+    description:
+      - AWS access key ID for S3 remotes. Without it, boto3's default credential chain is used.
+    type: str
+    aliases: [aws_access_key_id, aws_access_key]
+  secret_key:
+    description:
+      - AWS secret access key for S3 remotes.
+    type: str
+    aliases: [aws_secret_access_key, aws_secret_key]
+  session_token:
+    description:
+      - AWS session token for temporary credentials.
+    type: str
+    aliases: [aws_session_token]
+  profile:
+    description:
+      - Named profile from the shared AWS configuration. Mutually exclusive with O(access_key).
+    type: str
+    aliases: [aws_profile]
+  region:
+    description:
+      - The bucket's region. A C(?region=) in O(remote) sets it too.
+    type: str
+    aliases: [aws_region]
+  endpoint_url:
+    description:
+      - URL of an S3-compatible endpoint (MinIO, Ceph RGW, moto); default is AWS.
+    type: str
+    aliases: [aws_endpoint_url]
+  validate_certs:
+    description:
+      - Verify TLS certificates of the S3 or HTTPS endpoint.
+    type: bool
+    default: true
+  ca_bundle:
+    description:
+      - CA bundle to verify the S3 or HTTPS endpoint with.
+    type: path
+    aliases: [aws_ca_bundle]
+"""
+
+    # Options of modules that talk to a Docker daemon.
+    DOCKER = r"""
+options:
+  docker_host:
+    description:
+      - The Docker daemon to use, V(unix:///path/docker.sock) or V(tcp://host:2375).
+      - One controller can feed several daemons by looping over hosts.
+      - Falls back to the E(DOCKER_HOST) environment variable.
+    type: str
+    default: unix:///var/run/docker.sock
+    aliases: [docker_url]
+  timeout:
+    description:
+      - Seconds to wait for a Docker API call before giving up.
+    type: int
+    default: 300
+requirements:
+  - docker (Docker SDK for Python) >= 5.0.0
+  - lz4 >= 3.1.0
+  - boto3 >= 1.28.0 (for S3 remotes)
+"""

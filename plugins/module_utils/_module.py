@@ -1,0 +1,85 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""The Ansible side of the engine: common options, building remotes and daemons, failing cleanly."""
+
+from __future__ import annotations
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+
+from ._compress import HAS_LZ4, LZ4_IMPORT_ERROR
+from ._docker import DEFAULT_DOCKER_HOST, DOCKER_IMPORT_ERROR, HAS_DOCKER, Daemon
+from ._errors import DogestryError
+from ._remote import remote_from_url
+from ._repository import Repository
+
+REMOTE_ARGSPEC = dict(
+    remote=dict(type="str", required=True),
+    jobs=dict(type="int", default=4),
+    access_key=dict(type="str", aliases=["aws_access_key_id", "aws_access_key"], no_log=False),
+    secret_key=dict(type="str", aliases=["aws_secret_access_key", "aws_secret_key"], no_log=True),
+    session_token=dict(type="str", aliases=["aws_session_token"], no_log=True),
+    profile=dict(type="str", aliases=["aws_profile"]),
+    region=dict(type="str", aliases=["aws_region"]),
+    endpoint_url=dict(type="str", aliases=["aws_endpoint_url"]),
+    validate_certs=dict(type="bool", default=True),
+    ca_bundle=dict(type="path", aliases=["aws_ca_bundle"]),
+)
+S3_OPTIONS = ("access_key", "secret_key", "session_token", "profile", "region", "endpoint_url",
+              "validate_certs", "ca_bundle")
+
+DOCKER_ARGSPEC = dict(
+    docker_host=dict(type="str", aliases=["docker_url"], default=DEFAULT_DOCKER_HOST,
+                     fallback=(env_fallback, ["DOCKER_HOST"])),
+    timeout=dict(type="int", default=300),
+)
+
+
+def _repository_from_params(params) -> Repository:
+    """Pure: params -> Repository; raises DogestryError."""
+    if params["jobs"] is not None and params["jobs"] < 1:
+        raise DogestryError("jobs must be at least 1, got %d" % params["jobs"])
+    options = {name: params.get(name) for name in S3_OPTIONS}
+    options["jobs"] = params["jobs"]
+    return Repository(remote_from_url(params["remote"], **options))
+
+
+class DogestryModule:
+    """Wraps AnsibleModule: merges the common options, checks libraries, maps DogestryError to fail_json."""
+
+    def __init__(self, argument_spec, needs_docker=True, **kwargs):
+        spec = dict(REMOTE_ARGSPEC)
+        if needs_docker:
+            spec.update(DOCKER_ARGSPEC)
+        spec.update(argument_spec)
+        self.module = AnsibleModule(argument_spec=spec, **kwargs)
+        self.params = self.module.params
+        self.check_mode = self.module.check_mode
+        self.diff_mode = self.module._diff
+        if needs_docker and not HAS_DOCKER:
+            self.module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
+        if needs_docker and not HAS_LZ4:
+            self.module.fail_json(msg=missing_required_lib("lz4"), exception=LZ4_IMPORT_ERROR)
+
+    def repository(self) -> Repository:
+        try:
+            return _repository_from_params(self.params)
+        except DogestryError as exc:
+            self.fail_json_dogestry(exc)
+
+    def daemon(self) -> Daemon:
+        try:
+            return Daemon(self.params["docker_host"], self.params["timeout"])
+        except DogestryError as exc:
+            self.fail_json_dogestry(exc)
+
+    def fail_json_dogestry(self, exc: Exception, **result):
+        """One-line msg for users; the traceback rides along for -vvv."""
+        self.module.fail_json(msg=str(exc), exception=traceback.format_exc(), **result)
+
+    def exit_json(self, **result):
+        self.module.exit_json(**result)
+

@@ -1,0 +1,155 @@
+#!/usr/bin/python
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: dogestry_pull
+short_description: Pull a Docker image from a dogestry remote into a daemon
+version_added: 0.1.0
+description:
+  - Loads an image from a remote (a directory, an S3 bucket, an HTTPS URL or a signed pull URL)
+    into a Docker daemon, without any registry.
+  - Works out by ChainID which layers the daemon already has and downloads only the others,
+    in parallel.
+  - Every byte is checked against its sha256 before the daemon can register it; a corrupt
+    or truncated blob fails the task and leaves no image behind.
+  - Pulling an image the daemon already has under the tag changes nothing.
+extends_documentation_fragment:
+  - dogestry.dogestry.remote
+  - dogestry.dogestry.remote.s3
+  - dogestry.dogestry.remote.docker
+  - dogestry.dogestry.attributes
+  - dogestry.dogestry.attributes.actiongroup_dogestry
+attributes:
+  check_mode:
+    support: full
+    details: Reports exactly which layers a real run would download.
+  diff_mode:
+    support: full
+options:
+  image:
+    description:
+      - What to pull, as C(name:tag) (a name alone means V(latest)), or a unique prefix of an
+        image ID on the remote (at least 4 hex digits, V(sha256:) optional).
+      - An image pulled by ID prefix is loaded untagged.
+    type: str
+    required: true
+    aliases: [name]
+author:
+  - dogestry developers
+"""
+
+EXAMPLES = r"""
+- name: Deploy a release from a directory remote (an NFS mount, say)
+  dogestry.dogestry.dogestry_pull:
+    remote: /srv/dogestry
+    image: myapp:20131210
+
+- name: Pull from S3 on every host of the play
+  dogestry.dogestry.dogestry_pull:
+    remote: s3://ops-goodies/docker-repo/?region=us-west-2
+    image: myapp:20131210
+    jobs: 8
+
+- name: Pull by image ID prefix
+  dogestry.dogestry.dogestry_pull:
+    remote: /srv/dogestry
+    image: 1dc66c9bbfee
+
+- name: Set the remote once for all dogestry modules of a play
+  hosts: app
+  module_defaults:
+    group/dogestry.dogestry.dogestry:
+      remote: s3://ops-goodies/docker-repo/
+      region: us-west-2
+  tasks:
+    - dogestry.dogestry.dogestry_pull:
+        image: myapp:20131210
+"""
+
+RETURN = r"""
+image:
+  description: The tag pulled, C(name:tag); null when pulled by ID prefix.
+  returned: always
+  type: str
+  sample: myapp:20131210
+image_id:
+  description: The image ID (sha256 of its config).
+  returned: always
+  type: str
+  sample: sha256:1dc66c9bbfeef8a4474f44309e2a0ab1a64074b128354400b61c40032c9194f0
+manifest:
+  description: Digest of the image's manifest on the remote.
+  returned: always
+  type: str
+layers_transferred:
+  description: Layer digests (diff_ids) downloaded, or to download in check mode.
+  returned: always
+  type: list
+  elements: str
+layers_skipped:
+  description: Layer digests the daemon already had.
+  returned: always
+  type: list
+  elements: str
+bytes_transferred:
+  description: Bytes downloaded (as stored, so compressed), or to download in check mode.
+  returned: always
+  type: int
+  sample: 1412767
+reason:
+  description: What changed (or would change), or null.
+  returned: always
+  type: str
+  sample: "myapp:20131210: 1 of 3 layers (12.0 MiB) to download"
+"""
+
+from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_pull, plan_pull
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
+
+
+class DogestryPuller:
+    def __init__(self, module: DogestryModule):
+        self.module = module
+        self.image = module.params["image"]
+        self.jobs = module.params["jobs"]
+        self.repo = module.repository()
+        self.daemon = module.daemon()
+
+    def pull(self):
+        plan = plan_pull(self.daemon, self.repo, self.image)
+        if self.module.check_mode:
+            result = plan.result()
+        else:
+            result = execute_pull(self.daemon, self.repo, plan, self.jobs)
+        reason = result.pop("reason")
+        result.pop("changed")
+        if reason is None:
+            msg = "%s is already in the Docker daemon as %s" % (plan.ref or self.image, plan.manifest.image_id[:19])
+        else:
+            msg = ("would pull from %s: %s" if self.module.check_mode else "pulled from %s: %s") % (self.repo.url, reason)
+        result.update(changed=reason is not None, msg=msg, reason=reason)
+        if self.module.diff_mode:
+            result["diff"] = dict(
+                before={"image_present": plan.image_present, "tagged": plan.tag_present},
+                after={"image_present": True, "tagged": True},
+            )
+        return result
+
+
+def main():
+    argument_spec = dict(
+        image=dict(type="str", required=True, aliases=["name"]),
+    )
+    module = DogestryModule(argument_spec, supports_check_mode=True)
+    try:
+        module.exit_json(**DogestryPuller(module).pull())
+    except DogestryError as exc:
+        module.fail_json_dogestry(exc)
+
+
+if __name__ == "__main__":
+    main()

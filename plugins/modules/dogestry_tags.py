@@ -1,0 +1,178 @@
+#!/usr/bin/python
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: dogestry_tags
+short_description: List, add and remove image tags in a dogestry remote
+version_added: 0.1.0
+description:
+  - Lists the tags of a remote, filtered by name and tag patterns, with their image IDs and sizes.
+  - Adds a tag to an image already in the remote, or moves it, without Docker and without
+    copying any data (like C(docker tag), but on the remote).
+  - Removes a tag. Data stays on the remote; other tags of the same image keep working.
+extends_documentation_fragment:
+  - dogestry.dogestry.remote
+  - dogestry.dogestry.remote.s3
+  - dogestry.dogestry.attributes
+  - dogestry.dogestry.attributes.actiongroup_dogestry
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+options:
+  state:
+    description:
+      - V(list) returns the tags matching O(name) and O(tag) and changes nothing.
+      - V(present) makes the tag O(name):O(tag) point at O(image).
+      - V(absent) removes the tag O(name):O(tag).
+    type: str
+    choices: [list, present, absent]
+    default: list
+  name:
+    description:
+      - Image name. With O(state=list) a shell-style pattern (V(myapp), V(team/*)); otherwise exact.
+    type: str
+    default: '*'
+  tag:
+    description:
+      - Tag. With O(state=list) a shell-style pattern (V(2013*)); otherwise exact and required.
+    type: str
+    default: '*'
+  image:
+    description:
+      - With O(state=present), the image to tag, as C(name:tag) or an image ID prefix already on the remote.
+    type: str
+author:
+  - dogestry developers
+"""
+
+EXAMPLES = r"""
+- name: List every tag of myapp
+  dogestry.dogestry.dogestry_tags:
+    remote: /srv/dogestry
+    name: myapp
+  register: myapp_tags
+
+- name: Promote a release to latest, on the remote only
+  dogestry.dogestry.dogestry_tags:
+    remote: s3://ops-goodies/docker-repo/
+    state: present
+    name: myapp
+    tag: latest
+    image: myapp:20131210
+
+- name: Remove an old tag
+  dogestry.dogestry.dogestry_tags:
+    remote: /srv/dogestry
+    state: absent
+    name: myapp
+    tag: "20131001"
+"""
+
+RETURN = r"""
+tags:
+  description:
+    - With O(state=list), the matching tags; otherwise the changed tag as it is after the task
+      (an empty dict after a removal).
+    - Keys are C(name:tag).
+  returned: always
+  type: dict
+  contains:
+    manifest:
+      description: Digest of the manifest the tag points at.
+      type: str
+    image_id:
+      description: The image ID (sha256 of its config).
+      type: str
+    layers:
+      description: Number of layers.
+      type: int
+    size:
+      description: Uncompressed size of the layers, in bytes.
+      type: int
+    stored_size:
+      description: Bytes the image takes on the remote (layers as stored plus config), before sharing.
+      type: int
+  sample:
+    myapp:20131210:
+      manifest: sha256:ec43de92e9afef4e5c1b17a126326d6a1841e9d9da1cff7c61605b23104b3684
+      image_id: sha256:1dc66c9bbfeef8a4474f44309e2a0ab1a64074b128354400b61c40032c9194f0
+      layers: 3
+      size: 2125312
+      stored_size: 1414642
+actions:
+  description: What was (or would be, in check mode) done.
+  returned: always
+  type: list
+  elements: str
+  sample: ["Tagged myapp:latest -> sha256:1dc66c9bbfee (was sha256:0aa4bd2a41c3)"]
+"""
+
+from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import describe_tags, execute_tag, plan_tag
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
+
+
+class DogestryTagger:
+    def __init__(self, module: DogestryModule):
+        self.module = module
+        self.state = module.params["state"]
+        self.name = module.params["name"]
+        self.tag = module.params["tag"]
+        self.image = module.params["image"]
+        if self.state != "list":
+            if "*" in self.name or "*" in self.tag or self.name == "*":
+                raise DogestryError("state=%s needs an exact name and tag, got %s:%s" % (self.state, self.name, self.tag))
+            self.ref = parse_image_ref("%s:%s" % (self.name, self.tag))
+        if self.state == "present" and not self.image:
+            raise DogestryError("state=present needs image: the name:tag or image ID to point %s:%s at" % (self.name, self.tag))
+        self.repo = module.repository()
+
+    def run(self):
+        if self.state == "list":
+            self.repo.check()
+            tags = describe_tags(self.repo, self.repo.list_tags(self.name, self.tag))
+            return dict(changed=False, tags=tags, actions=[],
+                        msg="%d tag(s) matching %s:%s on %s" % (len(tags), self.name, self.tag, self.repo.url))
+        change = plan_tag(self.repo, self.ref, self.image if self.state == "present" else None)
+        if not self.module.check_mode:
+            execute_tag(self.repo, change)
+        described = describe_tags(self.repo, {self.ref: change.after}) if change.after else {}
+        before = describe_tags(self.repo, {self.ref: change.before}) if change.before else {}
+        actions = []
+        if change.reason:
+            if change.after is None:
+                actions.append("Removed %s (was %s)" % (self.ref, before[str(self.ref)]["image_id"][:19]))
+            else:
+                was = " (was %s)" % before[str(self.ref)]["image_id"][:19] if before else ""
+                actions.append("Tagged %s -> %s%s" % (self.ref, described[str(self.ref)]["image_id"][:19], was))
+        result = dict(changed=change.reason is not None, tags=described, actions=actions,
+                      msg=("%s (check mode)" % change.reason if self.module.check_mode else actions[0])
+                      if change.reason else "%s is already as requested on %s" % (self.ref, self.repo.url))
+        if self.module.diff_mode:
+            result["diff"] = dict(before={"tags": before}, after={"tags": described})
+        return result
+
+
+def main():
+    argument_spec = dict(
+        state=dict(type="str", choices=["list", "present", "absent"], default="list"),
+        name=dict(type="str", default="*"),
+        tag=dict(type="str", default="*"),
+        image=dict(type="str"),
+    )
+    module = DogestryModule(argument_spec, needs_docker=False, supports_check_mode=True,
+                            required_if=[("state", "present", ["image"])])
+    try:
+        module.exit_json(**DogestryTagger(module).run())
+    except DogestryError as exc:
+        module.fail_json_dogestry(exc)
+
+
+if __name__ == "__main__":
+    main()
