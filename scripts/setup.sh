@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Set up everything dogestry's demo and tests need, idempotently, by package name only:
+#   - Debian packages: docker.io (dockerd 20.10, containerd, runc), busybox-static (the demo and
+#     test images' only binary), git, rsync, iproute2 (skipped when all are installed already);
+#   - a virtualenv at .venv with requirements.txt + tests/requirements.txt (skipped when unchanged);
+#   - a Docker >= 25 dockerd unpacked into a cache dir (scripts/fetch-docker26.sh; tests start it);
+#   - a running dockerd (started in the background when none answers; log in /var/log or /tmp).
+# Re-running it when everything is in place takes about a second.
+#
+# Environment: PYTHON (interpreter for the venv, default python3), DOGESTRY_SKIP_DOCKER26=1.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=$ROOT/.venv
+PYTHON=${PYTHON:-python3}
+export DEBIAN_FRONTEND=noninteractive
+
+say() { echo "setup: $*"; }
+die() { echo "setup: ERROR: $*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo -n "$@"
+    else die "need root (or sudo) for: $*"; fi
+}
+
+# --- Debian packages -----------------------------------------------------------------------------
+packages=(docker.io busybox-static git rsync iproute2 util-linux ca-certificates)
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "apt-get install ${missing[*]}"
+    aptlog=${TMPDIR:-/tmp}/dogestry-setup-apt.log
+    { as_root apt-get -q update && as_root apt-get -q install -y --no-install-recommends "${missing[@]}"; } \
+        >"$aptlog" 2>&1 || { tail -n 30 "$aptlog" >&2; die "apt-get failed (log: $aptlog)"; }
+fi
+
+# --- virtualenv ----------------------------------------------------------------------------------
+reqs=("$ROOT/requirements.txt" "$ROOT/tests/requirements.txt")
+stamp_want=$( { "$PYTHON" -c 'import sys; print(sys.version)'; cat "${reqs[@]}"; } | sha256sum | cut -d' ' -f1)
+stamp_file=$VENV/.dogestry-requirements.sha256
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_want" ]; then
+    say "creating/updating $VENV (pip install -r requirements.txt -r tests/requirements.txt)"
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    piplog=$VENV/pip-install.log
+    { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip \
+      && "$VENV/bin/python" -m pip install --disable-pip-version-check -r "${reqs[0]}" -r "${reqs[1]}"; } \
+        >"$piplog" 2>&1 || { tail -n 30 "$piplog" >&2; die "pip install failed (log: $piplog)"; }
+    echo "$stamp_want" > "$stamp_file"
+fi
+
+# --- Docker >= 25 beside the system's 20.10 (the tests' docker26_host fixture runs it) -------------
+if [ "${DOGESTRY_SKIP_DOCKER26:-}" != 1 ]; then
+    bash "$ROOT/scripts/fetch-docker26.sh" >/dev/null \
+        || say "WARNING: could not fetch the Docker 26 dockerd; tests that need it will fail"
+fi
+
+# --- a running dockerd ---------------------------------------------------------------------------
+docker_ok() { "$VENV/bin/python" - <<'EOF' 2>/dev/null
+import os, docker
+docker.APIClient(base_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"), version="auto", timeout=5).ping()
+EOF
+}
+if ! docker_ok; then
+    [ -n "${DOCKER_HOST:-}" ] && [ "${DOCKER_HOST}" != unix:///var/run/docker.sock ] \
+        && die "DOCKER_HOST=$DOCKER_HOST does not answer"
+    command -v dockerd >/dev/null || die "dockerd not found after installing docker.io"
+    log=/var/log/dogestry-dockerd.log
+    [ -w /var/log ] || log=${TMPDIR:-/tmp}/dogestry-dockerd.log
+    say "starting dockerd (log: $log)"
+    as_root setsid -f dockerd </dev/null >>"$log" 2>&1
+    for _ in $(seq 1 120); do docker_ok && break; sleep 0.5; done
+    docker_ok || { tail -n 20 "$log" >&2; die "dockerd did not answer within 60 s (log: $log)"; }
+fi
+say "ready: $("$VENV/bin/python" -c 'from ansible.release import __version__ as a; import docker, boto3, lz4; print("ansible-core %s, docker %s, boto3 %s, lz4 %s" % (a, docker.__version__, boto3.__version__, lz4.__version__))')"

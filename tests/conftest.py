@@ -1,0 +1,280 @@
+"""Shared test fixtures: the collection on sys.path, real dockerds, a real S3 endpoint (moto_server).
+
+- docker_host:   Debian's docker.io (20.10: `docker save` writes manifest.json + <id>/layer.tar)
+- docker26_host: a second, newer daemon (trixie's docker.io 26: `docker save` writes an OCI layout),
+                 unpacked by scripts/fetch-docker26.sh and run in its own network namespace
+- s3_endpoint / s3_env: moto_server on loopback
+- build_image:   build small busybox-based images with chosen layers on either daemon
+
+Servers are started only when none answers, and stopped at the end of the session if we started them.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import tarfile
+import time
+import urllib.request
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FETCH_DOCKER26 = os.path.join(REPO, "scripts", "fetch-docker26.sh")
+DOCKER26_RUN = os.path.join(tempfile.gettempdir(), "dogestry-docker26-%d" % os.getuid())
+DOCKER26_HOST = os.environ.get("DOGESTRY_DOCKER26_HOST", "unix://%s/docker.sock" % DOCKER26_RUN)
+BUSYBOX = "/bin/busybox"
+COLLECTIONS = os.path.join(tempfile.gettempdir(), "dogestry-test-collections-%d" % os.getuid())
+COLLECTION_LINK = os.path.join(COLLECTIONS, "ansible_collections", "dogestry", "dogestry")
+
+
+def _link_collection():
+    """Make `ansible_collections.dogestry.dogestry` importable and findable by ansible-playbook."""
+    os.makedirs(os.path.dirname(COLLECTION_LINK), exist_ok=True)
+    if os.path.realpath(COLLECTION_LINK) != REPO:
+        if os.path.lexists(COLLECTION_LINK):
+            os.unlink(COLLECTION_LINK)
+        os.symlink(REPO, COLLECTION_LINK)
+    if COLLECTIONS not in sys.path:
+        sys.path.insert(0, COLLECTIONS)
+
+
+_link_collection()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - still starting
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("%s did not come up within %ds" % (what, timeout))
+
+
+def _start(cmd, log_path, env=None):
+    log = open(log_path, "wb")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+
+
+def _stop(proc):
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def docker_host():
+    """A real Docker daemon (Debian's docker.io); started here when none answers."""
+    import docker
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+    def ping():
+        return docker.APIClient(base_url=host, version="auto", timeout=5).ping()
+
+    proc = None
+    try:
+        ping()
+    except Exception:  # noqa: BLE001
+        if not shutil.which("dockerd"):
+            pytest.fail("no Docker daemon answers at %s and dockerd is not installed (run tests/setup.sh)" % host)
+        proc = _start(["dockerd"], os.path.join(tempfile.gettempdir(), "dogestry-test-dockerd.log"))
+        wait_for(ping, 60, "dockerd")
+    yield host
+    _stop(proc)
+
+
+def _cache_dir():
+    return os.environ.get("DOGESTRY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dogestry")
+
+
+def _docker_ping(host):
+    import docker
+    return docker.APIClient(base_url=host, version="auto", timeout=5).ping()
+
+
+@pytest.fixture(scope="session")
+def docker26_host():
+    """A second, Docker >= 25 daemon (Debian trixie's dockerd 26.1.5); yields its unix:// host.
+
+    Started here when none answers at DOCKER26_HOST, and stopped at the end of the session if we
+    started it. The binary comes from scripts/fetch-docker26.sh (setup.sh runs it; here it runs
+    again if needed). If it cannot be fetched or started, the tests that need it FAIL.
+
+    It runs in its own network namespace (`unshare --net`) with its own socket, data-root,
+    exec-root, pidfile and containerd namespace, so it never touches the first daemon's docker0
+    (a second daemon with --bridge=none in the same namespace deletes it) or iptables rules.
+    Containers on it have loopback only: build and run with --network none.
+    """
+    host = DOCKER26_HOST
+    try:
+        _docker_ping(host)
+        yield host
+        return
+    except Exception:  # noqa: BLE001 - not running: start it below
+        pass
+    fetch = subprocess.run(["bash", FETCH_DOCKER26], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, text=True, check=False)
+    if fetch.returncode != 0:
+        pytest.fail("Docker 26 is needed and could not be fetched (scripts/fetch-docker26.sh exit %d):\n%s"
+                    % (fetch.returncode, fetch.stderr[-2000:]), pytrace=False)
+    dockerd = fetch.stdout.strip().splitlines()[-1]
+    if not shutil.which("unshare"):
+        pytest.fail("Docker 26 needs `unshare` (util-linux) to run in its own network namespace", pytrace=False)
+    os.makedirs(DOCKER26_RUN, exist_ok=True)
+    sock = host[len("unix://"):]
+    log_path = os.path.join(DOCKER26_RUN, "dockerd.log")
+    cmd = ["unshare", "--net", "--", dockerd,
+           "-H", host,
+           "--data-root", os.path.join(_cache_dir(), "docker26-state"),
+           "--exec-root", os.path.join(DOCKER26_RUN, "exec"),
+           "--pidfile", os.path.join(DOCKER26_RUN, "docker.pid"),
+           "--iptables=false", "--ip6tables=false",
+           "--containerd-namespace", "dogestry26",
+           "--containerd-plugins-namespace", "dogestry26-plugins"]
+    if os.path.exists(sock) and not os.path.isdir(sock):
+        os.unlink(sock)  # stale socket of a daemon that died
+    proc = _start(cmd, log_path)
+    try:
+        wait_for(lambda: _docker_ping(host), 60, "dockerd 26")
+    except RuntimeError:
+        _stop(proc)
+        with open(log_path, "rb") as log:
+            tail = log.read()[-3000:].decode("utf-8", "replace")
+        pytest.fail("Docker 26 dockerd did not answer at %s within 60s (log %s):\n%s" % (host, log_path, tail),
+                    pytrace=False)
+    yield host
+    _stop(proc)
+
+
+def _base_layer_tar():
+    """A deterministic tar holding /bin/busybox (+ /bin/sh -> busybox): same bytes, same diff_id, every time."""
+    import io
+    if not os.path.exists(BUSYBOX):
+        pytest.fail("%s is missing: install Debian's busybox-static (scripts/setup.sh)" % BUSYBOX, pytrace=False)
+    with open(BUSYBOX, "rb") as f:
+        data = f.read()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        def add(name, type_, mode, payload=None, linkname=""):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime, info.linkname = type_, mode, 946684800, linkname
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if payload is not None:
+                info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+        add("bin", tarfile.DIRTYPE, 0o755)
+        add("bin/busybox", tarfile.REGTYPE, 0o755, data)
+        add("bin/sh", tarfile.SYMTYPE, 0o777, linkname="busybox")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def build_image(tmp_path):
+    """Return build(host, name, layers, cmd=None) -> image id ("sha256:...").
+
+    The image is: a base layer holding Debian's static /bin/busybox (and /bin/sh -> busybox),
+    imported from a deterministic tar, so every image built on top of it on any daemon has the
+    same base diff_id; then one COPY layer per dict in `layers` ({path: bytes or str}, paths
+    relative to /); then CMD (default: `busybox echo <name>`). Built with network_mode="none"
+    on the daemon at `host` (unix:// or tcp://). `docker run --network none IMAGE` works.
+    Images built here are removed (with their untagged parents) at the end of the test.
+    """
+    import docker
+    base_tar = _base_layer_tar()
+    built = []
+
+    def build(host, name, layers, cmd=None):
+        api = docker.APIClient(base_url=host, version="auto", timeout=300)
+        base = api.import_image_from_data(base_tar, changes=['CMD ["/bin/busybox", "sh"]'])
+        base_id = json_lines_last(base, "status")
+        ctx = tmp_path / ("ctx-%d" % len(built))
+        ctx.mkdir()
+        lines = ["FROM %s" % base_id]
+        for i, layer in enumerate(layers):
+            layer_dir = ctx / ("layer%d" % i)
+            layer_dir.mkdir()
+            for path, content in sorted(layer.items()):
+                target = layer_dir / path.lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content.encode() if isinstance(content, str) else content)
+                os.chmod(target, 0o644)
+            for dirpath, dirnames, filenames in os.walk(layer_dir):
+                for entry in dirnames + filenames:
+                    os.utime(os.path.join(dirpath, entry), (946684800, 946684800))
+            lines.append("COPY layer%d/ /" % i)
+        lines.append("CMD %s" % json.dumps(cmd if cmd is not None else ["/bin/busybox", "echo", name]))
+        (ctx / "Dockerfile").write_text("\n".join(lines) + "\n")
+        built.append((host, name))
+        errors, log = [], []
+        for chunk in api.build(path=str(ctx), tag=name, network_mode="none", rm=True, forcerm=True,
+                               decode=True):
+            log.append(chunk.get("stream") or chunk.get("status") or "")
+            if "error" in chunk:
+                errors.append(chunk["error"])
+        if errors:
+            raise RuntimeError("building %s on %s failed: %s\n%s" % (name, host, errors, "".join(log)))
+        return api.inspect_image(name)["Id"]
+
+    yield build
+    import docker.errors
+    for host, name in reversed(built):
+        try:
+            docker.APIClient(base_url=host, version="auto", timeout=60).remove_image(name, force=True)
+        except docker.errors.APIError:
+            pass  # already removed by the test
+
+
+def json_lines_last(output, key):
+    """The `key` of the last JSON line of a Docker API progress output (import_image returns a str)."""
+    value = None
+    for line in output.splitlines() if isinstance(output, str) else output:
+        line = line.strip()
+        if line:
+            doc = json.loads(line) if isinstance(line, (str, bytes)) else line
+            if "error" in doc:
+                raise RuntimeError("docker: %s" % doc["error"])
+            value = doc.get(key, value)
+    return value
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint on loopback: moto's server. Credentials are dummies it accepts."""
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = _start([exe, "-H", "127.0.0.1", "-p", str(port)],
+                  os.path.join(tempfile.gettempdir(), "dogestry-test-moto.log"))
+    wait_for(lambda: urllib.request.urlopen(url + "/moto-api/", timeout=2).status == 200, 60, "moto_server")
+    yield url
+    _stop(proc)
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    """Environment for boto3 talking to moto: dummy keys, a region, no CA bundle override."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3_endpoint
