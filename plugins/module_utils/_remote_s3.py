@@ -1,0 +1,478 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""The S3 remote (AWS S3 and S3-compatible stores: MinIO, Ceph RGW, moto), through boto3.
+
+URL: ``s3://bucket/prefix/?region=us-west-2`` (the original dogestry form).  Region precedence:
+the URL's ``?region=`` (it describes where that bucket lives) > the ``region`` option > boto3's
+own chain (AWS_REGION, AWS_DEFAULT_REGION, the profile).  Credentials: explicit keys, or a
+profile, or boto3's default chain (environment, shared files, instance/container role); a profile
+together with explicit keys is rejected.  Retries: botocore's "standard" mode, 10 attempts,
+which backs off on throttling (503 SlowDown), 5xx and connection errors.
+
+Writes of immutable keys are create-only with ``If-None-Match: *`` (PutObject and
+CompleteMultipartUpload), so a concurrent writer of the same content address loses cleanly
+(412 -> "already there").  A store that rejects that header (501/NotImplemented) is remembered
+and served by HEAD-then-PUT instead, which is safe for content-addressed keys (both writers put
+the same bytes) but not atomic.  Content is verified by the engine's sha256, never by ETag.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional
+from urllib.parse import parse_qs, urlsplit
+
+try:
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+    from botocore.exceptions import (
+        BotoCoreError, ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError,
+        NoCredentialsError, PartialCredentialsError, ProfileNotFound, SSLError,
+    )
+    HAS_BOTO3 = True
+    BOTO3_IMPORT_ERROR = None
+except ImportError:
+    HAS_BOTO3 = False
+    BOTO3_IMPORT_ERROR = traceback.format_exc()
+
+    class BotoCoreError(Exception):  # placeholders so except clauses stay valid
+        pass
+
+    ClientError = BotoConnectionError = EndpointConnectionError = BotoCoreError
+    NoCredentialsError = PartialCredentialsError = ProfileNotFound = SSLError = BotoCoreError
+
+from ._errors import DogestryError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
+from ._remote import ObjectInfo, Remote
+
+MiB = 1 << 20
+DEFAULT_PART_SIZE = 8 * MiB
+MIN_PART_SIZE = 5 * MiB          # S3's minimum for every part but the last
+MAX_PARTS = 10000
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+MAX_ATTEMPTS = 10                # botocore "standard" retries: throttling, 5xx, connection errors
+LIST_MIN_GROUPS = 8              # stat(): below this many probes, never list
+LIST_PAGE_RATIO = 4              # stat(): a listing may take at most groups/4 pages before we probe the rest
+
+_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+               "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "403"}
+_REGION_CODES = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
+                 "301", "TemporaryRedirect"}
+_UNSUPPORTED_CODES = {"NotImplemented", "501"}
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _common_prefix(keys: List[str]) -> str:
+    return os.path.commonprefix(keys) if keys else ""
+
+
+class S3Remote(Remote):
+    def __init__(self, client, bucket: str, prefix: str = "", part_size: int = DEFAULT_PART_SIZE,
+                 jobs: int = 4, region: Optional[str] = None):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.region = region
+        self.part_size = max(MIN_PART_SIZE, int(part_size))
+        self.jobs = max(1, int(jobs))
+        self.url = "s3://%s/%s" % (bucket, prefix)
+        self._conditional = True            # False once the store rejected If-None-Match
+        self._part_pool = None
+        self._lock = threading.Lock()
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, access_key=None, secret_key=None, session_token=None, profile=None,
+                 region=None, endpoint_url=None, validate_certs=True, ca_bundle=None, part_size=None,
+                 jobs=None, **_ignored) -> "S3Remote":
+        if not HAS_BOTO3:
+            raise DogestryError("the Python packages 'boto3' and 'botocore' are required for s3:// remotes: "
+                                "pip install boto3")
+        bucket, prefix, url_region = parse_s3_url(url)
+        where = "s3://%s/%s" % (bucket, prefix)
+        if profile and (access_key or secret_key or session_token):
+            raise RemoteError("remote %s: give either profile or access_key/secret_key/session_token, not both"
+                              % where)
+        if bool(access_key) != bool(secret_key):
+            raise RemoteAuthError("remote %s: access_key and secret_key must be given together" % where)
+        jobs = int(jobs or 4)
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=access_key or None, aws_secret_access_key=secret_key or None,
+                aws_session_token=session_token or None, profile_name=profile or None,
+                region_name=url_region or region or None)
+        except ProfileNotFound:
+            raise RemoteAuthError("remote %s: AWS profile %r is not configured (~/.aws/config)" % (where, profile))
+        config = Config(
+            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            max_pool_connections=max(10, jobs * (jobs + 1)),    # `jobs` transfers of `jobs` parts each
+            s3={"addressing_style": "path" if endpoint_url else "auto"},
+            signature_version="s3v4",
+            connect_timeout=10, read_timeout=60,
+        )
+        verify = ca_bundle if ca_bundle else (validate_certs is not False)
+        try:
+            client = session.client("s3", endpoint_url=endpoint_url or None, verify=verify, config=config)
+        except (BotoCoreError, ValueError) as exc:
+            raise RemoteError("remote %s: cannot set up an S3 client: %s" % (where, _one_line(exc)))
+        return cls(client, bucket, prefix, part_size or DEFAULT_PART_SIZE, jobs, client.meta.region_name)
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def _error(self, exc: Exception, what: str, key: Optional[str] = None) -> RemoteError:
+        """One-line RemoteError for a boto3/botocore failure of `what` (on `key`)."""
+        where = "s3://%s/%s%s" % (self.bucket, self.prefix, key or "")
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            message = _one_line(err.get("Message") or code)
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            if code == "NoSuchBucket":
+                return RemoteNotFoundError("bucket %s does not exist (remote %s): create it or fix the remote URL"
+                                           % (self.bucket, self.url))
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return RemoteNotFoundError("not found: %s" % where)
+            if code in _REGION_CODES:
+                right = err.get("Region") or headers.get("x-amz-bucket-region")
+                if right:
+                    return RemoteError("bucket %s is in region %s, not %s: use s3://%s/%s?region=%s or set region"
+                                       % (self.bucket, right, self.region, self.bucket, self.prefix, right))
+                return RemoteError("bucket %s is not in region %s (%s): set the bucket's region (?region=… or region)"
+                                   % (self.bucket, self.region, message))
+            if code in _AUTH_CODES:
+                return RemoteAuthError("access denied %s %s (%s: %s): check the credentials and the bucket policy"
+                                       % (what, where, code, message))
+            if code in _UNSUPPORTED_CODES:
+                return RemoteUnsupportedError("%s %s: the S3 store does not support it (%s)" % (what, where, message))
+            return RemoteError("%s %s failed: %s (%s)" % (what, where, message, code))
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return RemoteAuthError("no usable AWS credentials for %s: set access_key/secret_key, a profile, or the "
+                                   "AWS_* environment variables (%s)" % (self.url, _one_line(exc)))
+        if isinstance(exc, SSLError):
+            return RemoteError("TLS verification failed for the S3 endpoint of %s: set ca_bundle, or "
+                               "validate_certs=false for a test store (%s)" % (self.url, _one_line(exc)))
+        if isinstance(exc, (EndpointConnectionError, BotoConnectionError)):
+            return RemoteError("cannot reach S3 endpoint %s for %s: check endpoint_url/region and the network (%s)"
+                               % (self.client.meta.endpoint_url, self.url, _one_line(exc)))
+        if isinstance(exc, DogestryError):
+            return exc
+        return RemoteError("%s %s failed: %s" % (what, where, _one_line(exc)))
+
+    @staticmethod
+    def _code(exc: Exception) -> str:
+        if isinstance(exc, ClientError):
+            return str(exc.response.get("Error", {}).get("Code", ""))
+        return ""
+
+    @staticmethod
+    def _status(exc: Exception) -> int:
+        if isinstance(exc, ClientError):
+            return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return 0
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def get(self, key):
+        with self.open(key) as body:
+            try:
+                return body.read()
+            except (BotoCoreError, OSError) as exc:
+                raise self._error(exc, "reading", key)
+
+    def open(self, key):
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, "reading", key)
+        return response["Body"]
+
+    def head(self, key: str) -> Optional[ObjectInfo]:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            if self._status(exc) == 404 and self._code(exc) != "NoSuchBucket":
+                return None
+            raise self._error(exc, "checking", key)
+        return ObjectInfo(key, int(response["ContentLength"]), response["LastModified"].timestamp())
+
+    def stat(self, keys):
+        """Which of `keys` exist, in as few round trips as we can tell in advance.
+
+        Rule: keys are grouped so that a key and the keys it is a prefix of (a blob and its
+        ``.lz4`` twin) form one group; each group costs one request: a HEAD for a lone key, a
+        ListObjectsV2 with the group's key as prefix otherwise.  With at least LIST_MIN_GROUPS
+        groups we first list their common prefix instead (1000 keys a page, in key order), which
+        settles every group whose keys sort before the last key listed; once the listing has
+        used groups/LIST_PAGE_RATIO pages (the remote holds far more than we asked about) it
+        stops and the groups still open are probed in parallel (`jobs` at a time).  Calls are
+        thus at most 1.25 x the number of groups, and one or two for an image on a small remote.
+        """
+        groups = _group_keys(sorted(set(keys)))
+        found: Dict[str, ObjectInfo] = {}
+        open_groups = groups
+        if len(groups) >= LIST_MIN_GROUPS:
+            wanted = {key for group in groups for key in group}
+            open_groups, found = self._stat_by_listing(groups, wanted, max(1, len(groups) // LIST_PAGE_RATIO))
+        if open_groups:
+            with ThreadPoolExecutor(max_workers=min(self.jobs, len(open_groups))) as pool:
+                for result in pool.map(self._probe, open_groups):
+                    found.update(result)
+        return found
+
+    def _stat_by_listing(self, groups, wanted, max_pages):
+        found = {}
+        last = ""
+        complete = False
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._key(_common_prefix([g[0] for g in groups])),
+                                   PaginationConfig={"PageSize": 1000})
+        try:
+            for number, page in enumerate(pages, 1):
+                for item in page.get("Contents", ()):
+                    key = item["Key"][len(self.prefix):]
+                    last = key
+                    if key in wanted:
+                        found[key] = ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp())
+                if not page.get("IsTruncated"):
+                    complete = True
+                    break
+                if number >= max_pages:
+                    break
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, "listing", _common_prefix([g[0] for g in groups]))
+        if complete:
+            return [], found
+        return [group for group in groups if group[-1] > last], found
+
+    def _probe(self, group: List[str]) -> Dict[str, ObjectInfo]:
+        if len(group) == 1:
+            info = self.head(group[0])
+            return {info.key: info} if info else {}
+        return {info.key: info for info in self.list(group[0]) if info.key in group}
+
+    def list(self, prefix):
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for item in page.get("Contents", ()):
+                    yield ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"]),
+                                     item["LastModified"].timestamp())
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, "listing", prefix)
+
+    def _transfer_config(self):
+        return TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
+                              max_concurrency=self.jobs, use_threads=True)
+
+    def get_file(self, key, path):
+        """Parallel ranged GETs of `part_size` (s3transfer pins them to one ETag), `jobs` at a time."""
+        try:
+            self.client.download_file(self.bucket, self._key(key), path, Config=self._transfer_config())
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, "downloading", key)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def put(self, key, data, overwrite=False):
+        if overwrite:
+            self._put_object(key, data)
+            return True
+        return self._put_create_only(key, lambda: data)
+
+    def _put_object(self, key, body, **extra):
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body,
+                                   ContentType="application/octet-stream", **extra)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, "writing", key)
+
+    def _put_create_only(self, key, body) -> bool:
+        """`body()` gives the data (or a fresh file object) for each attempt."""
+        for attempt in range(5):
+            if not self._conditional:
+                if self.head(key) is not None:
+                    return False
+                self._put_object(key, body())
+                return True
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body(), IfNoneMatch="*",
+                                       ContentType="application/octet-stream")
+                return True
+            except (BotoCoreError, ClientError) as exc:
+                if self._status(exc) == 412 or self._code(exc) == "PreconditionFailed":
+                    return False
+                if self._code(exc) == "ConditionalRequestConflict":     # a concurrent writer of this key
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                if self._unsupported_condition(exc):
+                    continue
+                raise self._error(exc, "writing", key)
+        raise RemoteError("writing %s%s on %s: concurrent writers kept conflicting; retry" % (self.prefix, key, self.url))
+
+    def _unsupported_condition(self, exc) -> bool:
+        """A store that does not implement If-None-Match: remember it and use HEAD-then-PUT."""
+        if self._code(exc) in _UNSUPPORTED_CODES or self._status(exc) == 501 or (
+                self._code(exc) == "InvalidArgument" and "if-none-match" in str(exc).lower()):
+            self._conditional = False
+            return True
+        return False
+
+    def put_file(self, key, path):
+        """Create-only upload of a local file, which is deleted afterwards.
+
+        Files up to `part_size` go in one conditional PutObject.  Larger ones are a multipart
+        upload of `part_size` parts, `jobs` in flight per remote (so memory stays at most
+        jobs x part_size however many files upload at once), completed with If-None-Match.
+        s3transfer 0.17's upload_file cannot pass If-None-Match to CompleteMultipartUpload,
+        hence our own small multipart loop.  A HEAD first skips re-sending a large blob that
+        a concurrent push already stored.
+        """
+        try:
+            size = os.path.getsize(path)
+            if size <= self.part_size:
+                handles = []
+
+                def reopen():
+                    handle = open(path, "rb")
+                    handles.append(handle)
+                    return handle
+                try:
+                    return self._put_create_only(key, reopen)
+                finally:
+                    for handle in handles:
+                        handle.close()
+            if self.head(key) is not None:
+                return False
+            return self._multipart_upload(key, path, size)
+        except OSError as exc:
+            raise RemoteError("reading the spooled file %s for %s on %s failed: %s"
+                              % (path, key, self.url, exc.strerror or exc))
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _parts_pool(self):
+        with self._lock:
+            if self._part_pool is None:
+                self._part_pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="dogestry-s3-part")
+            return self._part_pool
+
+    def _multipart_upload(self, key, path, size) -> bool:
+        part_size = self.part_size
+        while (size + part_size - 1) // part_size > MAX_PARTS:
+            part_size *= 2
+        s3key = self._key(key)
+        try:
+            upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=s3key, ContentType="application/octet-stream")["UploadId"]
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, "starting a multipart upload of", key)
+
+        def upload_part(number):
+            offset = (number - 1) * part_size
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(min(part_size, size - offset))
+            response = self.client.upload_part(Bucket=self.bucket, Key=s3key, UploadId=upload_id,
+                                               PartNumber=number, Body=data)
+            return {"PartNumber": number, "ETag": response["ETag"]}
+
+        try:
+            numbers = range(1, (size + part_size - 1) // part_size + 1)
+            parts = [future.result() for future in [self._parts_pool().submit(upload_part, n) for n in numbers]]
+            return self._complete(key, s3key, upload_id, parts)
+        except BaseException as exc:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=s3key, UploadId=upload_id)
+            except (BotoCoreError, ClientError):
+                pass        # a bucket lifecycle rule (AbortIncompleteMultipartUpload) cleans up the rest
+            if isinstance(exc, (BotoCoreError, ClientError)):
+                raise self._error(exc, "uploading", key)
+            raise
+
+    def _complete(self, key, s3key, upload_id, parts) -> bool:
+        args = dict(Bucket=self.bucket, Key=s3key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        if not self._conditional:
+            if self.head(key) is not None:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=s3key, UploadId=upload_id)
+                return False
+            self.client.complete_multipart_upload(**args)
+            return True
+        try:
+            self.client.complete_multipart_upload(IfNoneMatch="*", **args)
+            return True
+        except ClientError as exc:
+            if self._status(exc) == 412 or self._code(exc) == "PreconditionFailed":
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=s3key, UploadId=upload_id)
+                return False
+            if self._unsupported_condition(exc):
+                return self._complete(key, s3key, upload_id, parts)
+            raise
+
+    def delete(self, key):
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            if self._status(exc) == 404 and self._code(exc) != "NoSuchBucket":
+                return
+            raise self._error(exc, "deleting", key)
+
+    # -- signing ------------------------------------------------------------------------------
+
+    def presign_get(self, key: str, expires_in: int) -> str:
+        """A URL anyone may GET `key` with until `expires_in` seconds from now (SigV4: at most 7 days).
+
+        With temporary credentials (session token, instance role) the URL also dies with them.
+        """
+        if not 1 <= int(expires_in) <= MAX_PRESIGN_SECONDS:
+            raise RemoteUnsupportedError("signed URLs on %s last 1 second to 7 days (%d s), not %s s"
+                                         % (self.url, MAX_PRESIGN_SECONDS, expires_in))
+        try:
+            return self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=int(expires_in))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, "signing a URL for", key)
+
+
+def parse_s3_url(url: str):
+    """'s3://bucket/some/prefix?region=r' -> ('bucket', 'some/prefix/', 'r' or None)."""
+    parts = urlsplit(str(url).strip())
+    if parts.scheme.lower() != "s3" or not parts.netloc:
+        raise RemoteUnsupportedError("remote %r is not an S3 URL like s3://bucket/prefix/?region=us-west-2" % url)
+    if parts.username or parts.password or "@" in parts.netloc:
+        raise RemoteUnsupportedError("remote s3://…%s: put credentials in access_key/secret_key, not in the URL"
+                                     % parts.path)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"region"})
+    if unknown:
+        raise RemoteUnsupportedError("remote s3://%s%s: unknown URL parameter %s (only ?region= is understood)"
+                                     % (parts.netloc, parts.path, ", ".join(unknown)))
+    region = (query.get("region") or [None])[0] or None
+    prefix = parts.path.strip("/")
+    return parts.netloc, (prefix + "/") if prefix else "", region
+
+
+def _group_keys(keys: List[str]) -> List[List[str]]:
+    """Sorted keys -> groups where the first key is a prefix of all the others in its group."""
+    groups: List[List[str]] = []
+    for key in keys:
+        if groups and key.startswith(groups[-1][0]):
+            groups[-1].append(key)
+        else:
+            groups.append([key])
+    return groups

@@ -1,0 +1,225 @@
+"""S3Remote against a real moto_server over HTTP (fixtures s3_endpoint/s3_env in tests/conftest.py)."""
+
+import os
+import uuid
+
+import boto3
+import pytest
+
+from ansible_collections.dogestry.dogestry.plugins.module_utils import _remote_s3
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
+    RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
+)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote_s3 import S3Remote, parse_s3_url
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def bucket(s3_env):
+    name = "t-" + uuid.uuid4().hex[:12]
+    boto3.client("s3", endpoint_url=s3_env).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def remote(s3_env, bucket):
+    return remote_from_url("s3://%s/pre/fix/" % bucket, endpoint_url=s3_env, part_size=5 * MiB, jobs=3)
+
+
+class CountingClient:
+    """Counts the S3 operations a remote makes, by botocore event."""
+
+    def __init__(self, client):
+        self.calls = []
+        client.meta.events.register("before-call.s3.*", self._count)
+
+    def _count(self, model, **_):
+        self.calls.append(model.name)
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("s3://b", ("b", "", None)),
+    ("s3://b/", ("b", "", None)),
+    ("s3://b/a/b", ("b", "a/b/", None)),
+    ("s3://b/a/b/?region=us-west-2", ("b", "a/b/", "us-west-2")),
+])
+def test_parse_s3_url(url, expected):
+    assert parse_s3_url(url) == expected
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("s3://b/p?acl=x", "unknown URL parameter acl"),
+    ("s3://AKIA:hunter2@b/p", "not in the URL"),
+    ("s3:///p", "not an S3 URL"),
+])
+def test_parse_s3_url_rejects(url, fragment):
+    with pytest.raises(RemoteUnsupportedError, match=fragment) as info:
+        parse_s3_url(url)
+    assert "hunter2" not in str(info.value)
+
+
+def test_url_region_wins_over_option(s3_env):
+    remote = S3Remote.from_url("s3://b/p?region=eu-west-1", region="us-east-2", endpoint_url=s3_env)
+    assert (remote.region, remote.url) == ("eu-west-1", "s3://b/p/")
+
+
+def test_profile_with_keys_is_rejected(s3_env):
+    with pytest.raises(RemoteError, match="either profile or access_key"):
+        S3Remote.from_url("s3://b/p", profile="x", access_key="AKIA", secret_key="s", endpoint_url=s3_env)
+
+
+def test_url_and_messages_hold_no_secret(s3_env):
+    remote = S3Remote.from_url("s3://nobucket-%s/p" % uuid.uuid4().hex[:8], access_key="AKIAXX",
+                               secret_key="topsecret", endpoint_url=s3_env)
+    with pytest.raises(RemoteNotFoundError) as info:
+        remote.get("dogestry.json")
+    assert "topsecret" not in str(info.value) + remote.url
+    assert "does not exist" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_put_get_list_delete_roundtrip(remote):
+    assert remote.put("a/x", b"one") is True
+    assert remote.get("a/x") == b"one"
+    with remote.open("a/x") as body:
+        assert body.read() == b"one"
+    assert [(i.key, i.size) for i in remote.list("a/")] == [("a/x", 3)]
+    remote.delete("a/x")
+    remote.delete("a/x")            # deleting an absent key is fine
+    with pytest.raises(RemoteNotFoundError, match="not found: s3://.*/pre/fix/a/x"):
+        remote.get("a/x")
+
+
+def test_second_create_only_put_does_not_rewrite(remote):
+    assert remote.put("k", b"first") is True
+    assert remote.put("k", b"second") is False
+    assert remote.get("k") == b"first"
+    assert remote.put("k", b"third", overwrite=True) is True
+    assert remote.get("k") == b"third"
+
+
+def test_fallback_when_store_rejects_if_none_match(remote):
+    def reject(params, **_):
+        if "IfNoneMatch" in params:
+            raise remote.client.exceptions.ClientError(
+                {"Error": {"Code": "NotImplemented", "Message": "If-None-Match"},
+                 "ResponseMetadata": {"HTTPStatusCode": 501}}, "PutObject")
+    remote.client.meta.events.register("provide-client-params.s3.PutObject", reject)
+    assert remote.put("k", b"1") is True
+    assert remote.put("k", b"2") is False
+    assert remote._conditional is False and remote.get("k") == b"1"
+
+
+def test_put_file_small_is_create_only_and_consumes_file(remote, tmp_path):
+    for content, expected in ((b"abc", True), (b"xyz", False)):
+        path = tmp_path / "f"
+        path.write_bytes(content)
+        assert remote.put_file("blob", str(path)) is expected
+        assert not path.exists()
+    assert remote.get("blob") == b"abc"
+
+
+def test_put_file_multipart_and_ranged_download(remote, tmp_path):
+    data = os.urandom(11 * MiB + 123)
+    src = tmp_path / "big"
+    src.write_bytes(data)
+    counter = CountingClient(remote.client)
+    assert remote.put_file("big", str(src)) is True
+    assert counter.calls.count("UploadPart") == 3 and "CompleteMultipartUpload" in counter.calls
+    head = remote.client.head_object(Bucket=remote.bucket, Key="pre/fix/big")
+    assert head["ETag"].strip('"').endswith("-3")
+    counter.calls.clear()
+    remote.get_file("big", str(tmp_path / "down"))
+    assert (tmp_path / "down").read_bytes() == data
+    assert counter.calls.count("GetObject") == 3
+
+
+def test_multipart_loses_to_existing_object(remote, tmp_path):
+    remote.put("big", b"already")
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(6 * MiB))
+    assert remote.put_file("big", str(src)) is False
+    assert remote.get("big") == b"already" and not src.exists()
+
+
+def test_multipart_conditional_complete_loses_race(remote, tmp_path):
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(6 * MiB))
+    remote.head = lambda key: None          # the HEAD saw nothing; a racer wrote meanwhile
+    remote.put("big", b"racer")
+    assert remote.put_file("big", str(src)) is False
+    assert remote.get("big") == b"racer"
+    assert not remote.client.list_multipart_uploads(Bucket=remote.bucket).get("Uploads")
+
+
+@pytest.mark.parametrize("count, at_most", [(3, 2), (20, 1)])
+def test_stat_groups_twins_and_lists_when_many(remote, count, at_most):
+    keys = ["blobs/%02d" % i for i in range(count)]
+    for key in keys[::2]:
+        remote.put(key + ".lz4", b"xx")
+    counter = CountingClient(remote.client)
+    found = remote.stat([k for key in keys for k in (key, key + ".lz4")])
+    assert sorted(found) == [key + ".lz4" for key in keys[::2]]
+    assert found[keys[0] + ".lz4"].size == 2
+    assert len(counter.calls) <= max(at_most, count)
+    if count >= _remote_s3.LIST_MIN_GROUPS:
+        assert counter.calls == ["ListObjectsV2"]
+    else:
+        assert "HeadObject" not in counter.calls        # a blob and its twin: one listing each
+
+
+def test_stat_stops_listing_a_huge_prefix(remote, monkeypatch):
+    monkeypatch.setattr(_remote_s3, "LIST_MIN_GROUPS", 2)
+    for i in range(6):
+        remote.put("k/%d" % i, b"x")
+    counter = CountingClient(remote.client)
+    paginate = remote.client.get_paginator
+
+    def small_pages(name):
+        pager = paginate(name)
+        real = pager.paginate
+        pager.paginate = lambda **kw: real(**dict(kw, PaginationConfig={"PageSize": 2}))
+        return pager
+    monkeypatch.setattr(remote.client, "get_paginator", small_pages)
+    found = remote.stat(["k/0", "k/5", "k/9"])
+    assert sorted(found) == ["k/0", "k/5"]
+    assert counter.calls == ["ListObjectsV2", "HeadObject", "HeadObject"]
+
+
+def test_missing_bucket_is_one_clear_line(s3_env):
+    remote = remote_from_url("s3://missing-%s/p" % uuid.uuid4().hex[:8], endpoint_url=s3_env)
+    for call in (lambda: remote.get("x"), lambda: list(remote.list("")), lambda: remote.put("x", b"")):
+        with pytest.raises(RemoteNotFoundError, match=r"^bucket missing-\w+ does not exist \(remote s3://"):
+            call()
+
+
+def test_unreachable_endpoint(s3_env, monkeypatch):
+    monkeypatch.setattr(_remote_s3, "MAX_ATTEMPTS", 1)
+    remote = remote_from_url("s3://b/p", endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(RemoteError, match=r"^cannot reach S3 endpoint http://127.0.0.1:9 for s3://b/p/"):
+        remote.get("dogestry.json")
+
+
+@pytest.mark.parametrize("code, status, cls, fragment", [
+    ("AccessDenied", 403, RemoteAuthError, "access denied reading s3://b/p/k"),
+    ("SignatureDoesNotMatch", 403, RemoteAuthError, "check the credentials"),
+    ("PermanentRedirect", 301, RemoteError, "bucket b is in region eu-west-1, not us-east-1"),
+    ("NoSuchKey", 404, RemoteNotFoundError, "not found: s3://b/p/k"),
+    ("SlowDown", 503, RemoteError, "reading s3://b/p/k failed"),
+])
+def test_error_mapping(s3_env, code, status, cls, fragment):
+    remote = S3Remote.from_url("s3://b/p?region=us-east-1", endpoint_url=s3_env)
+    exc = _remote_s3.ClientError({"Error": {"Code": code, "Message": "m", "Region": "eu-west-1"},
+                                  "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    error = remote._error(exc, "reading", "k")
+    assert type(error) is cls and fragment in str(error)
+
+
+def test_presigned_get_works_without_credentials(remote):
+    import urllib.request
+    remote.put("obj", b"payload")
+    url = remote.presign_get("obj", 60)
+    assert urllib.request.urlopen(url).read() == b"payload"
+    with pytest.raises(RemoteUnsupportedError, match="7 days"):
+        remote.presign_get("obj", 8 * 24 * 3600)
