@@ -50,7 +50,7 @@ version=$(printf '%s\n' "$versions" | grep -xF "$WANT" | head -n1 || true)
 [ -n "$version" ] || version=$(printf '%s\n' "$versions" | grep -E "^$(printf '%s' "$WANT" | sed 's/[.+]/\\&/g')\+b[0-9]+$" | head -n1 || true)
 [ -n "$version" ] || version=$(printf '%s\n' "$versions" | grep -E '^(2[5-9]|[3-9][0-9])\.' | head -n1 || true)
 if [ -z "$version" ]; then
-    log "no docker.io >= 25 in trixie at $mirror (saw: $(echo $versions))"; exit 1
+    log "no docker.io >= 25 in trixie at $mirror (saw: ${versions//$'\n'/ })"; exit 1
 fi
 
 work=$(mktemp -d "$CACHE/.docker26.XXXXXX")

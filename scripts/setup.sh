@@ -25,7 +25,7 @@ as_root() {
 }
 
 # --- Debian packages -----------------------------------------------------------------------------
-packages=(docker.io busybox-static git rsync iproute2 util-linux ca-certificates)
+packages=(docker.io busybox-static git rsync iproute2 util-linux ca-certificates shellcheck)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for p in "${packages[@]}"; do

@@ -75,7 +75,7 @@ def test_base_layer_is_the_same_on_both_daemons(docker_host, docker26_host, buil
 def test_docker20_save_is_legacy_format(docker_host, build_image):
     name = "dogestry-infra-%s:1" % uuid.uuid4().hex[:8]
     image_id = build_image(docker_host, name, [{"a.txt": b"a"}])
-    names, docs, _ = _save_members(docker_host, name)
+    names, docs, _archive = _save_members(docker_host, name)
     assert "manifest.json" in names
     assert "oci-layout" not in names and "index.json" not in names
     manifest = docs["manifest.json"]
