@@ -1,0 +1,281 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSE)
+#
+# PRIVATE to the collection: this file may change without notice.
+"""Pruning: delete what no tag, live ticket or push in flight references. Tags are never deleted here.
+
+Referenced ("live") objects are found from the roots — every tag's manifest, every unexpired
+ticket's manifest, every lease younger than the grace period — by following manifest -> config
+and layer blobs (every stored encoding) and config -> image-index entry -> the manifest it names
+(so an ID lookup or a push that reuses that manifest never finds it gone).  Everything else under
+blobs/, manifests/ and images/ is garbage once it is older than the grace period; younger
+garbage is spared because a push in flight writes its blobs before its tag.  Expired tickets
+and stale leases go too.  Keys this version does not understand are left alone.
+
+Pushes that *reuse* old, unreferenced blobs are protected by leases and a prune marker:
+
+* a push writes ``leases/<uuid>.json`` naming the oids it will reference (`push_lease`), then
+  waits while a prune marker is live, then checks that the objects its plan found are still
+  there (a prune that finished in between is caught here: "run the push again");
+* prune writes ``leases/prune-<uuid>.json`` first, then re-reads tags, tickets and leases right
+  before deleting, and deletes image-index entries, manifests, then blobs (reverse write order).
+
+Either prune reads the lease (and spares its oids), or the lease was written after prune's
+marker, so the push sees the marker and waits it out before checking.  Markers older than
+MARKER_TTL (a crashed prune) are ignored and later pruned.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Set
+
+from ._errors import FormatError, RemoteError, RemoteNotFoundError
+from ._format import (
+    ENCODINGS, blob_key, canonical_json, image_index_key, image_index_prefix, manifest_key, parse_digest,
+)
+from ._remote import ObjectInfo
+from ._repository import Repository
+from ._ticket import TICKETS_PREFIX, ticket_expiry_from_key
+
+LEASES_PREFIX = "leases/"
+MARKER_PREFIX = LEASES_PREFIX + "prune-"
+MARKER_TTL = 600            # seconds a prune marker counts as a running prune (refreshed per phase)
+MARKER_POLL = 1.0
+DELETE_ORDER = ("image_index", "manifests", "blobs", "tickets", "leases")
+JOBS = 8
+
+
+# ---- leases (the push side) -----------------------------------------------------------------
+
+def write_lease(repo: Repository, oids: Iterable[str], expect: Iterable[str] = ()) -> str:
+    """Announce the oids a push is about to reference; returns the lease key for drop_lease().
+
+    Then wait while a prune is running, and check that every key in `expect` (what the push plan
+    found already stored) still exists; if one is gone a prune won the race: raise RemoteError
+    so the push is re-planned (nothing was written that references the missing object).
+    """
+    key = "%s%s.json" % (LEASES_PREFIX, uuid.uuid4().hex)
+    repo.remote.put(key, canonical_json({"dogestry_lease": 1, "created": int(time.time()),
+                                         "oids": sorted(set(oids))}))
+    try:
+        _wait_for_prunes(repo)
+        expect = sorted(set(expect))
+        gone = [k for k in expect if k not in repo.remote.stat(expect)] if expect else []
+        if gone:
+            raise RemoteError("%s on %s was deleted by a prune after this push was planned: run the push again"
+                              % (gone[0], repo.url))
+    except BaseException:
+        drop_lease(repo, key)
+        raise
+    return key
+
+
+def push_lease(repo: Repository, plan) -> str:
+    """write_lease() for an _engine.PushPlan: its config, layers and reused manifest, and what it found stored."""
+    oids = [plan.config_oid] + list(plan.diff_ids) + ([plan.existing] if plan.existing else [])
+    expect = [entry.key for entry in plan.present.values()]
+    if plan.existing:
+        expect.append(manifest_key(plan.existing))
+    elif not plan.config_missing:
+        expect.append(blob_key(plan.config_oid))
+    return write_lease(repo, oids, expect)
+
+
+def drop_lease(repo: Repository, lease_key: str) -> None:
+    repo.remote.delete(lease_key)
+
+
+def _wait_for_prunes(repo: Repository) -> None:
+    while True:
+        now = time.time()
+        running = [info for info in repo.remote.list(MARKER_PREFIX) if info.modified > now - MARKER_TTL]
+        if not running:
+            return
+        time.sleep(MARKER_POLL)
+
+
+# ---- what is referenced ---------------------------------------------------------------------
+
+@dataclass
+class Live:
+    manifests: Set[str] = field(default_factory=set)
+    configs: Set[str] = field(default_factory=set)
+    blobs: Set[str] = field(default_factory=set)
+    tickets: int = 0
+    leases: int = 0
+
+
+def _referenced(repo: Repository, now: float, grace: float) -> Live:
+    remote = repo.remote
+    live = Live()
+    roots = set(repo.list_tags().values())
+    for info in remote.list(TICKETS_PREFIX):
+        expiry = ticket_expiry_from_key(info.key)
+        if expiry is not None and expiry >= now:
+            live.tickets += 1
+            roots.add(parse_digest(_json(repo, info.key)["manifest"]))
+    for info in remote.list(LEASES_PREFIX):
+        if not info.key.startswith(MARKER_PREFIX) and info.modified >= now - grace:
+            live.leases += 1
+            oids = {parse_digest("sha256:" + oid) for oid in _json(repo, info.key).get("oids", [])}
+            live.manifests |= oids
+            live.configs |= oids
+            live.blobs |= oids
+    # Leased oids may name a manifest the push reuses: read those too (absent ones are skipped).
+    todo, followed = roots | live.manifests, set()
+    while todo:
+        batch = sorted(todo)
+        live.manifests |= todo
+        configs = set()
+        for manifest in _read_manifests(repo, batch).values():
+            configs.add(manifest.config_oid)
+            live.blobs.add(manifest.config_oid)
+            live.blobs.update(layer.oid for layer in manifest.layers)
+        live.configs |= configs
+        configs = sorted(configs - followed)
+        followed.update(configs)
+        # The image index of a live config names the manifest ID lookups and pushes reuse: keep it too.
+        todo = {target for target in Repository._parallel(repo.manifest_for_image, configs)
+                if target and target not in live.manifests}
+    return live
+
+
+def _read_manifests(repo, oids):
+    def read(oid):
+        try:
+            return repo.read_manifest(oid)
+        except RemoteNotFoundError:
+            return None     # a leased manifest not written yet; a tag's would fail the pull, not the prune
+    return {oid: m for oid, m in zip(oids, Repository._parallel(read, oids)) if m is not None}
+
+
+def _json(repo: Repository, key: str) -> dict:
+    try:
+        doc = json.loads(repo.remote.get(key))
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        return doc
+    except ValueError as exc:
+        raise FormatError("%s on %s is malformed (%s): fix or delete it before pruning" % (key, repo.url, exc))
+
+
+def _category(key: str) -> Optional[tuple]:
+    """key -> (category, oid or None); None for keys prune never touches."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[:2] == ["blobs", "sha256"]:
+        name = parts[3]
+        for suffix in ENCODINGS.values():
+            if suffix and name.endswith(suffix):
+                name = name[:-len(suffix)]
+        return ("blobs", name) if len(name) == 64 and parts[2] == name[:2] else None
+    if len(parts) == 3 and parts[:2] == ["manifests", "sha256"] and len(parts[2]) == 64:
+        return "manifests", parts[2]
+    if len(parts) == 3 and parts[:2] == ["images", "sha256"] and len(parts[2]) == 64:
+        return "image_index", parts[2]
+    return None
+
+
+def _is_live(category: str, oid: str, live: Live) -> bool:
+    return oid in {"blobs": live.blobs, "manifests": live.manifests, "image_index": live.configs}[category]
+
+
+# ---- plan and execute -----------------------------------------------------------------------
+
+@dataclass
+class PrunePlan:
+    url: str
+    grace_seconds: float
+    now: float
+    garbage: Dict[str, List[ObjectInfo]]        # category -> objects that would be deleted
+    spared_young: List[ObjectInfo]              # unreferenced but younger than the grace period
+    live: Live
+
+    @property
+    def count(self) -> int:
+        return sum(len(objs) for objs in self.garbage.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(info.size for objs in self.garbage.values() for info in objs)
+
+    @property
+    def reason(self) -> Optional[str]:
+        if not self.count:
+            return None
+        what = ", ".join("%d %s" % (len(self.garbage[c]), c.replace("_", " ")) for c in DELETE_ORDER if self.garbage[c])
+        return "%d unreferenced objects (%d bytes) would be deleted from %s: %s" % (self.count, self.bytes, self.url, what)
+
+    def result(self) -> Dict:
+        return {
+            "changed": self.reason is not None,
+            "reason": self.reason,
+            "count": self.count,
+            "bytes": self.bytes,
+            "deleted": {c: sorted(info.key for info in self.garbage[c]) for c in DELETE_ORDER},
+            "spared_young": len(self.spared_young),
+            "grace_seconds": self.grace_seconds,
+        }
+
+
+def plan_prune(repo: Repository, grace_seconds: float, now: Optional[float] = None) -> PrunePlan:
+    """What a prune would delete. Reads tags, tickets, leases and manifests; writes nothing."""
+    repo.check()
+    now = time.time() if now is None else now
+    live = _referenced(repo, now, grace_seconds)
+    garbage: Dict[str, List[ObjectInfo]] = {c: [] for c in DELETE_ORDER}
+    young = []
+    for prefix in ("blobs/", "manifests/", image_index_prefix()):
+        for info in repo.remote.list(prefix):
+            kind = _category(info.key)
+            if kind is None or _is_live(kind[0], kind[1], live):
+                continue
+            (garbage[kind[0]] if info.modified < now - grace_seconds else young).append(info)
+    for info in repo.remote.list(TICKETS_PREFIX):
+        expiry = ticket_expiry_from_key(info.key)
+        if expiry is not None and expiry < now:
+            garbage["tickets"].append(info)
+    for info in repo.remote.list(LEASES_PREFIX):
+        ttl = MARKER_TTL if info.key.startswith(MARKER_PREFIX) else grace_seconds
+        if info.modified < now - max(ttl, grace_seconds):
+            garbage["leases"].append(info)
+    return PrunePlan(repo.url, grace_seconds, now, garbage, young, live)
+
+
+def execute_prune(repo: Repository, plan: PrunePlan, jobs: int = JOBS) -> Dict:
+    """Delete the plan's garbage that is still garbage: tags, tickets and leases are re-read first."""
+    result = plan.result()
+    if not plan.count:
+        result.update(deleted_count=0, deleted_bytes=0, kept=[])
+        return result
+    marker = "%s%s.json" % (MARKER_PREFIX, uuid.uuid4().hex)
+    repo.remote.put(marker, canonical_json({"dogestry_prune": 1, "started": int(time.time())}))
+    deleted: Dict[str, List[str]] = {c: [] for c in DELETE_ORDER}
+    kept: List[str] = []
+    try:
+        live = _referenced(repo, time.time(), plan.grace_seconds)
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for category in DELETE_ORDER:
+                repo.remote.put(marker, canonical_json({"dogestry_prune": 1, "phase": category}), overwrite=True)
+                doomed = []
+                for info in plan.garbage[category]:
+                    kind = _category(info.key)
+                    if kind is not None and _is_live(kind[0], kind[1], live):
+                        kept.append(info.key)
+                    else:
+                        doomed.append(info)
+                list(pool.map(lambda info: repo.remote.delete(info.key), doomed))
+                deleted[category] = doomed
+    finally:
+        repo.remote.delete(marker)
+    result.update(
+        deleted={c: sorted(info.key for info in deleted[c]) for c in DELETE_ORDER},
+        deleted_count=sum(len(v) for v in deleted.values()),
+        deleted_bytes=sum(info.size for v in deleted.values() for info in v),
+        kept=sorted(kept))
+    result["changed"] = result["deleted_count"] > 0
+    return result

@@ -1,0 +1,139 @@
+"""Prune: exactly the unreferenced data goes, young data, live tickets and leased oids stay."""
+
+import os
+import threading
+import time
+import uuid
+from types import SimpleNamespace
+
+import boto3
+import pytest
+
+from ansible_collections.dogestry.dogestry.plugins.module_utils import _prune
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import RemoteError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
+    ImageRef, blob_key, image_index_key, manifest_key,
+)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import (
+    drop_lease, execute_prune, plan_prune, push_lease, write_lease,
+)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote, remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import mint_pull_ticket
+from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
+
+LATER = 3600        # plan "an hour from now", so everything written by the test is old
+
+
+@pytest.fixture
+def s3repo(s3_env):
+    bucket = "t-" + uuid.uuid4().hex[:12]
+    boto3.client("s3", endpoint_url=s3_env).create_bucket(Bucket=bucket)
+    return Repository(remote_from_url("s3://%s/reg/" % bucket, endpoint_url=s3_env))
+
+
+@pytest.fixture
+def localrepo(tmp_path):
+    return Repository(LocalRemote(str(tmp_path / "remote")))
+
+
+def image_keys(oid, manifest):
+    return {manifest_key(oid), image_index_key(manifest.config_oid), manifest.config_key} | {
+        layer.key for layer in manifest.layers}
+
+
+def all_keys(repo):
+    return {info.key for info in repo.remote.list("") if not info.key.startswith(".staging")}
+
+
+def test_removes_exactly_the_unreferenced_data(s3repo):
+    kept_oid, kept = store_image(s3repo, "app:1", [b"shared", b"only-kept"])
+    gone_oid, gone = store_image(s3repo, "app:2", [b"shared", b"only-gone"], tag=False)
+    plan = plan_prune(s3repo, 60, now=time.time() + LATER)
+    doomed = image_keys(gone_oid, gone) - {blob_key(kept.layers[0].oid)}
+    assert {k for keys in plan.result()["deleted"].values() for k in keys} == doomed
+    assert plan.count == 4 and plan.bytes == sum(i.size for i in s3repo.remote.stat(doomed).values())
+    before = all_keys(s3repo)
+    result = execute_prune(s3repo, plan)
+    assert result["deleted_count"] == 4 and all_keys(s3repo) == before - doomed
+    assert s3repo.read_config(s3repo.read_manifest(s3repo.resolve("app:1")[1]))
+
+
+def test_young_garbage_is_spared_and_plan_writes_nothing(s3repo):
+    store_image(s3repo, "app:1", [b"x"], tag=False)
+    before = all_keys(s3repo)
+    plan = plan_prune(s3repo, 3600)
+    assert plan.reason is None and len(plan.spared_young) == 4
+    assert all_keys(s3repo) == before
+
+
+def test_deleting_a_tag_never_deletes_data_another_tag_uses(s3repo):
+    oid, _ = store_image(s3repo, "app:1", [b"x"])
+    s3repo.write_tag(ImageRef("app", "stable"), oid)
+    s3repo.delete_tag(ImageRef("app", "1"))
+    assert plan_prune(s3repo, 0, now=time.time() + LATER).count == 0
+
+
+def test_deletion_order_is_reverse_write_order(s3repo):
+    store_image(s3repo, "app:1", [b"x", b"y"], tag=False)
+    order = []
+    delete = s3repo.remote.delete
+    s3repo.remote.delete = lambda key: (order.append(key.split("/")[0]), delete(key))
+    execute_prune(s3repo, plan_prune(s3repo, 60, now=time.time() + LATER), jobs=1)
+    assert [k for k in order if k != "leases"] == ["images", "manifests", "blobs", "blobs", "blobs"]
+
+
+def test_a_lease_taken_after_planning_is_honoured(s3repo):
+    oid, manifest = store_image(s3repo, "app:1", [b"reused"], tag=False)
+    plan = plan_prune(s3repo, 60, now=time.time() + LATER)
+    assert plan.count == 4
+    lease = write_lease(s3repo, [manifest.config_oid, manifest.layers[0].oid])
+    result = execute_prune(s3repo, plan)
+    assert result["kept"] == sorted([blob_key(manifest.layers[0].oid), manifest.config_key,
+                                     image_index_key(manifest.config_oid)])
+    assert result["deleted"]["manifests"] == [manifest_key(oid)]
+    drop_lease(s3repo, lease)
+    assert not list(s3repo.remote.list("leases/"))
+
+
+def test_young_lease_spares_old_blobs_and_stale_lease_goes(localrepo):
+    _, manifest = store_image(localrepo, "app:1", [b"old blob"], tag=False)
+    hour_ago = time.time() - 3600
+    for key in all_keys(localrepo):
+        os.utime(localrepo.remote.local_path(key), (hour_ago, hour_ago))
+    write_lease(localrepo, [manifest.layers[0].oid])
+    plan = plan_prune(localrepo, 600)
+    assert sorted(plan.result()["deleted"]["blobs"]) == [manifest.config_key]
+    assert plan.result()["deleted"]["leases"] == []
+    assert len(plan_prune(localrepo, 600, now=time.time() + 7200).garbage["leases"]) == 1
+
+
+def test_live_ticket_pins_its_manifest_and_expired_ticket_goes(s3repo):
+    old_oid, old = store_image(s3repo, "app:1", [b"v1"])
+    mint_pull_ticket(s3repo, "app:1", 7200)
+    store_image(s3repo, "app:1", [b"v2"])
+    assert plan_prune(s3repo, 60, now=time.time() + LATER).count == 0
+    plan = plan_prune(s3repo, 60, now=time.time() + 7300)
+    assert len(plan.garbage["tickets"]) == 1 and manifest_key(old_oid) in plan.result()["deleted"]["manifests"]
+
+
+def test_write_lease_waits_for_a_running_prune(s3repo, monkeypatch):
+    monkeypatch.setattr(_prune, "MARKER_POLL", 0.05)
+    s3repo.check(create=True)
+    s3repo.remote.put("leases/prune-x.json", b"{}")
+    threading.Timer(0.5, s3repo.remote.delete, ["leases/prune-x.json"]).start()
+    started = time.time()
+    lease = write_lease(s3repo, ["0" * 64])
+    assert time.time() - started >= 0.45 and lease.startswith("leases/")
+
+
+def test_write_lease_fails_when_a_prune_took_what_the_plan_found(s3repo):
+    _, manifest = store_image(s3repo, "app:1", [b"x"])
+    plan = SimpleNamespace(config_oid=manifest.config_oid, diff_ids=[manifest.layers[0].oid], existing=None,
+                           config_missing=False, present={manifest.layers[0].oid: manifest.layers[0]})
+    drop_lease(s3repo, push_lease(s3repo, plan))
+    s3repo.remote.delete(manifest.layers[0].key)
+    with pytest.raises(RemoteError, match=r"^blobs/sha256/\w\w/\w+ on s3://.* was deleted by a prune after this "
+                                          r"push was planned: run the push again$"):
+        push_lease(s3repo, plan)
+    assert not list(s3repo.remote.list("leases/"))      # a failed lease is dropped
