@@ -108,6 +108,7 @@ reason:
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_pull, plan_pull
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format import looks_like_id_prefix, parse_image_ref
 from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
 
 
@@ -116,6 +117,8 @@ class DogestryPuller:
         self.module = module
         self.image = module.params["image"]
         self.jobs = module.params["jobs"]
+        if not looks_like_id_prefix(self.image):
+            parse_image_ref(self.image)     # a malformed name fails before any remote or daemon is touched
         self.repo = module.repository()
         self.daemon = module.daemon()
 

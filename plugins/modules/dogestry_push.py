@@ -128,6 +128,7 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import (
     execute_push, human_size, plan_push,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
 from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
 
 
@@ -139,6 +140,8 @@ class DogestryPusher:
         self.jobs = module.params["jobs"]
         if not self.images:
             raise DogestryError("images is empty: name at least one image to push")
+        for image in self.images:
+            parse_image_ref(image)          # malformed names fail before any remote or daemon is touched
         self.repo = module.repository()
         self.daemon = module.daemon()
 

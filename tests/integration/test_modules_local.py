@@ -1,0 +1,240 @@
+"""dogestry_push / dogestry_pull / dogestry_tags through real ansible-playbook runs, a real dockerd
+and a local-directory remote: check mode -> real -> idempotent, as community.docker's targets do."""
+
+import glob
+import os
+import uuid
+
+import docker
+import pytest
+
+from ansible_runner import run_tasks
+
+BASE = {"/etc/base.txt": b"base layer shared by all test images\n" * 100}
+
+
+TASK_KEYWORDS = ("check_mode", "diff")
+
+
+def task(module, register, params):
+    keywords = {key: params.pop(key) for key in TASK_KEYWORDS if key in params}
+    return dict({"dogestry.dogestry." + module: params, "register": register}, **keywords)
+
+
+def push(remote, images, register, **extra):
+    return task("dogestry_push", register, dict(extra, remote=remote, images=images))
+
+
+def pull(remote, image, register, **extra):
+    return task("dogestry_pull", register, dict(extra, remote=remote, image=image))
+
+
+def tags(register, **params):
+    return task("dogestry_tags", register, params)
+
+
+def blob_files(remote):
+    return sorted(glob.glob(os.path.join(remote, "blobs", "sha256", "*", "*")))
+
+
+def run_output(host, image):
+    client = docker.DockerClient(base_url=host)
+    try:
+        return client.containers.run(image, network_mode="none", remove=True).decode()
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def name():
+    return "dogestry-test-%s" % uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def remote(tmp_path):
+    return str(tmp_path / "remote")
+
+
+@pytest.fixture
+def api(docker_host):
+    client = docker.APIClient(base_url=docker_host, version="auto")
+    yield client
+    client.close()
+
+
+def test_push_remove_pull_run_in_check_real_idempotent_rhythm(tmp_path, docker_host, build_image, api, name, remote):
+    image_id = build_image(docker_host, name + ":1", [BASE, {"/hello.txt": b"hello from dogestry\n"}],
+                           cmd=["/bin/busybox", "cat", "/hello.txt"])
+    pushed = run_tasks(tmp_path, [
+        push(remote, [name + ":1"], "check", check_mode=True),
+        push(remote, [name + ":1"], "real"),
+        push(remote, [name + ":1"], "idem_check", check_mode=True),
+        push(remote, [name + ":1"], "idem"),
+    ])
+    check, real = pushed["check"], pushed["real"]
+    assert check["changed"] and real["changed"], pushed["_output"]
+    assert check["layers_transferred"] == real["layers_transferred"]
+    assert len(real["layers_transferred"]) == 3       # busybox base + BASE + hello
+    assert real["images"][0]["image_id"] == image_id
+    assert real["bytes_transferred"] > 0
+    assert not pushed["idem_check"]["changed"] and not pushed["idem"]["changed"]
+    assert pushed["idem"]["layers_skipped"] == real["layers_transferred"]
+    assert len(blob_files(remote)) == 4               # 3 layers + config
+
+    api.remove_image(name + ":1", force=True)
+    pulled = run_tasks(tmp_path, [
+        pull(remote, name + ":1", "check", check_mode=True),
+        pull(remote, name + ":1", "real"),
+        pull(remote, name + ":1", "idem_check", check_mode=True),
+        pull(remote, name + ":1", "idem"),
+    ])
+    assert pulled["check"]["changed"] and pulled["real"]["changed"], pulled["_output"]
+    assert pulled["check"]["layers_transferred"] == pulled["real"]["layers_transferred"]
+    assert pulled["real"]["image_id"] == image_id
+    assert not pulled["idem_check"]["changed"] and not pulled["idem"]["changed"]
+    assert run_output(docker_host, name + ":1") == "hello from dogestry\n"
+
+
+def test_check_mode_changes_nothing(tmp_path, docker_host, build_image, api, name, remote):
+    build_image(docker_host, name + ":1", [BASE])
+    result = run_tasks(tmp_path, [push(remote, [name + ":1"], "push")], check=True)
+    assert result["push"]["changed"]
+    assert not os.path.exists(remote)
+    run_tasks(tmp_path, [push(remote, [name + ":1"], "push")])
+    api.remove_image(name + ":1", force=True)
+    result = run_tasks(tmp_path, [pull(remote, name + ":1", "pull")], check=True)
+    assert result["pull"]["changed"] and result["pull"]["layers_transferred"]
+    assert not api.images(name=name)
+
+
+def test_shared_base_moves_only_the_new_layer(tmp_path, docker_host, build_image, api, name, remote):
+    build_image(docker_host, name + ":1", [BASE, {"/app": b"version one\n"}])
+    build_image(docker_host, name + ":2", [BASE, {"/app": b"version two\n"}])
+    first = run_tasks(tmp_path, [push(remote, [name + ":1"], "push")])["push"]
+    blobs_before = set(blob_files(remote))
+    second = run_tasks(tmp_path, [push(remote, [name + ":2"], "push")])["push"]
+    assert len(second["layers_transferred"]) == 1
+    assert len(second["layers_skipped"]) == 2
+    assert set(second["layers_skipped"]) <= set(first["layers_transferred"])
+    new_blobs = set(blob_files(remote)) - blobs_before
+    new_layer = second["layers_transferred"][0].split(":")[1]
+    assert {os.path.basename(path).split(".")[0] for path in new_blobs} == {
+        new_layer, second["images"][0]["image_id"].split(":")[1]}
+
+    api.remove_image(name + ":2", force=True)       # :1 keeps the shared layers in the daemon
+    pulled = run_tasks(tmp_path, [pull(remote, name + ":2", "pull")])["pull"]
+    assert pulled["layers_transferred"] == second["layers_transferred"]
+    assert len(pulled["layers_skipped"]) == 2
+    assert api.inspect_image(name + ":2")["Id"] == second["images"][0]["image_id"]
+
+
+@pytest.mark.parametrize("encoding", ["lz4", "none"])
+def test_flipped_byte_fails_the_pull_and_leaves_no_image(tmp_path, docker_host, build_image, api, name, remote,
+                                                         encoding):
+    image_id = build_image(docker_host, name + ":1", [BASE, {"/big.bin": os.urandom(300000)}])
+    run_tasks(tmp_path, [push(remote, [name + ":1"], "push", compression=encoding)])
+    biggest = max(blob_files(remote), key=os.path.getsize)
+    with open(biggest, "r+b") as handle:
+        handle.seek(os.path.getsize(biggest) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    api.remove_image(name + ":1", force=True)
+    result = run_tasks(tmp_path, [pull(remote, name + ":1", "pull")])["pull"]
+    assert result["failed"]
+    assert "corrupt" in result["msg"] and "\n" not in result["msg"]
+    assert not api.images(name=name)
+    with pytest.raises(docker.errors.ImageNotFound):
+        api.inspect_image(image_id)
+
+
+def test_tags_list_add_move_remove(tmp_path, docker_host, build_image, name, remote):
+    one = build_image(docker_host, name + ":1", [BASE, {"/v": b"1"}])
+    two = build_image(docker_host, name + ":2", [BASE, {"/v": b"2"}])
+    run_tasks(tmp_path, [push(remote, [name + ":1", name + ":2"], "push")])
+    r = run_tasks(tmp_path, [
+        tags("listed", remote=remote, name=name),
+        tags("add_check", remote=remote, state="present", name=name, tag="latest", image=name + ":1", check_mode=True),
+        tags("add", remote=remote, state="present", name=name, tag="latest", image=name + ":1"),
+        tags("add_again", remote=remote, state="present", name=name, tag="latest", image=name + ":1"),
+        tags("move", remote=remote, state="present", name=name, tag="latest", image=two[7:19]),
+        tags("filtered", remote=remote, name=name, tag="l*"),
+        tags("remove", remote=remote, state="absent", name=name, tag="latest"),
+        tags("remove_again", remote=remote, state="absent", name=name, tag="latest"),
+        tags("after", remote=remote, name=name),
+    ], diff=True)
+    assert set(r["listed"]["tags"]) == {name + ":1", name + ":2"}
+    assert r["listed"]["tags"][name + ":1"]["image_id"] == one
+    assert r["add_check"]["changed"] and r["add_check"]["tags"] == r["add"]["tags"]
+    assert r["add"]["changed"] and not r["add_again"]["changed"]
+    assert r["add"]["diff"]["before"]["tags"] == {}
+    assert r["add"]["tags"][name + ":latest"]["image_id"] == one
+    assert r["move"]["changed"] and r["move"]["tags"][name + ":latest"]["image_id"] == two
+    assert r["move"]["actions"] == ["Tagged %s:latest -> %s (was %s)" % (name, two[:19], one[:19])]
+    assert list(r["filtered"]["tags"]) == [name + ":latest"]
+    assert r["remove"]["changed"] and not r["remove_again"]["changed"]
+    assert set(r["after"]["tags"]) == {name + ":1", name + ":2"}     # data of other tags untouched
+
+
+def test_tags_check_mode_writes_nothing(tmp_path, docker_host, build_image, name, remote):
+    build_image(docker_host, name + ":1", [BASE])
+    run_tasks(tmp_path, [push(remote, [name + ":1"], "push")])
+    r = run_tasks(tmp_path, [tags("add", remote=remote, state="present", name=name, tag="x", image=name + ":1"),
+                             tags("rm", remote=remote, state="absent", name=name, tag="1")], check=True)
+    assert r["add"]["changed"] and r["rm"]["changed"]
+    listed = run_tasks(tmp_path, [tags("l", remote=remote, name=name)])["l"]
+    assert set(listed["tags"]) == {name + ":1"}
+
+
+def test_names_with_registry_port_and_nested_prefixes_round_trip(tmp_path, docker_host, build_image, api, name,
+                                                                 remote):
+    outer = "registry.example.com:5000/%s" % name
+    inner = outer + "/sub"
+    a = build_image(docker_host, outer + ":1", [BASE, {"/which": b"outer"}])
+    b = build_image(docker_host, inner + ":1", [BASE, {"/which": b"inner"}])
+    run_tasks(tmp_path, [push(remote, [outer + ":1", inner + ":1"], "push")])
+    listed = run_tasks(tmp_path, [tags("l", remote=remote, name="registry.example.com:5000/*")])["l"]["tags"]
+    assert {k: v["image_id"] for k, v in listed.items()} == {outer + ":1": a, inner + ":1": b}
+    api.remove_image(outer + ":1", force=True)
+    api.remove_image(inner + ":1", force=True)
+    r = run_tasks(tmp_path, [pull(remote, outer + ":1", "a"), pull(remote, inner + ":1", "b")])
+    assert (r["a"]["image_id"], r["b"]["image_id"]) == (a, b)
+
+
+def test_pull_by_id_prefix_and_unknown_images(tmp_path, docker_host, build_image, api, name, remote):
+    image_id = build_image(docker_host, name + ":1", [BASE, {"/n": b"by id"}])
+    run_tasks(tmp_path, [push(remote, [name + ":1"], "push")])
+    api.remove_image(name + ":1", force=True)
+    r = run_tasks(tmp_path, [
+        pull(remote, image_id[7:19], "by_id"),
+        pull(remote, "sha256:" + "0" * 64, "unknown_id"),
+        pull(remote, name + ":nope", "unknown_tag"),
+    ])
+    assert r["by_id"]["changed"] and r["by_id"]["image_id"] == image_id and r["by_id"]["image"] is None
+    assert api.inspect_image(image_id)["Id"] == image_id
+    assert r["unknown_id"]["failed"] and "no image with ID" in r["unknown_id"]["msg"]
+    assert r["unknown_tag"]["failed"] and "no such tag" in r["unknown_tag"]["msg"]
+
+
+@pytest.mark.parametrize("module, params, expected", [
+    ("dogestry_pull", {"remote": "relative/dir", "image": "x:1"}, "relative path"),
+    ("dogestry_pull", {"remote": "ftp://host/x", "image": "x:1"}, "unsupported scheme"),
+    ("dogestry_pull", {"remote": "/nonexistent/dogestry", "image": "x:1"}, "not a dogestry remote"),
+    ("dogestry_pull", {"remote": "/tmp", "image": "UPPER:case"}, "not a valid image name"),
+    ("dogestry_pull", {"remote": "/tmp", "image": "x:1", "docker_host": "unix:///nonexistent.sock"},
+     "cannot reach the Docker daemon"),
+    ("dogestry_push", {"remote": "/tmp/dogestry-never", "images": ["no-such-image:1"]}, "not found in the Docker daemon"),
+    ("dogestry_tags", {"remote": "/nonexistent/dogestry"}, "not a dogestry remote"),
+    ("dogestry_tags", {"remote": "/tmp", "state": "present", "name": "a", "tag": "b"}, "image"),
+])
+def test_user_errors_give_one_line_messages(tmp_path, docker_host, module, params, expected):
+    result = run_tasks(tmp_path, [task(module, "r", dict(params))])["r"]
+    assert result["failed"], module
+    assert expected in result["msg"] and "\n" not in result["msg"], result["msg"]
+    assert "Traceback" not in result["msg"]
+
+
+def test_unwritable_remote_fails_cleanly(tmp_path, docker_host, build_image, name):
+    build_image(docker_host, name + ":1", [BASE])
+    result = run_tasks(tmp_path, [push("/etc/hostname/remote", [name + ":1"], "r")])["r"]
+    assert result["failed"] and "/etc/hostname/remote" in result["msg"] and "\n" not in result["msg"], result["msg"]

@@ -1,0 +1,81 @@
+import os
+
+import pytest
+
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
+    RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
+)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote, remote_from_url
+
+
+@pytest.fixture
+def remote(tmp_path):
+    return LocalRemote(str(tmp_path / "remote"))
+
+
+@pytest.mark.parametrize("url, root", [
+    ("/srv/dogestry", "/srv/dogestry"),
+    ("/srv/dogestry/", "/srv/dogestry"),
+    ("file:///srv/dogestry", "/srv/dogestry"),
+    ("file://localhost/srv/my%20images", "/srv/my images"),
+])
+def test_local_urls(url, root):
+    remote = remote_from_url(url)
+    assert isinstance(remote, LocalRemote) and remote.root == root
+
+
+@pytest.mark.parametrize("url, message", [
+    ("", "empty"),
+    ("srv/dogestry", "relative path"),
+    ("ftp://host/x", "unsupported scheme"),
+    ("file://otherhost/x", "file:///absolute/path"),
+])
+def test_bad_urls(url, message):
+    with pytest.raises(RemoteUnsupportedError, match=message):
+        remote_from_url(url)
+
+
+def test_put_is_create_only_unless_overwrite(remote):
+    assert remote.put("a/b", b"one") is True
+    assert remote.put("a/b", b"two") is False
+    assert remote.get("a/b") == b"one"
+    assert remote.put("a/b", b"three", overwrite=True) is True
+    assert remote.get("a/b") == b"three"
+
+
+def test_put_file_moves_the_file_and_loses_races_harmlessly(remote, tmp_path):
+    for content in (b"first", b"second"):
+        path = os.path.join(remote.staging_dir(), "x.tmp")
+        with open(path, "wb") as handle:
+            handle.write(content)
+        remote.put_file("blobs/k", path)
+        assert not os.path.exists(path)
+    assert remote.get("blobs/k") == b"first"
+
+
+def test_stat_and_list(remote):
+    remote.put("blobs/sha256/aa/aa1", b"12345")
+    remote.put("blobs/sha256/ab/ab1", b"1")
+    remote.put("manifests/sha256/m", b"{}")
+    found = remote.stat(["blobs/sha256/aa/aa1", "blobs/sha256/zz/none"])
+    assert list(found) == ["blobs/sha256/aa/aa1"] and found["blobs/sha256/aa/aa1"].size == 5
+    assert sorted(info.key for info in remote.list("blobs/sha256/a")) == ["blobs/sha256/aa/aa1", "blobs/sha256/ab/ab1"]
+    assert sorted(info.key for info in remote.list("")) == [
+        "blobs/sha256/aa/aa1", "blobs/sha256/ab/ab1", "manifests/sha256/m"]     # staging is never listed
+    assert list(remote.list("nothing/here")) == []
+
+
+def test_missing_keys_and_paths_are_clear_errors(remote, tmp_path):
+    with pytest.raises(RemoteNotFoundError):
+        remote.get("no/such/key")
+    blocked = tmp_path / "file"
+    blocked.write_bytes(b"")
+    with pytest.raises(RemoteError, match=str(blocked)):
+        LocalRemote(str(blocked)).put("k", b"v")
+
+
+def test_delete_is_idempotent(remote):
+    remote.put("k", b"v")
+    remote.delete("k")
+    remote.delete("k")
+    assert remote.stat(["k"]) == {}
