@@ -26,6 +26,7 @@ from ._errors import BlobCorruptError, DockerError, ImageReferenceError, RemoteN
 from ._format import (
     ENCODINGS, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, parse_digest, parse_image_ref,
 )
+from ._prune import drop_lease, push_lease
 from ._remote import temp_dir_for
 from ._repository import Repository
 from ._transfer import TransferPool
@@ -130,6 +131,14 @@ def execute_push(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         result["manifest"] = "sha256:" + (plan.current or "")
         return result
     repo.check(create=True)
+    lease = push_lease(repo, plan)      # prune spares what this push references until the tag is written
+    try:
+        return _write_image(daemon, repo, plan, compression, jobs, result)
+    finally:
+        drop_lease(repo, lease)
+
+
+def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: str, jobs: int, result: Dict) -> Dict:
     if plan.existing:
         repo.write_tag(plan.ref, plan.existing)
         result.update(manifest="sha256:" + plan.existing, bytes_transferred=0)
