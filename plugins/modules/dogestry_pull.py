@@ -106,7 +106,7 @@ reason:
   sample: "myapp:20131210: 1 of 3 layers (12.0 MiB) to download"
 """
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_pull, plan_pull
+from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_pull, human_size, plan_pull
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import looks_like_id_prefix, parse_image_ref
 from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
@@ -132,8 +132,12 @@ class DogestryPuller:
         result.pop("changed")
         if reason is None:
             msg = "%s is already in the Docker daemon as %s" % (plan.ref or self.image, plan.manifest.image_id[:19])
+        elif self.module.check_mode:
+            msg = "would pull from %s: %s" % (self.repo.url, reason)
         else:
-            msg = ("would pull from %s: %s" if self.module.check_mode else "pulled from %s: %s") % (self.repo.url, reason)
+            msg = "pulled %s from %s: %d layer(s), %s downloaded, %d already present" % (
+                plan.ref or plan.manifest.image_id[:19], self.repo.url, len(result["layers_transferred"]),
+                human_size(result["bytes_transferred"]), len(result["layers_skipped"]))
         result.update(changed=reason is not None, msg=msg, reason=reason)
         if self.module.diff_mode:
             result["diff"] = dict(
