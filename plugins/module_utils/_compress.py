@@ -56,9 +56,12 @@ class _Lz4Decoder:
                 raise BlobCorruptError("%s has data after the end of its lz4 frame" % self._what)
             return b""
         try:
-            return self._decompressor.decompress(data)
+            out = self._decompressor.decompress(data)
         except RuntimeError as exc:
             raise BlobCorruptError("%s is not a valid lz4 frame (%s)" % (self._what, exc))
+        if self._decompressor.eof and self._decompressor.unused_data:
+            raise BlobCorruptError("%s has data after the end of its lz4 frame" % self._what)
+        return out
 
     def finish(self) -> bytes:
         if not self._decompressor.eof:

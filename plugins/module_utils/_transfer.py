@@ -35,6 +35,8 @@ class TransferPool:
     def _collect(self, done) -> None:
         for future in done:
             self._pending.discard(future)
+            if future.cancelled():
+                continue
             exc = future.exception()
             if exc is not None:
                 self._errors.append(exc)
