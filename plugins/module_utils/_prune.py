@@ -36,7 +36,7 @@ from typing import Dict, Iterable, List, Optional, Set
 
 from ._errors import FormatError, RemoteError, RemoteNotFoundError
 from ._format import (
-    ENCODINGS, blob_key, canonical_json, image_index_key, image_index_prefix, manifest_key, parse_digest,
+    ENCODINGS, blob_key, canonical_json, image_index_prefix, manifest_key, parse_digest,
 )
 from ._remote import ObjectInfo
 from ._repository import Repository
