@@ -1,5 +1,6 @@
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
 """The few Docker daemon calls the engine needs, through the Docker SDK, API version negotiated."""
@@ -11,7 +12,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Set
 
 try:
     import docker
-    from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+    from docker.errors import DockerException, ImageNotFound, NotFound
     HAS_DOCKER = True
     DOCKER_IMPORT_ERROR = None
 except ImportError:
@@ -21,7 +22,7 @@ except ImportError:
     class DockerException(Exception):  # placeholders so except clauses stay valid
         pass
 
-    APIError = NotFound = ImageNotFound = DockerException
+    NotFound = ImageNotFound = DockerException
 
 from ._errors import DockerError, DogestryError
 from ._format import chain_ids, parse_digest

@@ -1,5 +1,6 @@
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
 """Reading `docker save` streams and writing `docker load` streams, one pass, bounded memory.
@@ -192,7 +193,7 @@ def read_save_stream(chunks: Iterable[bytes], wanted: Set[str], known: Set[str],
 def _finish(small, links, by_member, sizes, spooled, wanted, encoding, spool_dir, take) -> SavedImage:
     def resolve(path):
         path = posixpath.normpath(path)
-        for _ in range(16):
+        for _hop in range(16):
             if path not in links:
                 return path
             path = links[path]
@@ -307,8 +308,7 @@ def load_stream(config_oid: str, config_bytes: bytes, repo_tags: List[str], laye
         sent.add(layer.oid)
         yield _header("%s/layer.tar" % layer.oid, layer.size)
         with layer.open_stored() as stored:
-            for data in verified_chunks(stored, layer):
-                yield data
+            yield from verified_chunks(stored, layer)
         yield _padding(layer.size)
         on_layer_done(layer)
     config_name = "%s.json" % config_oid

@@ -1,5 +1,6 @@
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
 """The remote repository format, version 1 (docs/FORMAT.md is the prose twin of this file).
@@ -71,7 +72,7 @@ def sha256_hex(data: bytes) -> str:
 
 def parse_digest(digest: str) -> str:
     """'sha256:<hex>' -> '<hex>'; anything else is a FormatError (the remote or daemon lied)."""
-    algo, _, hexdigest = str(digest).partition(":")
+    algo, _sep, hexdigest = str(digest).partition(":")
     if algo != "sha256" or not _HEX64.match(hexdigest):
         raise FormatError("unsupported or malformed digest %r" % (digest,))
     return hexdigest

@@ -1,5 +1,6 @@
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
 """The Ansible side of the engine: common options, building remotes and daemons, failing cleanly."""
@@ -82,4 +83,3 @@ class DogestryModule:
 
     def exit_json(self, **result):
         self.module.exit_json(**result)
-

@@ -1,5 +1,6 @@
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
 """Pruning: delete what no tag, live ticket or push in flight references. Tags are never deleted here.

@@ -1,5 +1,6 @@
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
 """The one small interface every remote implements, the local-directory remote, and URL dispatch.

@@ -1,5 +1,6 @@
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
 """The S3 remote (AWS S3 and S3-compatible stores: MinIO, Ceph RGW, moto), through boto3.

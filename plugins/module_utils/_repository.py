@@ -1,5 +1,6 @@
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
 """A remote seen through the format: version check, tags, manifests and configs, verified on read."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from ._errors import BlobCorruptError, ImageReferenceError, RemoteNotFoundError
 from ._format import (
@@ -140,4 +141,3 @@ class Repository:
         if oid is None:
             raise ImageReferenceError("%s is not on %s: no such tag (dogestry_tags lists them)" % (ref, self.url))
         return ref, oid
-

@@ -1,5 +1,6 @@
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
 """Signed pull URLs: one URL lets a host with no credentials pull one name:tag, for a while.

@@ -1,5 +1,6 @@
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
 """Bounded parallelism for blob transfers: at most `jobs` running, a few more queued, first error wins."""
@@ -63,4 +64,3 @@ class TransferPool:
             self.cancel()
         self._executor.shutdown(wait=True)
         return False
-

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ options:
     choices: [lz4, none]
     default: lz4
 author:
-  - dogestry developers
+  - dogestry developers (@dogestry)
 """
 
 EXAMPLES = r"""

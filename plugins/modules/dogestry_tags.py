@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -26,20 +27,19 @@ attributes:
 options:
   state:
     description:
-      - V(list) returns the tags matching O(name) and O(tag) and changes nothing.
+      - Leave it out to list the tags matching O(name) and O(tag); nothing changes then.
       - V(present) makes the tag O(name):O(tag) point at O(image).
       - V(absent) removes the tag O(name):O(tag).
     type: str
-    choices: [list, present, absent]
-    default: list
+    choices: [present, absent]
   name:
     description:
-      - Image name. With O(state=list) a shell-style pattern (V(myapp), V(team/*)); otherwise exact.
+      - Image name. When listing, a shell-style pattern (V(myapp), V(team/*)); otherwise exact.
     type: str
     default: '*'
   tag:
     description:
-      - Tag. With O(state=list) a shell-style pattern (V(2013*)); otherwise exact and required.
+      - Tag. When listing, a shell-style pattern (V(2013*)); otherwise exact and required.
     type: str
     default: '*'
   image:
@@ -47,7 +47,7 @@ options:
       - With O(state=present), the image to tag, as C(name:tag) or an image ID prefix already on the remote.
     type: str
 author:
-  - dogestry developers
+  - dogestry developers (@dogestry)
 """
 
 EXAMPLES = r"""
@@ -76,7 +76,7 @@ EXAMPLES = r"""
 RETURN = r"""
 tags:
   description:
-    - With O(state=list), the matching tags; otherwise the changed tag as it is after the task
+    - When listing, the matching tags; otherwise the changed tag as it is after the task
       (an empty dict after a removal).
     - Keys are C(name:tag).
   returned: always
@@ -125,7 +125,7 @@ class DogestryTagger:
         self.name = module.params["name"]
         self.tag = module.params["tag"]
         self.image = module.params["image"]
-        if self.state != "list":
+        if self.state is not None:
             if "*" in self.name or "*" in self.tag or self.name == "*":
                 raise DogestryError("state=%s needs an exact name and tag, got %s:%s" % (self.state, self.name, self.tag))
             self.ref = parse_image_ref("%s:%s" % (self.name, self.tag))
@@ -134,7 +134,7 @@ class DogestryTagger:
         self.repo = module.repository()
 
     def run(self):
-        if self.state == "list":
+        if self.state is None:
             self.repo.check()
             tags = describe_tags(self.repo, self.repo.list_tags(self.name, self.tag))
             return dict(changed=False, tags=tags, actions=[],
@@ -161,7 +161,7 @@ class DogestryTagger:
 
 def main():
     argument_spec = dict(
-        state=dict(type="str", choices=["list", "present", "absent"], default="list"),
+        state=dict(type="str", choices=["present", "absent"]),
         name=dict(type="str", default="*"),
         tag=dict(type="str", default="*"),
         image=dict(type="str"),

@@ -51,7 +51,7 @@ def run_tasks(tmp_path, tasks, extra_vars=None, check=False, diff=False, module_
                    ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_HOST_KEY_CHECKING="0")
     run_env.update(env or {})
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=run_env, cwd=str(tmp_path),
-                          timeout=600)
+                          timeout=600, check=False)
     output = proc.stdout.decode("utf-8", "replace")
     if proc.returncode != 0 or not os.path.exists(dump):
         raise AssertionError("ansible-playbook failed (%d):\n%s" % (proc.returncode, output[-6000:]))

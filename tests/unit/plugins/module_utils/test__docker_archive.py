@@ -49,21 +49,21 @@ def test_reads_every_layout_into_verified_spools(tmp_path, layout, gzip_layers, 
 
 def test_lz4_shrinks_compressible_layers(tmp_path):
     text = layer_tar({"/t": b"dogestry " * 500000})
-    archive, _ = save_archive([text])
+    archive = save_archive([text])[0]
     spooled = read_save_stream(chunks(archive), {sha(text)}, {sha(text)}, "lz4", str(tmp_path), lambda l: None)
     assert spooled.layers[sha(text)].stored_size < len(text) / 20
 
 
 def test_classic_symlinked_duplicate_layer(tmp_path):
     layers = [LAYERS[0], LAYERS[1], LAYERS[0]]
-    archive, _ = save_archive(layers, "classic")
+    archive = save_archive(layers, "classic")[0]
     saved = read_save_stream(chunks(archive), {OIDS[0]}, set(OIDS), "none", str(tmp_path), lambda l: None)
     assert saved.diff_ids == [OIDS[0], OIDS[1], OIDS[0]]
     assert list(saved.layers) == [OIDS[0]]
 
 
 def test_a_layer_that_does_not_hash_to_its_diff_id_is_refused(tmp_path):
-    archive, _ = save_archive(LAYERS, "classic")
+    archive = save_archive(LAYERS, "classic")[0]
     tampered = archive.replace(BIG[:4096], bytes(4096), 1)
     with pytest.raises(BlobCorruptError):
         read(tampered, OIDS, tmp_path)
