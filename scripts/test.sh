@@ -39,10 +39,10 @@ t2=$(now)
 if [ "${DOGESTRY_SKIP_SANITY:-}" != 1 ]; then
     ns=$(sed -n 's/^namespace:[[:space:]]*//p' galaxy.yml | tr -d "\"' ")
     name=$(sed -n 's/^name:[[:space:]]*//p' galaxy.yml | tr -d "\"' ")
-    tree=${TMPDIR:-/tmp}/dogestry-sanity-$(id -u)
+    tree=$(mktemp -d "${TMPDIR:-/tmp}/dogestry-sanity.XXXXXX")
+    trap 'rm -rf "$tree"' EXIT
     dest=$tree/ansible_collections/$ns/$name
     # The files git would ship: tracked plus untracked-but-not-ignored (a fresh clone has only the first).
-    rm -rf "$tree"
     mkdir -p "$dest"
     while IFS= read -r -d '' f; do
         if [ -e "$f" ] || [ -L "$f" ]; then printf '%s\0' "$f"; fi  # skip deleted, not yet committed
@@ -70,14 +70,17 @@ EOF
     fi
 
     echo "test: ansible-test sanity (in $dest)"
+    # ansible-test shows pip's chatter while it fills its sanity venvs (cached in ~/.ansible/test):
+    # keep the log readable, keep everything else (errors included).
     # shellcheck disable=SC2086
     (cd "$dest" && "$VENV/bin/ansible-test" sanity --venv --python 3.11 --color no \
-        ${DOGESTRY_SANITY_ARGS:-})
-    sanity_rc=$?
-    if [ $sanity_rc -eq 0 ]; then sanity_status=passed; else sanity_status="FAILED (exit $sanity_rc)"; fi
+        ${DOGESTRY_SANITY_ARGS:-}) 2>&1 \
+        | grep --line-buffered -vE "^(WARNING: Location 'file:|Looking in (indexes|links)|Collecting |  Downloading |Processing /|     ━|Installing collected packages|Successfully installed |Requirement already satisfied)"
+    sanity_rc=${PIPESTATUS[0]}
+    if [ "$sanity_rc" -eq 0 ]; then sanity_status=passed; else sanity_status="FAILED (exit $sanity_rc)"; fi
 fi
 t_sanity=$(( $(now) - t2 ))
 
 echo
 echo "test: summary: setup ${t_setup}s; pytest $pytest_status (${t_pytest}s); ansible-test sanity $sanity_status (${t_sanity}s)"
-[ $pytest_rc -eq 0 ] && [ $sanity_rc -eq 0 ]
+[ "$pytest_rc" -eq 0 ] && [ "$sanity_rc" -eq 0 ]

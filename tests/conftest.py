@@ -110,62 +110,148 @@ def _docker_ping(host):
     return docker.APIClient(base_url=host, version="auto", timeout=5).ping()
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Docker26:
+    """Start/share/stop the Docker 26 daemon across concurrent pytest sessions.
+
+    Under an flock on DOCKER26_RUN/lock, each session registers itself in users/<pid>. The daemon
+    is started by the first session that needs it (marker file `started-by-tests`), and stopped by
+    the last registered session to leave, only if tests started it (a daemon someone started by
+    hand is left alone).
+    """
+
+    def __init__(self, host):
+        self.host = host
+        self.users = os.path.join(DOCKER26_RUN, "users")
+        self.marker = os.path.join(DOCKER26_RUN, "started-by-tests")
+        self.pidfile = os.path.join(DOCKER26_RUN, "docker.pid")
+        self.log_path = os.path.join(DOCKER26_RUN, "dockerd.log")
+        os.makedirs(self.users, exist_ok=True)
+
+    def _locked(self):
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def lock():
+            with open(os.path.join(DOCKER26_RUN, "lock"), "w") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        return lock()
+
+    def _ping(self):
+        try:
+            _docker_ping(self.host)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def acquire(self):
+        with self._locked():
+            open(os.path.join(self.users, str(os.getpid())), "w").close()
+            if self._ping():
+                return
+            fetch = subprocess.run(["bash", FETCH_DOCKER26], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   stdin=subprocess.DEVNULL, universal_newlines=True, check=False)
+            if fetch.returncode != 0:
+                self._leave()
+                pytest.fail("Docker 26 is needed and could not be fetched (scripts/fetch-docker26.sh exit %d):\n%s"
+                            % (fetch.returncode, fetch.stderr[-2000:]), pytrace=False)
+            dockerd = fetch.stdout.strip().splitlines()[-1]
+            if not shutil.which("unshare"):
+                self._leave()
+                pytest.fail("Docker 26 needs `unshare` (util-linux) to run in its own network namespace",
+                            pytrace=False)
+            sock = self.host[len("unix://"):]
+            if os.path.exists(sock):
+                os.unlink(sock)  # stale socket of a daemon that died
+            cmd = ["unshare", "--net", "--", dockerd,
+                   "-H", self.host,
+                   "--data-root", os.path.join(_cache_dir(), "docker26-state"),
+                   "--exec-root", os.path.join(DOCKER26_RUN, "exec"),
+                   "--pidfile", self.pidfile,
+                   "--iptables=false", "--ip6tables=false",
+                   "--containerd-namespace", "dogestry26",
+                   "--containerd-plugins-namespace", "dogestry26-plugins"]
+            proc = _start(cmd, self.log_path)  # unshare execs dockerd: proc.pid is dockerd's pid
+            try:
+                wait_for(self._ping, 60, "dockerd 26")
+            except RuntimeError:
+                _stop(proc)
+                self._leave()
+                with open(self.log_path, "rb") as log:
+                    tail = log.read()[-3000:].decode("utf-8", "replace")
+                pytest.fail("Docker 26 dockerd did not answer at %s within 60s (log %s):\n%s"
+                            % (self.host, self.log_path, tail), pytrace=False)
+            with open(self.marker, "w") as f:
+                f.write(str(proc.pid))
+
+    def _leave(self):
+        try:
+            os.unlink(os.path.join(self.users, str(os.getpid())))
+        except FileNotFoundError:
+            pass
+
+    def release(self):
+        with self._locked():
+            self._leave()
+            others = [int(p) for p in os.listdir(self.users) if p.isdigit() and _pid_alive(int(p))]
+            if others or not os.path.exists(self.marker):
+                return
+            with open(self.marker) as f:
+                pid = int(f.read().strip() or 0)
+            os.unlink(self.marker)
+            if pid and _pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.time() + 30
+                while _pid_alive(pid) and time.time() < deadline:
+                    try:
+                        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+                    except ChildProcessError:
+                        pass
+                    time.sleep(0.2)
+                if _pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="session")
 def docker26_host():
     """A second, Docker >= 25 daemon (Debian trixie's dockerd 26.1.5); yields its unix:// host.
 
-    Started here when none answers at DOCKER26_HOST, and stopped at the end of the session if we
-    started it. The binary comes from scripts/fetch-docker26.sh (setup.sh runs it; here it runs
-    again if needed). If it cannot be fetched or started, the tests that need it FAIL.
+    Started here when none answers at DOCKER26_HOST (env DOGESTRY_DOCKER26_HOST overrides the
+    default unix://$TMPDIR/dogestry-docker26-<uid>/docker.sock), and stopped at the end of the
+    session if tests started it and no other pytest session still uses it. The binary comes from
+    scripts/fetch-docker26.sh (setup.sh runs it; it runs again here if needed). If it cannot be
+    fetched or started, the tests that need it FAIL.
 
     It runs in its own network namespace (`unshare --net`) with its own socket, data-root,
     exec-root, pidfile and containerd namespace, so it never touches the first daemon's docker0
     (a second daemon with --bridge=none in the same namespace deletes it) or iptables rules.
     Containers on it have loopback only: build and run with --network none.
     """
-    host = DOCKER26_HOST
-    try:
-        _docker_ping(host)
-        yield host
-        return
-    except Exception:  # noqa: BLE001 - not running: start it below
-        pass
-    fetch = subprocess.run(["bash", FETCH_DOCKER26], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           stdin=subprocess.DEVNULL, text=True, check=False)
-    if fetch.returncode != 0:
-        pytest.fail("Docker 26 is needed and could not be fetched (scripts/fetch-docker26.sh exit %d):\n%s"
-                    % (fetch.returncode, fetch.stderr[-2000:]), pytrace=False)
-    dockerd = fetch.stdout.strip().splitlines()[-1]
-    if not shutil.which("unshare"):
-        pytest.fail("Docker 26 needs `unshare` (util-linux) to run in its own network namespace", pytrace=False)
-    os.makedirs(DOCKER26_RUN, exist_ok=True)
-    sock = host[len("unix://"):]
-    log_path = os.path.join(DOCKER26_RUN, "dockerd.log")
-    cmd = ["unshare", "--net", "--", dockerd,
-           "-H", host,
-           "--data-root", os.path.join(_cache_dir(), "docker26-state"),
-           "--exec-root", os.path.join(DOCKER26_RUN, "exec"),
-           "--pidfile", os.path.join(DOCKER26_RUN, "docker.pid"),
-           "--iptables=false", "--ip6tables=false",
-           "--containerd-namespace", "dogestry26",
-           "--containerd-plugins-namespace", "dogestry26-plugins"]
-    if os.path.exists(sock) and not os.path.isdir(sock):
-        os.unlink(sock)  # stale socket of a daemon that died
-    proc = _start(cmd, log_path)
-    try:
-        wait_for(lambda: _docker_ping(host), 60, "dockerd 26")
-    except RuntimeError:
-        _stop(proc)
-        with open(log_path, "rb") as log:
-            tail = log.read()[-3000:].decode("utf-8", "replace")
-        pytest.fail("Docker 26 dockerd did not answer at %s within 60s (log %s):\n%s" % (host, log_path, tail),
-                    pytrace=False)
-    yield host
-    _stop(proc)
+    daemon = _Docker26(DOCKER26_HOST)
+    daemon.acquire()
+    yield DOCKER26_HOST
+    daemon.release()
 
 
-def _base_layer_tar():
-    """A deterministic tar holding /bin/busybox (+ /bin/sh -> busybox): same bytes, same diff_id, every time."""
+def _base_layer_tar(marker=None):
+    """A deterministic tar holding /bin/busybox (+ /bin/sh -> busybox): same bytes, same diff_id, every time.
+
+    With `marker` (a str), /etc/dogestry-test-base holds it too: a base layer no other image shares.
+    """
     import io
     if not os.path.exists(BUSYBOX):
         pytest.fail("%s is missing: install Debian's busybox-static (scripts/setup.sh)" % BUSYBOX, pytrace=False)
@@ -184,28 +270,44 @@ def _base_layer_tar():
         add("bin", tarfile.DIRTYPE, 0o755)
         add("bin/busybox", tarfile.REGTYPE, 0o755, data)
         add("bin/sh", tarfile.SYMTYPE, 0o777, linkname="busybox")
+        if marker is not None:
+            add("etc", tarfile.DIRTYPE, 0o755)
+            add("etc/dogestry-test-base", tarfile.REGTYPE, 0o644, marker.encode())
     return buf.getvalue()
 
 
 @pytest.fixture
 def build_image(tmp_path):
-    """Return build(host, name, layers, cmd=None) -> image id ("sha256:...").
+    """Return build(host, name, layers, cmd=None, isolated=False) -> image id ("sha256:...").
 
     The image is: a base layer holding Debian's static /bin/busybox (and /bin/sh -> busybox),
     imported from a deterministic tar, so every image built on top of it on any daemon has the
     same base diff_id; then one COPY layer per dict in `layers` ({path: bytes or str}, paths
-    relative to /); then CMD (default: `busybox echo <name>`). Built with network_mode="none"
-    on the daemon at `host` (unix:// or tcp://). `docker run --network none IMAGE` works.
-    Images built here are removed (with their untagged parents) at the end of the test.
+    relative to /; files 0644, mtimes fixed, so equal dicts on equal parents give equal
+    diff_ids); then CMD (default: `busybox echo <name>`). Built with network_mode="none" on the
+    daemon at `host` (unix:// or tcp://). `docker run --network none IMAGE` works.
+
+    The daemons are shared (other tests, other sessions): any image built here holds the shared
+    base layer. A test that needs a layer chain no other image has (e.g. "a cold pull transfers
+    every layer") passes isolated=True: the base layer then also holds a unique
+    /etc/dogestry-test-base, so its diff_id (and every ChainID above it) is unique.
+
+    At the end of the test the images built here are removed: by name (force), then by id
+    (no force: removes an untagged copy a pull left behind, never another tag), then the
+    imported base (no force: only if nothing uses it).
     """
     import docker
-    base_tar = _base_layer_tar()
+    import uuid
+    shared_base_tar = _base_layer_tar()
     built = []
 
-    def build(host, name, layers, cmd=None):
+    def build(host, name, layers, cmd=None, isolated=False):
         api = docker.APIClient(base_url=host, version="auto", timeout=300)
+        base_tar = _base_layer_tar(uuid.uuid4().hex) if isolated else shared_base_tar
         base = api.import_image_from_data(base_tar, changes=['CMD ["/bin/busybox", "sh"]'])
         base_id = json_lines_last(base, "status")
+        record = {"host": host, "name": name, "id": None, "base": base_id}
+        built.append(record)
         ctx = tmp_path / ("ctx-%d" % len(built))
         ctx.mkdir()
         lines = ["FROM %s" % base_id]
@@ -223,7 +325,6 @@ def build_image(tmp_path):
             lines.append("COPY layer%d/ /" % i)
         lines.append("CMD %s" % json.dumps(cmd if cmd is not None else ["/bin/busybox", "echo", name]))
         (ctx / "Dockerfile").write_text("\n".join(lines) + "\n")
-        built.append((host, name))
         errors, log = [], []
         for chunk in api.build(path=str(ctx), tag=name, network_mode="none", rm=True, forcerm=True,
                                decode=True):
@@ -232,15 +333,19 @@ def build_image(tmp_path):
                 errors.append(chunk["error"])
         if errors:
             raise RuntimeError("building %s on %s failed: %s\n%s" % (name, host, errors, "".join(log)))
-        return api.inspect_image(name)["Id"]
+        record["id"] = api.inspect_image(name)["Id"]
+        return record["id"]
 
     yield build
     import docker.errors
-    for host, name in reversed(built):
-        try:
-            docker.APIClient(base_url=host, version="auto", timeout=60).remove_image(name, force=True)
-        except docker.errors.APIError:
-            pass  # already removed by the test
+    for record in reversed(built):
+        api = docker.APIClient(base_url=record["host"], version="auto", timeout=60)
+        for ref, force in ((record["name"], True), (record["id"], False), (record["base"], False)):
+            if ref:
+                try:
+                    api.remove_image(ref, force=force)
+                except docker.errors.APIError:
+                    pass  # already removed by the test, or still used by another image
 
 
 def json_lines_last(output, key):

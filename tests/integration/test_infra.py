@@ -121,3 +121,15 @@ def test_first_daemon_still_builds_with_its_bridge(docker_host, docker26_host, b
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=120)
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout.strip() == name.encode()
+
+
+def test_isolated_base_is_not_shared(docker_host, build_image):
+    name = "dogestry-infra-%s" % uuid.uuid4().hex[:8]
+    shared = build_image(docker_host, name + "-a:1", [{"a": b"a"}])
+    isolated = build_image(docker_host, name + "-b:1", [{"a": b"a"}], isolated=True)
+    api = _api(docker_host)
+    assert api.inspect_image(shared)["RootFS"]["Layers"][0] != api.inspect_image(isolated)["RootFS"]["Layers"][0]
+    out = subprocess.run(["docker", "-H", docker_host, "run", "--rm", "--network", "none", name + "-b:1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=120)
+    assert out.stdout.strip() == (name + "-b:1").encode(), out.stderr.decode()
+
