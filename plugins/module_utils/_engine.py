@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional
 
 from ._docker import Daemon, image_layers
 from ._docker_archive import LoadLayer, load_stream, read_save_stream
-from ._errors import BlobCorruptError, DockerError, ImageReferenceError, RemoteNotFoundError
+from ._errors import BlobCorruptError, DockerError, ImageReferenceError, RemoteMissingError, RemoteNotFoundError
 from ._format import (
     ENCODINGS, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, parse_digest, parse_image_ref,
 )
@@ -122,6 +122,8 @@ def _remote_exists(repo: Repository) -> bool:
     """False for a remote a push has yet to create; a foreign or newer format still raises."""
     try:
         return repo.check()
+    except RemoteMissingError:
+        raise
     except RemoteNotFoundError:
         return False
 

@@ -20,6 +20,10 @@ class RemoteNotFoundError(RemoteError):
     """A key, bucket or directory does not exist."""
 
 
+class RemoteMissingError(RemoteNotFoundError):
+    """The remote itself (a bucket) does not exist, as opposed to one key in it."""
+
+
 class RemoteAuthError(RemoteError):
     """Credentials are missing, wrong, or lack permission."""
 

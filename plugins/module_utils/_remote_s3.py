@@ -49,7 +49,9 @@ except ImportError:
     ClientError = BotoConnectionError = EndpointConnectionError = BotoCoreError
     NoCredentialsError = PartialCredentialsError = ProfileNotFound = SSLError = BotoCoreError
 
-from ._errors import DogestryError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
+from ._errors import (
+    DogestryError, RemoteAuthError, RemoteError, RemoteMissingError, RemoteNotFoundError, RemoteUnsupportedError,
+)
 from ._remote import ObjectInfo, Remote
 
 MiB = 1 << 20
@@ -139,7 +141,7 @@ class S3Remote(Remote):
             message = _one_line(err.get("Message") or code)
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             if code == "NoSuchBucket":
-                return RemoteNotFoundError("bucket %s does not exist (remote %s): create it or fix the remote URL"
+                return RemoteMissingError("bucket %s does not exist (remote %s): create it or fix the remote URL"
                                            % (self.bucket, self.url))
             if code in ("NoSuchKey", "404", "NotFound"):
                 return RemoteNotFoundError("not found: %s" % where)

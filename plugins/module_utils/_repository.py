@@ -11,7 +11,7 @@ import fnmatch
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Optional, Tuple
 
-from ._errors import BlobCorruptError, ImageReferenceError, RemoteNotFoundError
+from ._errors import BlobCorruptError, ImageReferenceError, RemoteMissingError, RemoteNotFoundError
 from ._format import (
     VERSION_KEY, ImageRef, Manifest, check_version_document, diff_ids_of_config, id_prefix_hex,
     image_index_key, image_index_prefix, looks_like_id_prefix, manifest_key, parse_image_ref,
@@ -34,6 +34,8 @@ class Repository:
             return True
         try:
             check_version_document(self.remote.get(VERSION_KEY), self.url)
+        except RemoteMissingError:
+            raise
         except RemoteNotFoundError:
             if not create:
                 raise RemoteNotFoundError(
