@@ -132,4 +132,3 @@ def test_isolated_base_is_not_shared(docker_host, build_image):
     out = subprocess.run(["docker", "-H", docker_host, "run", "--rm", "--network", "none", name + "-b:1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=120)
     assert out.stdout.strip() == (name + "-b:1").encode(), out.stderr.decode()
-
