@@ -132,10 +132,11 @@ def test_shared_base_moves_only_the_new_layer(tmp_path, docker_host, build_image
 def test_flipped_byte_fails_the_pull_and_leaves_no_image(tmp_path, docker_host, build_image, api, name, remote,
                                                          encoding):
     image_id = build_image(docker_host, name + ":1", [BASE, {"/big.bin": os.urandom(300000)}])
-    run_tasks(tmp_path, [push(remote, [name + ":1"], "push", compression=encoding)])
-    biggest = max(blob_files(remote), key=os.path.getsize)
-    with open(biggest, "r+b") as handle:
-        handle.seek(os.path.getsize(biggest) // 2)
+    pushed = run_tasks(tmp_path, [push(remote, [name + ":1"], "push", compression=encoding)])["push"]
+    top = pushed["layers_transferred"][-1].split(":")[1]       # the random layer no other image has
+    (blob,) = glob.glob(os.path.join(remote, "blobs", "sha256", top[:2], top + "*"))
+    with open(blob, "r+b") as handle:
+        handle.seek(os.path.getsize(blob) // 2)
         byte = handle.read(1)
         handle.seek(-1, os.SEEK_CUR)
         handle.write(bytes([byte[0] ^ 0xFF]))
