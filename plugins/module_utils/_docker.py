@@ -71,9 +71,11 @@ class Daemon:
         except DockerException as exc:
             raise self._fail("listing images", exc)
         for image_id in image_ids:
-            info = self.inspect(image_id)
-            if info:
-                found.update(chain_ids([parse_digest(d) for d in (info.get("RootFS") or {}).get("Layers") or []]))
+            try:
+                info = self.api.inspect_image(image_id)
+            except DockerException:
+                continue    # removed since the listing (`docker image prune` running meanwhile): not there
+            found.update(chain_ids(image_layers(info)))
         return found
 
     def save(self, ref: str) -> Iterator[bytes]:

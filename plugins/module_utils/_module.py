@@ -45,7 +45,7 @@ def _repository_from_params(params) -> Repository:
         raise DogestryError("jobs must be at least 1, got %d" % params["jobs"])
     options = {name: params.get(name) for name in S3_OPTIONS}
     options["jobs"] = params["jobs"]
-    return Repository(remote_from_url(params["remote"], **options))
+    return Repository(remote_from_url(params.get("signed_url") or params["remote"], **options))
 
 
 class DogestryModule:

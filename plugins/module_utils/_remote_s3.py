@@ -141,8 +141,8 @@ class S3Remote(Remote):
             message = _one_line(err.get("Message") or code)
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             if code == "NoSuchBucket":
-                return RemoteMissingError("bucket %s does not exist (remote %s): create it or fix the remote URL"
-                                           % (self.bucket, self.url))
+                return RemoteMissingError(
+                    "bucket %s does not exist (remote %s): create it or fix the remote URL" % (self.bucket, self.url))
             if code in ("NoSuchKey", "404", "NotFound"):
                 return RemoteNotFoundError("not found: %s" % where)
             if code in _REGION_CODES:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 from ._errors import BlobCorruptError, FormatError, ImageReferenceError, RemoteAuthError, RemoteNotFoundError, \
     RemoteUnsupportedError
@@ -54,9 +54,8 @@ def ticket_expiry_from_key(key: str) -> Optional[int]:
     return int(stamp) if stamp.isdigit() else None
 
 
-def mint_pull_ticket(repo: Repository, ref: Union[str, ImageRef], expires_in: int,
-                     now: Optional[float] = None) -> Tuple[str, int]:
-    """Write a ticket for `ref` and return (signed URL of the ticket, expiry in epoch seconds)."""
+def ticket_objects(repo: Repository, ref: Union[str, ImageRef]) -> Tuple[ImageRef, str, Dict[str, ObjectInfo]]:
+    """What a ticket for `ref` would cover: (ref, manifest oid, {key: info}); raises if it cannot be signed."""
     remote = repo.remote
     if not hasattr(remote, "presign_get"):
         raise RemoteUnsupportedError("%s cannot sign URLs: signed pull URLs need an s3:// remote" % repo.url)
@@ -71,8 +70,16 @@ def mint_pull_ticket(repo: Repository, ref: Union[str, ImageRef], expires_in: in
     absent = [key for key in keys if key not in found]
     if absent:
         raise BlobCorruptError("%s is damaged: %s of %s is missing (push the image again)" % (repo.url, absent[0], ref))
+    return ref, oid, {key: found[key] for key in keys}
+
+
+def mint_pull_ticket(repo: Repository, ref: Union[str, ImageRef], expires_in: int,
+                     now: Optional[float] = None) -> Tuple[str, int]:
+    """Write a ticket for `ref` and return (signed URL of the ticket, expiry in epoch seconds)."""
+    ref, oid, found = ticket_objects(repo, ref)
+    remote = repo.remote
     expires_at = int((time.time() if now is None else now) + int(expires_in))
-    objects = {key: {"url": remote.presign_get(key, expires_in), "size": found[key].size} for key in keys}
+    objects = {key: {"url": remote.presign_get(key, expires_in), "size": info.size} for key, info in found.items()}
     ticket = {"dogestry_ticket": TICKET_VERSION, "image": str(ref), "manifest": "sha256:" + oid,
               "expires_at": expires_at, "objects": objects}
     key = ticket_key(expires_at)
@@ -94,7 +101,7 @@ class TicketRemote(HttpRemote):
             self.manifest_oid = parse_digest(doc["manifest"])
             self.expires_at = int(doc["expires_at"])
             self.objects = {str(key): (str(entry["url"]), int(entry["size"])) for key, entry in doc["objects"].items()}
-            if not all(url.lower().startswith(("https://", "http://")) for url, _ in self.objects.values()):
+            if not all(url.lower().startswith(("https://", "http://")) for url, _size in self.objects.values()):
                 raise ValueError("object URLs must be http(s)")
         except (ValueError, TypeError, KeyError, AttributeError, FormatError, ImageReferenceError) as exc:
             raise FormatError("%s is not a valid dogestry signed pull URL: %s" % (where, exc))

@@ -30,13 +30,26 @@ attributes:
   diff_mode:
     support: full
 options:
+  remote:
+    description:
+      - Where images are stored, required unless O(signed_url) is given.
+      - An absolute directory (V(/srv/dogestry)) or V(file:///srv/dogestry), V(s3://bucket/prefix/)
+        (see O(endpoint_url)), or a read-only V(https://host/prefix/) served by any static web server.
+    type: str
+    required: false
+  signed_url:
+    description:
+      - A signed pull URL minted by M(dogestry.dogestry.dogestry_signed_url). It is all the pull
+        needs, with no credentials and no O(remote); O(image) defaults to the image it was minted for.
+      - Expired or altered URLs fail the task.
+    type: str
   image:
     description:
       - What to pull, as C(name:tag) (a name alone means V(latest)), or a unique prefix of an
         image ID on the remote (at least 4 hex digits, V(sha256:) optional).
       - An image pulled by ID prefix is loaded untagged.
+      - Required unless O(signed_url) is given.
     type: str
-    required: true
     aliases: [name]
 author:
   - dogestry developers (@dogestry)
@@ -53,6 +66,10 @@ EXAMPLES = r"""
     remote: s3://ops-goodies/docker-repo/?region=us-west-2
     image: myapp:20131210
     jobs: 8
+
+- name: Pull with nothing but a signed URL (see dogestry_signed_url)
+  dogestry.dogestry.dogestry_pull:
+    signed_url: "{{ pull_url.url }}"
 
 - name: Pull by image ID prefix
   dogestry.dogestry.dogestry_pull:
@@ -118,9 +135,13 @@ class DogestryPuller:
         self.module = module
         self.image = module.params["image"]
         self.jobs = module.params["jobs"]
-        if not looks_like_id_prefix(self.image):
+        if self.image and not looks_like_id_prefix(self.image):
             parse_image_ref(self.image)     # a malformed name fails before any remote or daemon is touched
         self.repo = module.repository()
+        # A signed pull URL names its image.
+        self.image = self.image or getattr(self.repo.remote, "image", None)
+        if not self.image:
+            raise DogestryError("image is required: name the image to pull from %s" % self.repo.url)
         self.daemon = module.daemon()
 
     def pull(self):
@@ -150,9 +171,12 @@ class DogestryPuller:
 
 def main():
     argument_spec = dict(
-        image=dict(type="str", required=True, aliases=["name"]),
+        remote=dict(type="str"),
+        signed_url=dict(type="str", no_log=True),
+        image=dict(type="str", aliases=["name"]),
     )
-    module = DogestryModule(argument_spec, supports_check_mode=True)
+    module = DogestryModule(argument_spec, supports_check_mode=True,
+                            required_one_of=[("remote", "signed_url")], mutually_exclusive=[("remote", "signed_url")])
     try:
         module.exit_json(**DogestryPuller(module).pull())
     except DogestryError as exc:

@@ -64,3 +64,62 @@ def test_missing_bucket_and_bad_credentials_are_one_line_errors(tmp_path, docker
     assert r["nobucket"]["failed"] and "does not exist" in r["nobucket"]["msg"], r["nobucket"]["msg"]
     assert r["noendpoint"]["failed"] and "\n" not in r["noendpoint"]["msg"]
     assert "127.0.0.1:9" in r["noendpoint"]["msg"] or "reach" in r["noendpoint"]["msg"], r["noendpoint"]["msg"]
+
+
+def test_signed_url_pulls_with_no_credentials_then_expires(tmp_path, docker_host, s3_endpoint, bucket, build_image):
+    name = "dogestry-test-%s" % uuid.uuid4().hex[:8]
+    image_id = build_image(docker_host, name + ":1", [BASE, {"/signed": b"signed\n"}])
+    remote = "s3://%s/signed/" % bucket
+    minted = run_tasks(tmp_path, [
+        push(remote, [name + ":1"], "push"),
+        {"dogestry.dogestry.dogestry_signed_url": {"remote": remote, "image": name + ":1"}, "register": "check",
+         "check_mode": True},
+        {"dogestry.dogestry.dogestry_signed_url": {"remote": remote, "image": name + ":1"}, "register": "url"},
+        {"dogestry.dogestry.dogestry_signed_url": {"remote": remote, "image": name + ":1", "expires_in": 1},
+         "register": "short"},
+    ], module_defaults=defaults(s3_endpoint), env={"AWS_CA_BUNDLE": ""})
+    assert minted["check"]["changed"] and "url" not in minted["check"], minted["_output"][-2000:]
+    assert minted["url"]["url"].startswith(s3_endpoint) and "Signature" in minted["url"]["url"]
+    docker.APIClient(base_url=docker_host).remove_image(name + ":1", force=True)
+    no_credentials = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_CONFIG_FILE": "/nonexistent",
+                      "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CA_BUNDLE": ""}
+    pulled = run_tasks(tmp_path, [
+        {"dogestry.dogestry.dogestry_pull": {"signed_url": minted["url"]["url"]}, "register": "pull"},
+        {"dogestry.dogestry.dogestry_pull": {"signed_url": minted["short"]["url"]}, "register": "expired"},
+        {"dogestry.dogestry.dogestry_pull": {"signed_url": minted["url"]["url"].replace("Signature=", "Signature=0")},
+         "register": "tampered"},
+    ], env=no_credentials)
+    assert pulled["pull"]["changed"] and pulled["pull"]["image_id"] == image_id, pulled["_output"][-3000:]
+    assert pulled["pull"]["image"] == name + ":1"
+    assert pulled["expired"]["failed"] and "expired" in pulled["expired"]["msg"], pulled["expired"]["msg"]
+    assert minted["url"]["url"] not in pulled["_output"]       # no_log keeps the bearer URL out of logs
+
+
+def test_prune_deletes_exactly_the_unreferenced_data(tmp_path, docker_host, s3_endpoint, bucket, build_image):
+    name = "dogestry-test-%s" % uuid.uuid4().hex[:8]
+    build_image(docker_host, name + ":keep", [BASE, {"/v": b"keep"}])
+    gone = build_image(docker_host, name + ":gone", [BASE, {"/v": b"gone"}])
+    remote = "s3://%s/prune/" % bucket
+    r = run_tasks(tmp_path, [
+        push(remote, [name + ":keep", name + ":gone"], "push"),
+        tags("untag", remote=remote, state="absent", name=name, tag="gone"),
+        {"dogestry.dogestry.dogestry_prune": {"remote": remote}, "register": "young"},
+        {"dogestry.dogestry.dogestry_prune": {"remote": remote, "grace_period": "0"}, "register": "check",
+         "check_mode": True},
+        {"dogestry.dogestry.dogestry_prune": {"remote": remote, "grace_period": "0s"}, "register": "real"},
+        {"dogestry.dogestry.dogestry_prune": {"remote": remote, "grace_period": "0"}, "register": "again"},
+        tags("left", remote=remote),
+    ], module_defaults=defaults(s3_endpoint), env={"AWS_CA_BUNDLE": ""})
+    assert not r["young"]["changed"] and r["young"]["spared_young"] == 4, r["young"]     # default grace: 24h
+    assert r["check"]["changed"] and r["check"]["deleted"] == r["real"]["deleted"]
+    deleted = r["real"]["deleted"]
+    gone_layer = r["push"]["images"][1]["layers_transferred"][-1][7:]
+    assert [key.split("/")[-1].split(".")[0] for key in deleted["blobs"]] == sorted([gone_layer, gone[7:]])
+    assert len(deleted["manifests"]) == 1 and len(deleted["image_index"]) == 1
+    assert r["real"]["deleted_bytes"] == r["check"]["bytes"] > 0
+    assert not r["again"]["changed"]
+    assert list(r["left"]["tags"]) == [name + ":keep"]
+    docker.APIClient(base_url=docker_host).remove_image(name + ":keep", force=True)
+    pulled = run_tasks(tmp_path, [pull(remote, name + ":keep", "pull")], module_defaults=defaults(s3_endpoint),
+                       env={"AWS_CA_BUNDLE": ""})
+    assert pulled["pull"]["changed"] and not pulled["pull"].get("failed"), pulled["pull"]

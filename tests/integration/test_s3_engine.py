@@ -167,8 +167,8 @@ def test_signed_url_pull_without_credentials_then_expired(daemon, build_image, s
     image_id = build_image(daemon.host, name + ":1", [{"/signed": name}])
     repo = repo_for(s3url)
     push(daemon, repo, name + ":1")
-    url, _ = mint_pull_ticket(repo, name + ":1", 300)
-    short, _ = mint_pull_ticket(repo, name + ":1", 1)
+    url = mint_pull_ticket(repo, name + ":1", 300)[0]
+    short = mint_pull_ticket(repo, name + ":1", 1)[0]
     daemon.remove(name + ":1")
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)

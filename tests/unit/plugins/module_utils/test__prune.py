@@ -68,7 +68,7 @@ def test_young_garbage_is_spared_and_plan_writes_nothing(s3repo):
 
 
 def test_deleting_a_tag_never_deletes_data_another_tag_uses(s3repo):
-    oid, _ = store_image(s3repo, "app:1", [b"x"])
+    oid = store_image(s3repo, "app:1", [b"x"])[0]
     s3repo.write_tag(ImageRef("app", "stable"), oid)
     s3repo.delete_tag(ImageRef("app", "1"))
     assert plan_prune(s3repo, 0, now=time.time() + LATER).count == 0
@@ -97,7 +97,7 @@ def test_a_lease_taken_after_planning_is_honoured(s3repo):
 
 
 def test_young_lease_spares_old_blobs_and_stale_lease_goes(localrepo):
-    _, manifest = store_image(localrepo, "app:1", [b"old blob"], tag=False)
+    manifest = store_image(localrepo, "app:1", [b"old blob"], tag=False)[1]
     hour_ago = time.time() - 3600
     for key in all_keys(localrepo):
         os.utime(localrepo.remote.local_path(key), (hour_ago, hour_ago))
@@ -128,7 +128,7 @@ def test_write_lease_waits_for_a_running_prune(s3repo, monkeypatch):
 
 
 def test_write_lease_fails_when_a_prune_took_what_the_plan_found(s3repo):
-    _, manifest = store_image(s3repo, "app:1", [b"x"])
+    manifest = store_image(s3repo, "app:1", [b"x"])[1]
     plan = SimpleNamespace(config_oid=manifest.config_oid, diff_ids=[manifest.layers[0].oid], existing=None,
                            config_missing=False, present={manifest.layers[0].oid: manifest.layers[0]})
     drop_lease(s3repo, push_lease(s3repo, plan))

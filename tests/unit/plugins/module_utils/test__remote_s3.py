@@ -213,7 +213,7 @@ def test_error_mapping(s3_env, code, status, cls, fragment):
     exc = _remote_s3.ClientError({"Error": {"Code": code, "Message": "m", "Region": "eu-west-1"},
                                   "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
     error = remote._error(exc, "reading", "k")
-    assert type(error) is cls and fragment in str(error)
+    assert type(error) is cls and fragment in str(error)  # pylint: disable=unidiomatic-typecheck
 
 
 def test_presigned_get_works_without_credentials(remote):

@@ -66,8 +66,8 @@ def test_ticket_object_is_immutable_json_named_by_expiry(repo):
 
 
 def test_ticket_pins_the_manifest_when_the_tag_moves(repo, no_credentials):
-    first, _ = store_image(repo, "app:1", [b"old"])
-    url, _ = mint_pull_ticket(repo, "app:1", 60)
+    first = store_image(repo, "app:1", [b"old"])[0]
+    url = mint_pull_ticket(repo, "app:1", 60)[0]
     store_image(repo, "app:1", [b"new"])
     pulled = Repository(remote_from_url(url))
     assert pulled.resolve("app:1")[1] == first

@@ -1,0 +1,162 @@
+#!/usr/bin/python
+# Copyright (c) dogestry developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: dogestry_prune
+short_description: Delete data no tag of a dogestry remote references
+version_added: 0.1.0
+description:
+  - Deletes blobs, manifests and image-index entries that no tag (and no unexpired signed pull
+    URL) references, expired signed-URL tickets, and stale push leases.
+  - Tags are never deleted, and data another tag still uses is never deleted. Remove tags with
+    M(dogestry.dogestry.dogestry_tags), then prune.
+  - Unreferenced objects younger than O(grace_period) are kept, and so is everything a push in
+    flight has announced, so a push running at the same time never loses its blobs.
+  - In check mode, lists what would be deleted and how many bytes it takes.
+extends_documentation_fragment:
+  - dogestry.dogestry.remote
+  - dogestry.dogestry.remote.s3
+  - dogestry.dogestry.attributes
+  - dogestry.dogestry.attributes.actiongroup_dogestry
+attributes:
+  check_mode:
+    support: full
+    details: Lists exactly what a real run would delete (minus whatever a push references meanwhile).
+  diff_mode:
+    support: none
+options:
+  grace_period:
+    description:
+      - Unreferenced data younger than this is kept. Make it longer than your longest push.
+      - Seconds, or a number with a unit V(s), V(m), V(h) or V(d) (V(90m), V(24h), V(7d)).
+    type: str
+    default: 24h
+author:
+  - dogestry developers (@dogestry)
+"""
+
+EXAMPLES = r"""
+- name: See what a prune would free
+  dogestry.dogestry.dogestry_prune:
+    remote: s3://ops-goodies/docker-repo/
+  check_mode: true
+  register: would_prune
+
+- name: Prune data unreferenced for a week
+  dogestry.dogestry.dogestry_prune:
+    remote: /srv/dogestry
+    grace_period: 7d
+"""
+
+RETURN = r"""
+count:
+  description: Number of unreferenced objects found (that would be deleted in check mode).
+  returned: always
+  type: int
+  sample: 12
+bytes:
+  description: Bytes those objects take on the remote.
+  returned: always
+  type: int
+  sample: 104857600
+deleted:
+  description: Keys deleted (to delete, in check mode), by kind.
+  returned: always
+  type: dict
+  contains:
+    image_index:
+      description: Image-ID index entries.
+      type: list
+      elements: str
+    manifests:
+      description: Manifests.
+      type: list
+      elements: str
+    blobs:
+      description: Layers and image configs.
+      type: list
+      elements: str
+    tickets:
+      description: Expired signed-pull-URL tickets.
+      type: list
+      elements: str
+    leases:
+      description: Stale leases of pushes that died.
+      type: list
+      elements: str
+deleted_bytes:
+  description: Bytes actually freed.
+  returned: when not in check mode
+  type: int
+kept:
+  description: Keys planned for deletion that a push or tag referenced by the time of deletion.
+  returned: when not in check mode
+  type: list
+  elements: str
+spared_young:
+  description: Number of unreferenced objects kept because they are younger than O(grace_period).
+  returned: always
+  type: int
+"""
+
+import re
+
+from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import human_size
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import execute_prune, plan_prune
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text) -> int:
+    match = re.match(r"^\s*(\d+)\s*([smhd]?)\s*$", str(text))
+    if not match:
+        raise DogestryError("grace_period %r is not a duration like 3600, 90m, 24h or 7d" % (text,))
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+class DogestryPruner:
+    def __init__(self, module: DogestryModule):
+        self.module = module
+        self.grace = parse_duration(module.params["grace_period"])
+        self.jobs = module.params["jobs"]
+        self.repo = module.repository()
+
+    def prune(self):
+        plan = plan_prune(self.repo, self.grace)
+        if self.module.check_mode:
+            result = plan.result()
+        else:
+            result = execute_prune(self.repo, plan, self.jobs)
+        result.pop("reason", None)
+        result.pop("grace_seconds", None)
+        if not plan.count:
+            result["msg"] = "nothing to prune on %s (%d unreferenced object(s) younger than %s kept)" % (
+                self.repo.url, result["spared_young"], self.module.params["grace_period"])
+        elif self.module.check_mode:
+            result["msg"] = "would delete %d unreferenced object(s), %s, from %s" % (
+                plan.count, human_size(plan.bytes), self.repo.url)
+        else:
+            result["msg"] = "deleted %d unreferenced object(s), %s, from %s" % (
+                result["deleted_count"], human_size(result["deleted_bytes"]), self.repo.url)
+        return result
+
+
+def main():
+    argument_spec = dict(
+        grace_period=dict(type="str", default="24h"),
+    )
+    module = DogestryModule(argument_spec, needs_docker=False, supports_check_mode=True)
+    try:
+        module.exit_json(**DogestryPruner(module).prune())
+    except DogestryError as exc:
+        module.fail_json_dogestry(exc)
+
+
+if __name__ == "__main__":
+    main()
