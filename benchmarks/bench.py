@@ -1,6 +1,6 @@
-#!/usr/bin/env python3
 # Copyright (c) dogestry developers
-# MIT License (see LICENSE)
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 """Benchmark of the dogestry engine against the `docker save` + `docker load` floor.
 
 Builds a synthetic multi-layer image on the local dockerd (FROM scratch + Debian's static
@@ -396,18 +396,18 @@ class Bench:
     def floor_once(self, r):
         self.ensure_v1()
         path = os.path.join(self.tmp, "floor.tar")
-        t_save, _ = self.timed(lambda: run(["docker", "save", "-o", path, self.v1_ref]))
+        t_save = self.timed(lambda: run(["docker", "save", "-o", path, self.v1_ref]))[0]
         self.info["floor"]["archive bytes"] = os.path.getsize(path)
         self.remove(self.v1_id)
         self.assert_absent(self.v1_layers, "v1 (floor)")
-        t_load, _ = self.timed(lambda: run(["docker", "load", "-q", "-i", path]))
+        t_load = self.timed(lambda: run(["docker", "load", "-q", "-i", path]))[0]
         os.unlink(path)
         s = self.samples["floor"]
         s["save half"].append(t_save)
         s["load half"].append(t_load)
         s["save+load"].append(t_save + t_load)
         # What a Python reader of the same stream pays with no processing at all (informative).
-        t_raw, _ = self.timed(lambda: sum(len(c) for c in self.daemon.save(self.v1_ref)))
+        t_raw = self.timed(lambda: sum(len(c) for c in self.daemon.save(self.v1_ref)))[0]
         s["SDK save stream, discarded"].append(t_raw)
         log("floor #%d: save %.2fs load %.2fs (SDK save stream read and discarded %.2fs)" % (r + 1, t_save, t_load, t_raw))
 
@@ -518,7 +518,7 @@ def report(bench, columns, args):
     cell = "%5s %-11s %6s %6s"
     width = len(cell % ("", "", "", ""))
     w("%-17s" % "seconds" + "".join(" | %s" % col.center(width) for col in columns))
-    w("%-17s" % "" + "".join(" | " + cell % ("med", "[min-max]", "x half", "x floor") for _ in columns))
+    w("%-17s" % "" + "".join(" | " + cell % ("med", "[min-max]", "x half", "x floor") for _col in columns))
     w("-" * (17 + (width + 3) * len(columns)))
     for row, half in rows:
         line = "%-17s" % row
@@ -535,10 +535,10 @@ def report(bench, columns, args):
     for col in columns:
         i = bench.info[col]
         w("  %-10s cold push %s, cold pull %s; one-layer push %s; one-layer pull %s in %s layers "
-          "(top layer: %s, stored %s)" % (col, mb(i.get("cold push bytes")), mb(i.get("cold pull bytes")),
-                                            mb(i.get("one-layer push bytes")), mb(i.get("one-layer pull bytes")),
-                                            i.get("one-layer pull layers"), mb(i.get("top layer size")),
-                                            mb(i.get("top layer stored"))))
+          "(top layer: %s, stored %s)" % (
+              col, mb(i.get("cold push bytes")), mb(i.get("cold pull bytes")),
+              mb(i.get("one-layer push bytes")), mb(i.get("one-layer pull bytes")),
+              i.get("one-layer pull layers"), mb(i.get("top layer size")), mb(i.get("top layer stored"))))
     w("")
     w("Targets (issue 3):")
     verdicts = []
@@ -601,7 +601,7 @@ def environment(bench, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--size-mb", type=int, default=300, help="approximate image size (default 300)")
     parser.add_argument("--repeat", type=int, default=3, help="repeats per measurement; the median is reported (default 3)")
     parser.add_argument("--remote", choices=("local", "s3", "all"), default="local",

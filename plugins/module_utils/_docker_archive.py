@@ -144,6 +144,7 @@ def read_save_stream(chunks: Iterable[bytes], wanted: Set[str], known: Set[str],
     links: Dict[str, str] = {}
     by_member: Dict[str, str] = {}          # member path -> layer oid it decoded to
     sizes: Dict[str, int] = {}              # layer oid -> uncompressed size
+    unhashed: Dict[str, int] = {}           # member path -> size of plain layer tars read past unhashed
     spooled: Dict[str, SpooledLayer] = {}
 
     def take(layer: SpooledLayer, member: str):
@@ -175,7 +176,14 @@ def read_save_stream(chunks: Iterable[bytes], wanted: Set[str], known: Set[str],
                 elif member.size <= SMALL_MEMBER:
                     small[name] = tar.extractfile(member).read()
                 elif name.endswith("/layer.tar") or name.startswith("blobs/"):
-                    take(spool_layer(tar.extractfile(member), name, encoding, spool_dir), name)
+                    reader = tar.extractfile(member)
+                    head = reader.read(len(_ZSTD_MAGIC))
+                    if wanted.issubset(spooled) and not head.startswith((_GZIP_MAGIC, _ZSTD_MAGIC)):
+                        # Every wanted layer is spooled: the rest need only their sizes, and
+                        # _finish maps them to diff_ids by manifest position, as Docker does.
+                        unhashed[name] = member.size
+                    else:
+                        take(spool_layer(_Prefixed(head, reader), name, encoding, spool_dir), name)
     except tarfile.TarError as exc:
         _discard(spooled)
         raise FormatError("docker save produced an unreadable archive (%s)" % exc)
@@ -184,13 +192,13 @@ def read_save_stream(chunks: Iterable[bytes], wanted: Set[str], known: Set[str],
         raise
 
     try:
-        return _finish(small, links, by_member, sizes, spooled, wanted, encoding, spool_dir, take)
+        return _finish(small, links, by_member, sizes, unhashed, spooled, wanted, encoding, spool_dir, take)
     except BaseException:
         _discard(spooled)
         raise
 
 
-def _finish(small, links, by_member, sizes, spooled, wanted, encoding, spool_dir, take) -> SavedImage:
+def _finish(small, links, by_member, sizes, unhashed, spooled, wanted, encoding, spool_dir, take) -> SavedImage:
     def resolve(path):
         path = posixpath.normpath(path)
         for _hop in range(16):
@@ -215,6 +223,9 @@ def _finish(small, links, by_member, sizes, spooled, wanted, encoding, spool_dir
     if len(diff_ids) != len(layer_paths):
         raise FormatError("docker save archive lists %d layers but its config %d" % (len(layer_paths), len(diff_ids)))
     for index, (path, oid) in enumerate(zip(layer_paths, diff_ids)):
+        if path not in by_member and path in unhashed:
+            by_member[path] = oid
+            sizes.setdefault(oid, unhashed[path])
         if path not in by_member and path in small:
             take(spool_layer(_BytesReader(small[path]), path, encoding, spool_dir), path)
         got = by_member.get(path)
@@ -237,6 +248,22 @@ def _oid_from_blob_name(name: str) -> Optional[str]:
 def _discard(spooled: Dict[str, SpooledLayer]) -> None:
     for layer in spooled.values():
         _unlink(layer.path)
+
+
+class _Prefixed:
+    """A reader whose first bytes were already read (to sniff the compression)."""
+
+    def __init__(self, head: bytes, reader):
+        self._head, self._reader = head, reader
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._reader.read(size)
+        if 0 <= size <= len(self._head):
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        data, self._head = self._head, b""
+        return data + self._reader.read(-1 if size < 0 else size - len(data))
 
 
 class _BytesReader:

@@ -47,6 +47,15 @@ def test_reads_every_layout_into_verified_spools(tmp_path, layout, gzip_layers, 
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(layer.path) for layer in spooled)
 
 
+@pytest.mark.parametrize("layout", ["classic", "oci"])
+def test_with_nothing_wanted_layers_are_sized_not_spooled(tmp_path, layout):
+    archive = save_archive(LAYERS, layout)[0]
+    saved, spooled = read(archive, [], tmp_path)
+    assert spooled == [] and os.listdir(tmp_path) == []
+    assert saved.diff_ids == OIDS
+    assert saved.sizes == {oid: len(layer) for oid, layer in zip(OIDS, LAYERS)}
+
+
 def test_lz4_shrinks_compressible_layers(tmp_path):
     text = layer_tar({"/t": b"dogestry " * 500000})
     archive = save_archive([text])[0]
