@@ -383,3 +383,14 @@ def s3_env(s3_endpoint, monkeypatch):
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return s3_endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_env):
+    """A new, empty bucket on the moto endpoint; its name."""
+    import uuid
+
+    import boto3
+    name = "t-" + uuid.uuid4().hex[:12]
+    boto3.client("s3", endpoint_url=s3_env).create_bucket(Bucket=name)
+    return name

@@ -151,8 +151,8 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
     try:
         with TransferPool(jobs) as pool:
             def upload(layer):
-                repo.remote.put_file(blob_key(layer.oid, layer.encoding), layer.path)
-                uploaded[layer.oid] = layer.stored_size
+                if repo.remote.put_file(blob_key(layer.oid, layer.encoding), layer.path):
+                    uploaded[layer.oid] = layer.stored_size     # not when a concurrent push stored it first
 
             saved = read_save_stream(daemon.save(plan.source), set(plan.missing), set(plan.diff_ids),
                                      compression, spool, lambda layer: pool.submit(upload, layer))

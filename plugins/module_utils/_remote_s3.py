@@ -59,7 +59,7 @@ DEFAULT_PART_SIZE = 8 * MiB
 MIN_PART_SIZE = 5 * MiB          # S3's minimum for every part but the last
 MAX_PARTS = 10000
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
-MAX_ATTEMPTS = 10                # botocore "standard" retries: throttling, 5xx, connection errors
+MAX_ATTEMPTS = 6                 # botocore "standard" retries (throttling, 5xx, connection errors): ~30 s at most
 LIST_MIN_GROUPS = 8              # stat(): below this many probes, never list
 LIST_PAGE_RATIO = 4              # stat(): a listing may take at most groups/4 pages before we probe the rest
 

@@ -14,11 +14,8 @@ SECRET = "s3cr3t-%s" % uuid.uuid4().hex
 
 
 @pytest.fixture
-def bucket(s3_endpoint):
-    name = "dogestry-%s" % uuid.uuid4().hex[:12]
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key=SECRET).create_bucket(Bucket=name)
-    return name
+def bucket(s3_bucket):
+    return s3_bucket
 
 
 def defaults(s3_endpoint):

@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 
-import boto3
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._docker import Daemon
@@ -48,10 +47,8 @@ class Calls:
 
 
 @pytest.fixture
-def s3url(s3_env):
-    bucket = "it-" + uuid.uuid4().hex[:12]
-    boto3.client("s3", endpoint_url=s3_env).create_bucket(Bucket=bucket)
-    return "s3://%s/registry/" % bucket
+def s3url(s3_bucket):
+    return "s3://%s/registry/" % s3_bucket
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@
 import os
 import threading
 import time
-import uuid
 from types import SimpleNamespace
 
-import boto3
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils import _prune
@@ -26,10 +24,8 @@ LATER = 3600        # plan "an hour from now", so everything written by the test
 
 
 @pytest.fixture
-def s3repo(s3_env):
-    bucket = "t-" + uuid.uuid4().hex[:12]
-    boto3.client("s3", endpoint_url=s3_env).create_bucket(Bucket=bucket)
-    return Repository(remote_from_url("s3://%s/reg/" % bucket, endpoint_url=s3_env))
+def s3repo(s3_env, s3_bucket):
+    return Repository(remote_from_url("s3://%s/reg/" % s3_bucket, endpoint_url=s3_env))
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 import os
 import uuid
 
-import boto3
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils import _remote_s3
@@ -17,10 +16,8 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def bucket(s3_env):
-    name = "t-" + uuid.uuid4().hex[:12]
-    boto3.client("s3", endpoint_url=s3_env).create_bucket(Bucket=name)
-    return name
+def bucket(s3_bucket):
+    return s3_bucket
 
 
 @pytest.fixture

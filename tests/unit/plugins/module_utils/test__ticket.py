@@ -3,9 +3,7 @@
 import json
 import time
 import urllib.request
-import uuid
 
-import boto3
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils import _ticket
@@ -24,10 +22,8 @@ AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", 
 
 
 @pytest.fixture
-def repo(s3_env):
-    bucket = "t-" + uuid.uuid4().hex[:12]
-    boto3.client("s3", endpoint_url=s3_env).create_bucket(Bucket=bucket)
-    return Repository(remote_from_url("s3://%s/reg" % bucket, endpoint_url=s3_env))
+def repo(s3_env, s3_bucket):
+    return Repository(remote_from_url("s3://%s/reg" % s3_bucket, endpoint_url=s3_env))
 
 
 @pytest.fixture
