@@ -239,3 +239,30 @@ def test_unwritable_remote_fails_cleanly(tmp_path, docker_host, build_image, nam
     build_image(docker_host, name + ":1", [BASE])
     result = run_tasks(tmp_path, [push("/etc/hostname/remote", [name + ":1"], "r")])["r"]
     assert result["failed"] and "/etc/hostname/remote" in result["msg"] and "\n" not in result["msg"], result["msg"]
+
+
+def test_pull_from_a_plain_static_web_server(tmp_path, docker_host, build_image, api, name, remote):
+    """A remote directory served read-only by any static HTTP server is a pull remote."""
+    import subprocess
+    import sys
+    import urllib.request
+    from conftest import free_port, wait_for
+    image_id = build_image(docker_host, name + ":1", [BASE, {"/web": b"served statically\n"}],
+                           cmd=["/bin/busybox", "cat", "/web"])
+    run_tasks(tmp_path, [push(remote, [name + ":1"], "push")])
+    api.remove_image(name + ":1", force=True)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", remote,
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = "http://127.0.0.1:%d/" % port
+        wait_for(lambda: urllib.request.urlopen(url + "dogestry.json", timeout=2).status == 200, 30, "http.server")
+        r = run_tasks(tmp_path, [pull(url, name + ":1", "pull"), pull(url, name + ":1", "again"),
+                                 tags("listing", remote=url)])
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert r["pull"]["changed"] and r["pull"]["image_id"] == image_id, r["_output"][-2000:]
+    assert not r["again"]["changed"]
+    assert r["listing"]["failed"] and "listable" in r["listing"]["msg"], r["listing"]["msg"]
+    assert run_output(docker_host, name + ":1") == "served statically\n"

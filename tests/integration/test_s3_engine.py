@@ -138,6 +138,50 @@ def test_interrupted_push_leaves_no_tag_and_rerun_skips_finished_blobs(daemon, b
     assert fresh.read_tag(ImageRef(name, "1")) == result["manifest"][7:]
 
 
+PUSH_SCRIPT = """
+import sys
+from ansible_collections.dogestry.dogestry.plugins.module_utils._docker import Daemon
+from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_push, plan_push
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+host, url, endpoint, image = sys.argv[1:]
+daemon, repo = Daemon(host), Repository(remote_from_url(url, endpoint_url=endpoint, part_size=5 << 20, jobs=1))
+execute_push(daemon, repo, plan_push(daemon, repo, image), "lz4", 1)
+"""
+
+
+def test_push_killed_mid_upload_leaves_no_tag_and_rerun_skips_finished_blobs(daemon, build_image, s3url, s3_env,
+                                                                             repo_for, name):
+    """A real SIGKILL of a pushing process, as soon as its first layer blob is visible in the bucket."""
+    import signal
+    import subprocess
+    import sys
+    from conftest import COLLECTIONS
+    build_image(daemon.host, name + ":1", [{"/l%d" % i: os.urandom(12 * MiB)} for i in range(4)])
+    repo = repo_for(s3url)
+    proc = subprocess.Popen([sys.executable, "-c", PUSH_SCRIPT, daemon.host, s3url, s3_env, name + ":1"],
+                            env=dict(os.environ, PYTHONPATH=COLLECTIONS), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    layers = []
+    while not layers and proc.poll() is None and time.time() < deadline:
+        layers = [info.key for info in repo.remote.list("blobs/") if info.key.endswith(".lz4")]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    output = proc.communicate()[0].decode()
+    assert proc.returncode == -signal.SIGKILL, "the push ended before it could be killed: %s" % output
+    assert layers, output
+    assert repo.read_tag(ImageRef(name, "1")) is None
+    assert not list(repo.remote.list("repositories/"))
+    finished = {"sha256:" + key.rsplit("/", 1)[1].split(".")[0] for key in layers}
+
+    result = push(daemon, repo_for(s3url), name + ":1")
+    assert finished.isdisjoint(result["layers_transferred"])
+    assert finished <= set(result["layers_skipped"])
+    assert len(result["layers_transferred"]) + len(result["layers_skipped"]) == 5
+    assert repo.read_tag(ImageRef(name, "1")) == result["manifest"][7:]
+
+
 @pytest.mark.parametrize("damage, message", [
     ("delete", r"is damaged: layer sha256:\w+ of .* is missing \(push the image again\)"),
     ("corrupt", r"layer sha256:\w+ of .* on s3://\S+ is (corrupt|not a valid lz4 frame)"),
