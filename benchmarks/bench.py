@@ -356,7 +356,7 @@ class Bench:
         def progress(layer):
             if phases is not None:
                 phases["streamed"] = time.perf_counter() - start
-        return self.e.execute_pull(d, repo, plan, self.args.jobs, progress)
+        return self.e.execute_pull(d, repo, plan, progress)
 
     def manifest(self, url, opts, ref):
         repo = self.e.Repository(self.e.remote_from_url(url, **opts))

@@ -23,7 +23,7 @@ options:
     required: true
   jobs:
     description:
-      - How many blobs to transfer at the same time.
+      - How many transfers run at the same time (blobs on push; parts of a layer on S3 pulls).
     type: int
     default: 4
 """

@@ -7,17 +7,15 @@
 
 Push: docker image inspect -> remote stat -> (only if something is missing) docker save ->
 hash/encode/spool each missing layer -> upload in parallel -> config -> manifest -> tag.
-Pull: tag -> manifest -> config (verified) -> plan by ChainID -> download missing layers in
-parallel -> verify while streaming into docker load (manifest.json last) -> tag.
+Pull: tag -> manifest -> config (verified) -> plan by ChainID -> stream each missing layer
+(S3: parallel ranged GETs) -> verify while streaming into docker load (manifest.json last) -> tag.
 
 Every plan has a `reason`: a sentence saying what a real run would change, or None.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -246,7 +244,7 @@ def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
     return plan
 
 
-def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan, jobs: int,
+def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
                  progress: Callable[[LoadLayer], None] = lambda layer: None) -> Dict:
     result = plan.result()
     if plan.reason is None:
@@ -255,45 +253,61 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan, jobs: int,
         daemon.tag(plan.manifest.image_id, plan.ref.name, plan.ref.tag)
         result.update(bytes_transferred=0)
         return result
-    remote = repo.remote
-    spool = None
     missing = {layer.oid for layer in plan.missing}
+    readers = _LayerReaders(repo.remote, plan.missing)
+    load_layers = []
+    for layer in plan.manifest.layers:
+        if layer.oid in missing:
+            what = "layer sha256:%s of %s on %s" % (layer.oid, plan.ref or plan.requested, repo.url)
+            load_layers.append(LoadLayer(layer.oid, layer.size, layer.encoding, readers.opener(layer), what))
+        else:
+            load_layers.append(LoadLayer(layer.oid, layer.size, layer.encoding, None))
     try:
-        with TransferPool(jobs) as pool:
-            load_layers = []
-            for layer in plan.manifest.layers:
-                opener = None
-                if layer.oid in missing:
-                    what = "layer sha256:%s of %s on %s" % (layer.oid, plan.ref or plan.requested, repo.url)
-                    local = remote.local_path(layer.key)
-                    if local is not None:
-                        opener = _opener(local)
-                    else:
-                        spool = spool or tempfile.mkdtemp(prefix="dogestry-pull-")
-                        path = os.path.join(spool, layer.oid)
-                        opener = _opener(path, pool.submit(remote.get_file, layer.key, path))
-                    load_layers.append(LoadLayer(layer.oid, layer.size, layer.encoding, opener, what))
-                else:
-                    load_layers.append(LoadLayer(layer.oid, layer.size, layer.encoding, None))
-            archive = load_stream(plan.manifest.config_oid, plan.config, [str(plan.ref)] if plan.ref else [],
-                                  load_layers, progress)
-            daemon.load(archive)
-            pool.join()
+        daemon.load(load_stream(plan.manifest.config_oid, plan.config, [str(plan.ref)] if plan.ref else [],
+                                load_layers, progress))
     finally:
-        if spool:
-            shutil.rmtree(spool, ignore_errors=True)
+        readers.close()
     if daemon.inspect(plan.manifest.image_id) is None:
         raise DockerError("Docker daemon %s accepted the archive but has no image %s afterwards"
                           % (daemon.host, plan.manifest.image_id))
     return result
 
 
-def _opener(path: str, download=None):
-    def open_stored():
-        if download is not None:
-            download.result()       # re-raises a failed download here, in load order
-        return open(path, "rb")
-    return open_stored
+class _LayerReaders:
+    """Opens each missing layer when `docker load` reaches it, and the next one right away.
+
+    A directory remote is read in place. Other remotes stream (S3: parallel ranged GETs of the
+    layer), so the daemon untars a layer while it downloads, and the next layer's first parts
+    are already on their way when this one ends.
+    """
+
+    def __init__(self, remote, layers: List[LayerEntry]):
+        self._remote = remote
+        self._order = [layer.oid for layer in layers]
+        self._layers = {layer.oid: layer for layer in layers}
+        self._open: Dict[str, object] = {}
+
+    def _start(self, oid: str):
+        if oid not in self._open:
+            layer = self._layers[oid]
+            local = self._remote.local_path(layer.key)
+            self._open[oid] = open(local, "rb") if local else self._remote.open(layer.key, layer.stored_size)
+        return self._open[oid]
+
+    def opener(self, layer: LayerEntry) -> Callable[[], object]:
+        def open_stored():
+            reader = self._start(layer.oid)
+            following = self._order.index(layer.oid) + 1
+            if following < len(self._order):
+                self._start(self._order[following])
+            del self._open[layer.oid]
+            return reader
+        return open_stored
+
+    def close(self):
+        for reader in self._open.values():
+            reader.close()
+        self._open.clear()
 
 
 # ---- tags -----------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -43,8 +42,12 @@ class Remote:
         """Whole object; RemoteNotFoundError if absent. For small objects only."""
         raise NotImplementedError
 
-    def open(self, key: str) -> BinaryIO:
-        """A streaming reader (a context manager); RemoteNotFoundError if absent."""
+    def open(self, key: str, size: Optional[int] = None) -> BinaryIO:
+        """A streaming reader (a context manager); RemoteNotFoundError if absent.
+
+        `size`, when the caller knows it, lets a remote fetch parts in parallel (S3: ranged GETs);
+        a remote that reads fewer or more bytes than that raises BlobCorruptError.
+        """
         raise NotImplementedError
 
     def stat(self, keys: Iterable[str]) -> Dict[str, ObjectInfo]:
@@ -74,10 +77,28 @@ class Remote:
         """A readable local file holding `key`, when the remote is a directory (no download needed)."""
         return None
 
-    def get_file(self, key: str, path: str) -> None:
-        """Download `key` into the local file `path` (remotes override this with parallel transfers)."""
-        with self.open(key) as src, open(path, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+
+class ReadErrors:
+    """Wraps a streaming reader so that failures mid-read become one-line RemoteErrors."""
+
+    def __init__(self, reader, errors, describe):
+        self._reader, self._errors, self._describe = reader, errors, describe
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._reader.read(size)
+        except self._errors as exc:
+            raise RemoteError(self._describe(exc))
+
+    def close(self):
+        self._reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
 
 
 class LocalRemote(Remote):
@@ -109,7 +130,7 @@ class LocalRemote(Remote):
         except OSError as exc:
             raise self._fail(exc, "reading", key)
 
-    def open(self, key):
+    def open(self, key, size=None):
         try:
             return open(self._path(key), "rb")
         except OSError as exc:

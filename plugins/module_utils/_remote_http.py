@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import calendar
 import re
-import shutil
+import http.client
 import ssl
 import time
 import urllib.error
@@ -28,7 +28,7 @@ from typing import Optional
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from ._errors import RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
-from ._remote import ObjectInfo, Remote
+from ._remote import ObjectInfo, ReadErrors, Remote
 
 TIMEOUT = 60
 
@@ -139,8 +139,9 @@ class HttpRemote(Remote):
 
     # -- Remote -------------------------------------------------------------------------------
 
-    def open(self, key):
-        return self._request(self._url_for(key), "reading")
+    def open(self, key, size=None):
+        return ReadErrors(self._request(self._url_for(key), "reading"), (OSError, http.client.HTTPException),
+                          lambda exc: "reading %s failed: %s" % (self._display(key), _one_line(exc)))
 
     def get(self, key):
         with self.open(key) as response:
@@ -174,13 +175,6 @@ class HttpRemote(Remote):
         raise RemoteUnsupportedError(
             "%s is an http(s) remote and cannot be listed: tag listing and image-ID prefixes need a "
             "listable remote (a directory or s3://); pull by name:tag instead" % self.url)
-
-    def get_file(self, key, path):
-        with self.open(key) as response, open(path, "wb") as out:
-            try:
-                shutil.copyfileobj(response, out, 1 << 20)
-            except OSError as exc:
-                raise RemoteError("downloading %s failed: %s" % (self._display(key), _one_line(exc)))
 
     def _read_only(self, what: str):
         return RemoteUnsupportedError("%s is read-only (http/https remote): %s needs a directory or s3:// remote"

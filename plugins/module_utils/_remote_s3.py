@@ -25,13 +25,13 @@ import os
 import threading
 import time
 import traceback
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional
 from urllib.parse import parse_qs, urlsplit
 
 try:
     import boto3
-    from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
     from botocore.exceptions import (
         BotoCoreError, ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError,
@@ -50,9 +50,9 @@ except ImportError:
     NoCredentialsError = PartialCredentialsError = ProfileNotFound = SSLError = BotoCoreError
 
 from ._errors import (
-    DogestryError, RemoteAuthError, RemoteError, RemoteMissingError, RemoteNotFoundError, RemoteUnsupportedError,
+    BlobCorruptError, DogestryError, RemoteAuthError, RemoteError, RemoteMissingError, RemoteNotFoundError, RemoteUnsupportedError,
 )
-from ._remote import ObjectInfo, Remote
+from ._remote import ObjectInfo, ReadErrors, Remote
 
 MiB = 1 << 20
 DEFAULT_PART_SIZE = 8 * MiB
@@ -195,12 +195,29 @@ class S3Remote(Remote):
             except (BotoCoreError, OSError) as exc:
                 raise self._error(exc, "reading", key)
 
-    def open(self, key):
+    def open(self, key, size=None):
+        """With `size`, parallel ranged GETs of `part_size`, `jobs` in flight, read back in order."""
+        if size is not None and size > self.part_size:
+            return _RangedReader(self, key, size)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except (BotoCoreError, ClientError) as exc:
             raise self._error(exc, "reading", key)
-        return response["Body"]
+        return ReadErrors(response["Body"], (BotoCoreError, OSError), lambda exc: str(self._error(exc, "reading", key)))
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes start..end (inclusive) of `key`; fewer than asked means the object is not the size we were told."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range="bytes=%d-%d" % (start, end))
+            data = response["Body"].read()
+        except (BotoCoreError, ClientError, OSError) as exc:
+            if self._code(exc) == "InvalidRange":
+                raise BlobCorruptError("%s on %s is shorter than its manifest says (no byte %d)" % (key, self.url, start))
+            raise self._error(exc, "reading", key)
+        if len(data) != end - start + 1:
+            raise BlobCorruptError("%s on %s is shorter than its manifest says (%d bytes from %d, expected %d)"
+                                   % (key, self.url, len(data), start, end - start + 1))
+        return data
 
     def head(self, key: str) -> Optional[ObjectInfo]:
         try:
@@ -275,17 +292,6 @@ class S3Remote(Remote):
                                      item["LastModified"].timestamp())
         except (BotoCoreError, ClientError) as exc:
             raise self._error(exc, "listing", prefix)
-
-    def _transfer_config(self):
-        return TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
-                              max_concurrency=self.jobs, use_threads=True)
-
-    def get_file(self, key, path):
-        """Parallel ranged GETs of `part_size` (s3transfer pins them to one ETag), `jobs` at a time."""
-        try:
-            self.client.download_file(self.bucket, self._key(key), path, Config=self._transfer_config())
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc, "downloading", key)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -479,3 +485,50 @@ def _group_keys(keys: List[str]) -> List[List[str]]:
         else:
             groups.append([key])
     return groups
+
+
+class _RangedReader:
+    """One object as a file-like stream of ranged GETs: `jobs` ranges in flight, bytes returned in order.
+
+    Memory stays at most jobs x part_size; the first bytes are readable after one range, so a
+    pull streams into `docker load` while the rest of the layer is still downloading.
+    """
+
+    def __init__(self, remote: "S3Remote", key: str, size: int):
+        self._ranges = [(start, min(start + remote.part_size, size) - 1) for start in range(0, size, remote.part_size)]
+        self._ranges.reverse()
+        self._remote, self._key = remote, key
+        self._pool = ThreadPoolExecutor(max_workers=remote.jobs, thread_name_prefix="dogestry-range")
+        self._inflight = deque()
+        self._buffer = memoryview(b"")
+        self._fill()
+
+    def _fill(self):
+        while self._ranges and len(self._inflight) < self._remote.jobs:
+            start, end = self._ranges.pop()
+            self._inflight.append(self._pool.submit(self._remote.get_range, self._key, start, end))
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._buffer:
+            if not self._inflight:
+                return b""
+            self._buffer = memoryview(self._inflight.popleft().result())
+            self._fill()
+        if size < 0 or size >= len(self._buffer):
+            data, self._buffer = self._buffer, memoryview(b"")
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return bytes(data)
+
+    def close(self):
+        for future in self._inflight:
+            future.cancel()
+        self._ranges = []
+        self._pool.shutdown(wait=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False

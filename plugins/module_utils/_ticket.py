@@ -142,9 +142,9 @@ class TicketRemote(HttpRemote):
     def _display(self, key):
         return "%s in the %s" % (key, self.url)
 
-    def open(self, key):
+    def open(self, key, size=None):
         self._check_expiry()
-        return super().open(key)
+        return super().open(key, size)
 
     def get(self, key):
         if key == self._tag_key:

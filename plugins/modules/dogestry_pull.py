@@ -134,7 +134,6 @@ class DogestryPuller:
     def __init__(self, module: DogestryModule):
         self.module = module
         self.image = module.params["image"]
-        self.jobs = module.params["jobs"]
         if self.image and not looks_like_id_prefix(self.image):
             parse_image_ref(self.image)     # a malformed name fails before any remote or daemon is touched
         self.repo = module.repository()
@@ -149,7 +148,7 @@ class DogestryPuller:
         if self.module.check_mode:
             result = plan.result()
         else:
-            result = execute_pull(self.daemon, self.repo, plan, self.jobs)
+            result = execute_pull(self.daemon, self.repo, plan)
         reason = result.pop("reason")
         result.pop("changed")
         if reason is None:

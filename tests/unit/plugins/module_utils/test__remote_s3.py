@@ -7,7 +7,7 @@ import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils import _remote_s3
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
-    RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
+    BlobCorruptError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import remote_from_url
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remote_s3 import S3Remote, parse_s3_url
@@ -127,9 +127,18 @@ def test_put_file_multipart_and_ranged_download(remote, tmp_path):
     head = remote.client.head_object(Bucket=remote.bucket, Key="pre/fix/big")
     assert head["ETag"].strip('"').endswith("-3")
     counter.calls.clear()
-    remote.get_file("big", str(tmp_path / "down"))
-    assert (tmp_path / "down").read_bytes() == data
-    assert counter.calls.count("GetObject") == 3
+    with remote.open("big", len(data)) as body:
+        assert b"".join(iter(lambda: body.read(1 << 20), b"")) == data
+    assert counter.calls.count("GetObject") == 3        # 5 + 5 + 1 MiB ranges, `jobs` at a time
+
+
+@pytest.mark.parametrize("claimed", [6 * MiB + 1, 12 * MiB])
+def test_ranged_read_of_an_object_smaller_than_claimed_is_corrupt(remote, claimed):
+    remote.put("blob", os.urandom(6 * MiB))
+    with pytest.raises(BlobCorruptError, match="shorter than its manifest says"):
+        with remote.open("blob", claimed) as body:
+            while body.read(1 << 20):
+                pass
 
 
 def test_multipart_loses_to_existing_object(remote, tmp_path):

@@ -46,8 +46,8 @@ def test_minted_url_pulls_without_credentials(repo, no_credentials, tmp_path):
     assert pulled.read_config(pulled.read_manifest(oid))
     top = manifest.layers[1]
     assert pulled.remote.stat([top.key, "blobs/other"]) == {top.key: pulled.remote.stat([top.key])[top.key]}
-    pulled.remote.get_file(top.key, str(tmp_path / "top"))
-    assert (tmp_path / "top").read_bytes() == b"top layer"
+    with pulled.remote.open(top.key, top.stored_size) as body:
+        assert body.read() == b"top layer"
 
 
 def test_ticket_object_is_immutable_json_named_by_expiry(repo):
