@@ -58,6 +58,7 @@ class PushPlan:
     config_missing: bool = False
     up_to_date: bool = False
     current_image_id: Optional[str] = None     # image the remote tag points at now
+    same_as: Optional[ImageRef] = None         # an earlier plan of this run stores the image: tag only
 
     @property
     def config_oid(self) -> str:
@@ -67,6 +68,8 @@ class PushPlan:
     def reason(self) -> Optional[str]:
         if self.up_to_date:
             return None
+        if self.same_as:
+            return "%s: tag would be set to the image pushed as %s" % (self.ref, self.same_as)
         if self.existing:
             return "%s: tag %s -> %s (image already stored)" % (self.ref, "would be set" if not self.current else "would move", self.image_id[:19])
         layers = len(_unique(self.diff_ids))
@@ -85,8 +88,23 @@ class PushPlan:
         }
 
 
-def plan_push(daemon: Daemon, repo: Repository, source: str, tag_as: Optional[str] = None) -> PushPlan:
-    ref = parse_image_ref(tag_as or source)
+def plan_pushes(daemon: Daemon, repo: Repository, sources: List[str]) -> List[PushPlan]:
+    """Plans for several images; a second tag of an image an earlier plan uploads only writes its tag."""
+    plans: List[PushPlan] = []
+    uploading: Dict[str, PushPlan] = {}
+    for source in sources:
+        plan = plan_push(daemon, repo, source)
+        earlier = uploading.get(plan.image_id)
+        if earlier is not None and not plan.up_to_date and not plan.existing:
+            plan.same_as, plan.missing, plan.config_missing = earlier.ref, [], False
+        elif not plan.up_to_date and not plan.existing:
+            uploading[plan.image_id] = plan
+        plans.append(plan)
+    return plans
+
+
+def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
+    ref = parse_image_ref(source)
     info = daemon.inspect(source)
     if info is None:
         raise ImageReferenceError("image %s not found in the Docker daemon at %s" % (source, daemon.host))
@@ -132,6 +150,10 @@ def execute_push(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         result["manifest"] = "sha256:" + (plan.current or "")
         return result
     repo.check(create=True)
+    if plan.same_as:
+        plan.existing = repo.manifest_for_image(plan.config_oid)
+        if plan.existing is None:
+            raise DockerError("%s was not stored by the push of %s: run the push again" % (plan.ref, plan.same_as))
     lease = push_lease(repo, plan)      # prune spares what this push references until the tag is written
     try:
         return _write_image(daemon, repo, plan, compression, jobs, result)

@@ -126,7 +126,7 @@ bytes_transferred:
 """
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import (
-    execute_push, human_size, plan_push,
+    execute_push, human_size, plan_pushes,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
@@ -147,7 +147,7 @@ class DogestryPusher:
         self.daemon = module.daemon()
 
     def push(self):
-        plans = [plan_push(self.daemon, self.repo, image) for image in self.images]
+        plans = plan_pushes(self.daemon, self.repo, self.images)
         reasons = [plan.reason for plan in plans if plan.reason]
         if self.module.check_mode:
             results = [plan.result() for plan in plans]

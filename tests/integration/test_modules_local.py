@@ -266,3 +266,21 @@ def test_pull_from_a_plain_static_web_server(tmp_path, docker_host, build_image,
     assert not r["again"]["changed"]
     assert r["listing"]["failed"] and "listable" in r["listing"]["msg"], r["listing"]["msg"]
     assert run_output(docker_host, name + ":1") == "served statically\n"
+
+
+def test_two_tags_of_one_image_in_one_push_upload_once(tmp_path, docker_host, build_image, api, name, remote):
+    image_id = build_image(docker_host, name + ":1", [BASE, {"/v": b"twice"}])
+    api.tag(image_id, name, "latest")
+    r = run_tasks(tmp_path, [push(remote, [name + ":1", name + ":latest"], "check", check_mode=True),
+                             push(remote, [name + ":1", name + ":latest"], "real"),
+                             tags("listed", remote=remote, name=name)])
+    try:
+        for result in (r["check"], r["real"]):
+            first, second = result["images"]
+            assert len(first["layers_transferred"]) == 3 and second["layers_transferred"] == []
+            assert "pushed as %s:1" % name in second["reason"]
+        assert r["real"]["images"][1]["manifest"] == r["real"]["images"][0]["manifest"]
+        assert {k: v["image_id"] for k, v in r["listed"]["tags"].items()} == {name + ":1": image_id,
+                                                                              name + ":latest": image_id}
+    finally:
+        api.remove_image(name + ":latest", force=True)
