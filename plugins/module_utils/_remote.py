@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterable, Iterator, Optional
 from urllib.parse import unquote, urlsplit
 
-from ._errors import RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
+from ._errors import FormatError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
+
+MAX_SMALL_OBJECT = 64 << 20     # image configs are kilobytes; manifests and tags smaller still
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,21 @@ class Remote:
     read_only = False
 
     def get(self, key: str) -> bytes:
-        """Whole object; RemoteNotFoundError if absent. For small objects only."""
-        raise NotImplementedError
+        """A whole small object (tag, manifest, config); RemoteNotFoundError if absent.
+
+        Bounded by MAX_SMALL_OBJECT, so a hostile remote cannot make a reader hold gigabytes.
+        """
+        chunks, total = [], 0
+        with self.open(key) as body:
+            while True:
+                chunk = body.read(1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                total += len(chunk)
+                if total > MAX_SMALL_OBJECT:
+                    raise FormatError("%s on %s is over %d MiB: not a dogestry metadata object"
+                                      % (key, self.url, MAX_SMALL_OBJECT >> 20))
+                chunks.append(chunk)
 
     def open(self, key: str, size: Optional[int] = None) -> BinaryIO:
         """A streaming reader (a context manager); RemoteNotFoundError if absent.
@@ -122,13 +137,6 @@ class LocalRemote(Remote):
         if exc.errno == errno.ENOSPC:
             return RemoteError("no space left on device %s" % where)
         return RemoteError("%s failed: %s" % (where, exc.strerror or exc))
-
-    def get(self, key):
-        try:
-            with open(self._path(key), "rb") as handle:
-                return handle.read()
-        except OSError as exc:
-            raise self._fail(exc, "reading", key)
 
     def open(self, key, size=None):
         try:

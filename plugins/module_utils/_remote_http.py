@@ -143,13 +143,6 @@ class HttpRemote(Remote):
         return ReadErrors(self._request(self._url_for(key), "reading"), (OSError, http.client.HTTPException),
                           lambda exc: "reading %s failed: %s" % (self._display(key), _one_line(exc)))
 
-    def get(self, key):
-        with self.open(key) as response:
-            try:
-                return response.read()
-            except OSError as exc:
-                raise RemoteError("reading %s failed: %s" % (self._display(key), _one_line(exc)))
-
     def head(self, key: str) -> Optional[ObjectInfo]:
         try:
             with self._request(self._url_for(key), "checking", method="HEAD") as response:

@@ -188,13 +188,6 @@ class S3Remote(Remote):
 
     # -- reads --------------------------------------------------------------------------------
 
-    def get(self, key):
-        with self.open(key) as body:
-            try:
-                return body.read()
-            except (BotoCoreError, OSError) as exc:
-                raise self._error(exc, "reading", key)
-
     def open(self, key, size=None):
         """With `size`, parallel ranged GETs of `part_size`, `jobs` in flight, read back in order."""
         if size is not None and size > self.part_size:

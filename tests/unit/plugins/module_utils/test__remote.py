@@ -79,3 +79,14 @@ def test_delete_is_idempotent(remote):
     remote.delete("k")
     remote.delete("k")
     assert remote.stat(["k"]) == {}
+
+
+def test_small_object_reads_are_bounded(remote, monkeypatch):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils import _remote
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import FormatError
+    monkeypatch.setattr(_remote, "MAX_SMALL_OBJECT", 10)
+    remote.put("ok", b"x" * 10)
+    remote.put("huge", b"x" * 11)
+    assert remote.get("ok") == b"x" * 10
+    with pytest.raises(FormatError, match="not a dogestry metadata object"):
+        remote.get("huge")
