@@ -126,11 +126,9 @@ class DogestryTagger:
         self.tag = module.params["tag"]
         self.image = module.params["image"]
         if self.state is not None:
-            if "*" in self.name or "*" in self.tag or self.name == "*":
+            if any(c in self.name + self.tag for c in "*?["):
                 raise DogestryError("state=%s needs an exact name and tag, got %s:%s" % (self.state, self.name, self.tag))
             self.ref = parse_image_ref("%s:%s" % (self.name, self.tag))
-        if self.state == "present" and not self.image:
-            raise DogestryError("state=present needs image: the name:tag or image ID to point %s:%s at" % (self.name, self.tag))
         self.repo = module.repository()
 
     def run(self):

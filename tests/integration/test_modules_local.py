@@ -227,6 +227,9 @@ def test_pull_by_id_prefix_and_unknown_images(tmp_path, docker_host, build_image
     ("dogestry_push", {"remote": "/tmp/dogestry-never", "images": ["no-such-image:1"]}, "not found in the Docker daemon"),
     ("dogestry_tags", {"remote": "/nonexistent/dogestry"}, "not a dogestry remote"),
     ("dogestry_tags", {"remote": "/tmp", "state": "present", "name": "a", "tag": "b"}, "image"),
+    ("dogestry_tags", {"remote": "/tmp", "state": "absent", "name": "app", "tag": "2013*"}, "needs an exact name"),
+    ("dogestry_prune", {"remote": "/tmp", "grace_period": "soon"}, "not a duration"),
+    ("dogestry_signed_url", {"remote": "/tmp", "image": "app:1"}, "need an s3:// remote"),
 ])
 def test_user_errors_give_one_line_messages(tmp_path, docker_host, module, params, expected):
     result = run_tasks(tmp_path, [task(module, "r", dict(params))])["r"]
