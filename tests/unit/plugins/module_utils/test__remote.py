@@ -90,3 +90,20 @@ def test_small_object_reads_are_bounded(remote, monkeypatch):
     assert remote.get("ok") == b"x" * 10
     with pytest.raises(FormatError, match="not a dogestry metadata object"):
         remote.get("huge")
+
+
+@pytest.mark.parametrize("error, cls, fragment", [
+    (PermissionError(13, "Permission denied"), "RemoteAuthError", "permission denied"),
+    (OSError(30, "Read-only file system"), "RemoteAuthError", "permission denied"),
+    (OSError(28, "No space left on device"), "RemoteError", "no space left"),
+])
+def test_os_errors_on_write_become_one_line_remote_errors(remote, monkeypatch, error, cls, fragment):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils import _errors
+
+    def refuse(*args):
+        raise error
+    monkeypatch.setattr(os, "link", refuse)
+    with pytest.raises(getattr(_errors, cls)) as caught:
+        remote.put("blobs/k", b"v")
+    assert type(caught.value).__name__ == cls
+    assert fragment in str(caught.value) and remote.root in str(caught.value) and "\n" not in str(caught.value)
