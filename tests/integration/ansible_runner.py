@@ -39,6 +39,17 @@ def run_tasks(tmp_path, tasks, extra_vars=None, check=False, diff=False, module_
     playbook = os.path.join(str(tmp_path), "playbook.yml")
     with open(playbook, "w") as handle:
         yaml.safe_dump([play], handle, sort_keys=False)
+    proc, output = run_playbook(tmp_path, playbook, extra_vars, check=check, diff=diff, env=env)
+    if proc.returncode != 0 or not os.path.exists(dump):
+        raise AssertionError("ansible-playbook failed (%d):\n%s" % (proc.returncode, output[-6000:]))
+    with open(dump) as handle:
+        results = json.load(handle)
+    results["_output"] = output
+    return results
+
+
+def run_playbook(tmp_path, playbook, extra_vars=None, check=False, diff=False, env=None):
+    """ansible-playbook on localhost with this checkout's collection; returns (process, output)."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
            "-e", "ansible_python_interpreter=%s" % sys.executable, playbook]
     if check:
@@ -52,10 +63,4 @@ def run_tasks(tmp_path, tasks, extra_vars=None, check=False, diff=False, module_
     run_env.update(env or {})
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=run_env, cwd=str(tmp_path),
                           timeout=600, check=False)
-    output = proc.stdout.decode("utf-8", "replace")
-    if proc.returncode != 0 or not os.path.exists(dump):
-        raise AssertionError("ansible-playbook failed (%d):\n%s" % (proc.returncode, output[-6000:]))
-    with open(dump) as handle:
-        results = json.load(handle)
-    results["_output"] = output
-    return results
+    return proc, proc.stdout.decode("utf-8", "replace")
