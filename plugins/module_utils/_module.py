@@ -10,12 +10,14 @@ from __future__ import annotations
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.compat.version import LooseVersion
 
 from ._compress import HAS_LZ4, LZ4_IMPORT_ERROR
 from ._docker import DEFAULT_DOCKER_HOST, DOCKER_IMPORT_ERROR, HAS_DOCKER, Daemon
 from ._errors import DogestryError
 from ._remote import remote_from_url
 from ._repository import Repository
+from ._version import MINIMUM_VERSIONS
 
 REMOTE_ARGSPEC = dict(
     remote=dict(type="str", required=True),
@@ -37,6 +39,23 @@ DOCKER_ARGSPEC = dict(
                      fallback=(env_fallback, ["DOCKER_HOST"])),
     timeout=dict(type="int", default=300),
 )
+
+
+def installed_versions():
+    """Versions of the libraries the engine uses, None where missing (reported with failures)."""
+    versions = {}
+    for name in MINIMUM_VERSIONS:
+        try:
+            versions[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            versions[name] = None
+    return versions
+
+
+def too_old(versions, names):
+    """'docker 4.4.0 (needs >= 5.0.0)' for each of `names` installed below its minimum."""
+    return ["%s %s (needs >= %s)" % (name, versions[name], MINIMUM_VERSIONS[name]) for name in names
+            if versions[name] and LooseVersion(versions[name]) < LooseVersion(MINIMUM_VERSIONS[name])]
 
 
 def _repository_from_params(params) -> Repository:
@@ -64,6 +83,9 @@ class DogestryModule:
             self.module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
         if needs_docker and not HAS_LZ4:
             self.module.fail_json(msg=missing_required_lib("lz4"), exception=LZ4_IMPORT_ERROR)
+        old = too_old(installed_versions(), ("docker", "lz4") if needs_docker else ())
+        if old:
+            self.module.fail_json(msg="too old on %s: %s; upgrade with pip" % (self.module._name, ", ".join(old)))
 
     def repository(self) -> Repository:
         try:
@@ -79,7 +101,8 @@ class DogestryModule:
 
     def fail_json_dogestry(self, exc: Exception, **result):
         """One-line msg for users; the traceback rides along for -vvv."""
-        self.module.fail_json(msg=str(exc), exception=traceback.format_exc(), **result)
+        self.module.fail_json(msg=str(exc), exception=traceback.format_exc(),
+                              dependency_versions=installed_versions(), **result)
 
     def exit_json(self, **result):
         self.module.exit_json(**result)
