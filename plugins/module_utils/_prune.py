@@ -31,17 +31,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Set
 
-from ._errors import FormatError, RemoteError, RemoteNotFoundError
+from ._errors import FormatError, RemoteError
 from ._format import (
     ENCODINGS, blob_key, canonical_json, image_index_prefix, manifest_key, parse_digest,
 )
 from ._remote import ObjectInfo
-from ._repository import Repository
+from ._repository import READ_JOBS, Repository
 from ._ticket import TICKETS_PREFIX, ticket_expiry_from_key
+from ._transfer import parallel_map
 
 LEASES_PREFIX = "leases/"
 MARKER_PREFIX = LEASES_PREFIX + "prune-"
@@ -133,7 +133,8 @@ def _referenced(repo: Repository, now: float, grace: float) -> Live:
         batch = sorted(todo)
         live.manifests |= todo
         configs = set()
-        for manifest in _read_manifests(repo, batch).values():
+        # A leased manifest may not be written yet; a tag's missing manifest fails pulls, not prune.
+        for manifest in repo.read_manifests(batch, missing_ok=True).values():
             configs.add(manifest.config_oid)
             live.blobs.add(manifest.config_oid)
             live.blobs.update(layer.oid for layer in manifest.layers)
@@ -141,18 +142,9 @@ def _referenced(repo: Repository, now: float, grace: float) -> Live:
         configs = sorted(configs - followed)
         followed.update(configs)
         # The image index of a live config names the manifest ID lookups and pushes reuse: keep it too.
-        todo = {target for target in Repository._parallel(repo.manifest_for_image, configs)
+        todo = {target for target in parallel_map(repo.manifest_for_image, configs, READ_JOBS)
                 if target and target not in live.manifests}
     return live
-
-
-def _read_manifests(repo, oids):
-    def read(oid):
-        try:
-            return repo.read_manifest(oid)
-        except RemoteNotFoundError:
-            return None     # a leased manifest not written yet; a tag's would fail the pull, not the prune
-    return {oid: m for oid, m in zip(oids, Repository._parallel(read, oids)) if m is not None}
 
 
 def _json(repo: Repository, key: str) -> dict:
@@ -259,18 +251,17 @@ def execute_prune(repo: Repository, plan: PrunePlan, jobs: int = JOBS) -> Dict:
     kept: List[str] = []
     try:
         live = _referenced(repo, time.time(), plan.grace_seconds)
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for category in DELETE_ORDER:
-                repo.remote.put(marker, canonical_json({"dogestry_prune": 1, "phase": category}), overwrite=True)
-                doomed = []
-                for info in plan.garbage[category]:
-                    kind = _category(info.key)
-                    if kind is not None and _is_live(kind[0], kind[1], live):
-                        kept.append(info.key)
-                    else:
-                        doomed.append(info)
-                list(pool.map(lambda info: repo.remote.delete(info.key), doomed))
-                deleted[category] = doomed
+        for category in DELETE_ORDER:
+            repo.remote.put(marker, canonical_json({"dogestry_prune": 1, "phase": category}), overwrite=True)
+            doomed = []
+            for info in plan.garbage[category]:
+                kind = _category(info.key)
+                if kind is not None and _is_live(kind[0], kind[1], live):
+                    kept.append(info.key)
+                else:
+                    doomed.append(info)
+            parallel_map(lambda info: repo.remote.delete(info.key), doomed, jobs)
+            deleted[category] = doomed
     finally:
         repo.remote.delete(marker)
     result.update(

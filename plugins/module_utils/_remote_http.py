@@ -22,13 +22,13 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from typing import Optional
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from ._errors import RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
 from ._remote import ObjectInfo, ReadErrors, Remote
+from ._transfer import parallel_map
 
 TIMEOUT = 60
 
@@ -158,11 +158,7 @@ class HttpRemote(Remote):
 
     def stat(self, keys):
         """One HEAD per key, `jobs` at a time (plain HTTP has no listing)."""
-        keys = sorted(set(keys))
-        if not keys:
-            return {}
-        with ThreadPoolExecutor(max_workers=min(self.jobs, len(keys))) as pool:
-            return {info.key: info for info in pool.map(self.head, keys) if info is not None}
+        return {info.key: info for info in parallel_map(self.head, sorted(set(keys)), self.jobs) if info is not None}
 
     def list(self, prefix):
         raise RemoteUnsupportedError(

@@ -53,6 +53,7 @@ from ._errors import (
     BlobCorruptError, DogestryError, RemoteAuthError, RemoteError, RemoteMissingError, RemoteNotFoundError, RemoteUnsupportedError,
 )
 from ._remote import ObjectInfo, ReadErrors, Remote
+from ._transfer import parallel_map
 
 MiB = 1 << 20
 DEFAULT_PART_SIZE = 8 * MiB
@@ -239,10 +240,8 @@ class S3Remote(Remote):
         if len(groups) >= LIST_MIN_GROUPS:
             wanted = {key for group in groups for key in group}
             open_groups, found = self._stat_by_listing(groups, wanted, max(1, len(groups) // LIST_PAGE_RATIO))
-        if open_groups:
-            with ThreadPoolExecutor(max_workers=min(self.jobs, len(open_groups))) as pool:
-                for result in pool.map(self._probe, open_groups):
-                    found.update(result)
+        for result in parallel_map(self._probe, open_groups, self.jobs):
+            found.update(result)
         return found
 
     def _stat_by_listing(self, groups, wanted, max_pages):

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import fnmatch
-from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Optional, Tuple
 
 from ._errors import BlobCorruptError, ImageReferenceError, RemoteMissingError, RemoteNotFoundError
@@ -18,6 +17,9 @@ from ._format import (
     parse_ref_document, ref_document, sha256_hex, tag_from_key, tag_key, version_document,
 )
 from ._remote import Remote
+from ._transfer import parallel_map
+
+READ_JOBS = 8       # small metadata reads in flight at once (tags, manifests, index entries)
 
 
 class Repository:
@@ -72,15 +74,8 @@ class Repository:
             ref = tag_from_key(info.key)
             if ref and fnmatch.fnmatchcase(ref.name, name_pattern) and fnmatch.fnmatchcase(ref.tag, tag_pattern):
                 refs.append(ref)
-        targets = self._parallel(self.read_tag, sorted(refs))
+        targets = parallel_map(self.read_tag, sorted(refs), READ_JOBS)
         return {ref: oid for ref, oid in zip(sorted(refs), targets) if oid is not None}
-
-    @staticmethod
-    def _parallel(fn, items, jobs: int = 8) -> list:
-        if len(items) <= 1:
-            return [fn(item) for item in items]
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            return list(pool.map(fn, items))
 
     # -- manifests and configs ----------------------------------------------------------------
 
@@ -92,9 +87,17 @@ class Repository:
                                    % (oid, self.url, sha256_hex(data)))
         return Manifest.from_bytes(data, "%s on %s" % (key, self.url))
 
-    def read_manifests(self, oids) -> Dict[str, Manifest]:
+    def read_manifests(self, oids, missing_ok: bool = False) -> Dict[str, Manifest]:
+        """Several manifests in parallel; with missing_ok, absent ones are left out instead of raising."""
+        def read(oid):
+            try:
+                return self.read_manifest(oid)
+            except RemoteNotFoundError:
+                if missing_ok:
+                    return None
+                raise
         unique = sorted(set(oids))
-        return dict(zip(unique, self._parallel(self.read_manifest, unique)))
+        return {oid: m for oid, m in zip(unique, parallel_map(read, unique, READ_JOBS)) if m is not None}
 
     def read_config(self, manifest: Manifest) -> bytes:
         """The image config, verified, and checked to declare exactly the manifest's layers."""

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Callable, List, Set
+from typing import Callable, Iterable, List, Set
 
 
 class TransferPool:
@@ -64,3 +64,12 @@ class TransferPool:
             self.cancel()
         self._executor.shutdown(wait=True)
         return False
+
+
+def parallel_map(fn: Callable, items: Iterable, jobs: int) -> list:
+    """[fn(item) for item in items], `jobs` at a time (for round trips, not CPU); first error raises."""
+    items = list(items)
+    if len(items) <= 1 or jobs <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(jobs, len(items)), thread_name_prefix="dogestry") as pool:
+        return list(pool.map(fn, items))

@@ -41,3 +41,16 @@ def test_first_failure_is_raised_and_later_work_is_not_started():
                 pool.submit(work, index)
             pool.join()
     assert len(started) < 50
+
+
+def test_parallel_map_keeps_order_and_raises_the_failure():
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._transfer import parallel_map
+    assert parallel_map(lambda n: n * n, range(20), 4) == [n * n for n in range(20)]
+    assert parallel_map(len, [], 4) == []
+
+    def fail_on_seven(n):
+        if n == 7:
+            raise ValueError("seven")
+        return n
+    with pytest.raises(ValueError, match="seven"):
+        parallel_map(fail_on_seven, range(20), 4)
