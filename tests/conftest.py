@@ -9,6 +9,7 @@
 Servers are started only when none answers, and stopped at the end of the session if we started them.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +29,10 @@ FETCH_DOCKER26 = os.path.join(REPO, "scripts", "fetch-docker26.sh")
 DOCKER26_RUN = os.path.join(tempfile.gettempdir(), "dogestry-docker26-%d" % os.getuid())
 DOCKER26_HOST = os.environ.get("DOGESTRY_DOCKER26_HOST", "unix://%s/docker.sock" % DOCKER26_RUN)
 BUSYBOX = "/bin/busybox"
-COLLECTIONS = os.path.join(tempfile.gettempdir(), "dogestry-test-collections-%d" % os.getuid())
+# One symlink tree per checkout, so test runs of two worktrees never point each other's playbooks
+# at the wrong collection.
+COLLECTIONS = os.path.join(tempfile.gettempdir(), "dogestry-test-collections-%d-%s" % (
+    os.getuid(), hashlib.sha256(REPO.encode()).hexdigest()[:8]))
 COLLECTION_LINK = os.path.join(COLLECTIONS, "ansible_collections", "dogestry", "dogestry")
 
 
