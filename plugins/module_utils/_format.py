@@ -32,6 +32,11 @@ FORMAT_NAME = "dogestry"
 FORMAT_VERSION = 1
 VERSION_KEY = "dogestry.json"
 MANIFEST_MEDIA_TYPE = "application/vnd.dogestry.manifest.v1+json"
+# How an image is shown to Docker and registry clients: an OCI manifest whose layers are the
+# uncompressed tars (digest = diff_id), so its digest depends only on the image, never on the host.
+OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 
 # Encodings a layer blob may be stored in, mapped to the key suffix.
 ENCODINGS = {"none": "", "lz4": ".lz4"}
@@ -208,6 +213,19 @@ class Manifest:
                  "encoding": layer.encoding, "stored_size": layer.stored_size}
                 for layer in self.layers
             ],
+        })
+
+    def oci_bytes(self) -> bytes:
+        """The OCI image manifest of this image (canonical JSON): the same bytes, so the same
+        digest, wherever and whenever it is rendered (docker load into the containerd store,
+        the registry API)."""
+        return canonical_json({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": OCI_CONFIG_MEDIA_TYPE, "digest": "sha256:" + self.config_oid,
+                       "size": self.config_size},
+            "layers": [{"mediaType": OCI_LAYER_MEDIA_TYPE, "digest": "sha256:" + layer.oid, "size": layer.size}
+                       for layer in self.layers],
         })
 
     @classmethod

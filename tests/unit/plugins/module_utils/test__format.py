@@ -1,8 +1,10 @@
+import json
+
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import FormatError, ImageReferenceError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
-    ImageRef, LayerEntry, Manifest, chain_ids, check_version_document, looks_like_id_prefix, parse_image_ref,
+    OCI_LAYER_MEDIA_TYPE, ImageRef, LayerEntry, Manifest, chain_ids, check_version_document, looks_like_id_prefix, parse_image_ref,
     tag_from_key, tag_key, version_document,
 )
 
@@ -88,3 +90,12 @@ def test_chain_ids_follow_docker():
 ])
 def test_looks_like_id_prefix(text, expected):
     assert looks_like_id_prefix(text) is expected
+
+
+def test_oci_bytes_depend_only_on_the_image():
+    a = Manifest("c" * 64, 10, (LayerEntry("a" * 64, 100, "lz4", 40),))
+    b = Manifest("c" * 64, 10, (LayerEntry("a" * 64, 100, "none", 100),))
+    assert a.oci_bytes() == b.oci_bytes()          # the stored encoding is not part of it
+    doc = json.loads(a.oci_bytes())
+    assert doc["layers"] == [{"mediaType": OCI_LAYER_MEDIA_TYPE, "digest": "sha256:" + "a" * 64, "size": 100}]
+    assert doc["config"]["digest"] == "sha256:" + "c" * 64 and doc["schemaVersion"] == 2
