@@ -72,7 +72,7 @@ class Engine:
         eng = importlib.import_module(base + "_engine")
         self.plan_push, self.execute_push = eng.plan_push, eng.execute_push
         self.plan_pull, self.execute_pull = eng.plan_pull, eng.execute_pull
-        self.remote_from_url = importlib.import_module(base + "_remote").remote_from_url
+        self.remote_from_url = importlib.import_module(base + "_remotes").remote_from_url
         self.Repository = importlib.import_module(base + "_repository").Repository
         self.Daemon = importlib.import_module(base + "_docker").Daemon
         self.chain_ids = importlib.import_module(base + "_format").chain_ids

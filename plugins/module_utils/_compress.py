@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import traceback
+from typing import Iterator
 
 try:
     import lz4.frame as lz4_frame
@@ -20,9 +21,15 @@ except ImportError:
 from ._errors import BlobCorruptError, DogestryError
 
 
+DECODE_STEP = 1 << 20     # most bytes a decoder hands out at once: an lz4 bomb cannot balloon memory
+
+
 class _Identity:
     def update(self, data: bytes) -> bytes:
         return data
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        yield data
 
     def finish(self) -> bytes:
         return b""
@@ -51,18 +58,25 @@ class _Lz4Decoder:
         self._decompressor = lz4_frame.LZ4FrameDecompressor()
         self._what = what
 
-    def update(self, data: bytes) -> bytes:
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        """The decoded bytes of `data`, in pieces of at most DECODE_STEP: one input chunk of a
+        hostile frame can expand 255-fold, and no piece is bigger than the step."""
         if self._decompressor.eof:
             if data:
                 raise BlobCorruptError("%s has data after the end of its lz4 frame" % self._what)
-            return b""
-        try:
-            out = self._decompressor.decompress(data)
-        except RuntimeError as exc:
-            raise BlobCorruptError("%s is not a valid lz4 frame (%s)" % (self._what, exc))
-        if self._decompressor.eof and self._decompressor.unused_data:
-            raise BlobCorruptError("%s has data after the end of its lz4 frame" % self._what)
-        return out
+            return
+        while True:
+            try:
+                out = self._decompressor.decompress(data, max_length=DECODE_STEP)
+            except RuntimeError as exc:
+                raise BlobCorruptError("%s is not a valid lz4 frame (%s)" % (self._what, exc))
+            data = b""
+            if self._decompressor.eof and self._decompressor.unused_data:
+                raise BlobCorruptError("%s has data after the end of its lz4 frame" % self._what)
+            if out:
+                yield out
+            if self._decompressor.eof or self._decompressor.needs_input:
+                return
 
     def finish(self) -> bytes:
         if not self._decompressor.eof:
@@ -84,6 +98,7 @@ def encoder(encoding: str):
 
 
 def decoder(encoding: str, what: str):
+    """An object with decode(bytes)->Iterator[bytes] (bounded pieces) and finish()->bytes."""
     if encoding == "none":
         return _Identity()
     _require_lz4()

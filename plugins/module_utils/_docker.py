@@ -43,9 +43,11 @@ class Daemon:
         if not HAS_DOCKER:
             raise DogestryError("the Python package 'docker' (Docker SDK for Python) is required: pip install docker")
         self.host = docker_host or DEFAULT_DOCKER_HOST
+        if "\0" in self.host:
+            raise DockerError("docker_host %r contains a NUL byte" % self.host)
         try:
             self.api = docker.APIClient(base_url=self.host, version="auto", timeout=timeout)
-        except DockerException as exc:
+        except (DockerException, ValueError) as exc:     # ValueError: a malformed URL or port
             raise DockerError("cannot reach the Docker daemon at %s: %s" % (self.host, _one_line(exc)))
 
     def _fail(self, what: str, exc: Exception) -> DockerError:

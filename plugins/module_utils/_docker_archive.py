@@ -294,13 +294,14 @@ def verified_chunks(stored, layer: LoadLayer) -> Iterator[bytes]:
     size = 0
     while True:
         chunk = stored.read(CHUNK)
-        data = dec.update(chunk) if chunk else dec.finish()
-        if data:
-            size += len(data)
-            if size > layer.size:
-                raise BlobCorruptError("%s is corrupt: it decodes to more than its %d bytes" % (layer.what, layer.size))
-            digest.update(data)
-            yield data
+        for data in dec.decode(chunk) if chunk else (dec.finish(),):   # pieces of at most CHUNK bytes
+            if data:
+                size += len(data)
+                if size > layer.size:
+                    raise BlobCorruptError("%s is corrupt: it decodes to more than its %d bytes"
+                                           % (layer.what, layer.size))
+                digest.update(data)
+                yield data
         if not chunk:
             break
     if size != layer.size:

@@ -312,8 +312,7 @@ class _LayerReaders:
     def _start(self, oid: str):
         if oid not in self._open:
             layer = self._layers[oid]
-            local = self._remote.local_path(layer.key)
-            self._open[oid] = open(local, "rb") if local else self._remote.open(layer.key, layer.stored_size)
+            self._open[oid] = self._remote.open(layer.key, layer.stored_size)
         return self._open[oid]
 
     def opener(self, layer: LayerEntry) -> Callable[[], object]:

@@ -49,13 +49,22 @@ _NAME = re.compile(r"^(?:%s/)?%s(?:/%s)*$" % (_DOMAIN, _COMPONENT, _COMPONENT))
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
+def load_json(data):
+    """json.loads for data read from a remote or a daemon: every failure a ValueError, including
+    hostile nesting (the parser's RecursionError) and bytes that are not UTF-8."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply")
+
+
 def version_document() -> bytes:
     return canonical_json({"format": FORMAT_NAME, "version": FORMAT_VERSION})
 
 
 def check_version_document(data: bytes, where: str) -> None:
     try:
-        doc = json.loads(data)
+        doc = load_json(data)
         name, version = doc["format"], doc["version"]
     except (ValueError, TypeError, KeyError):
         raise FormatError("%s is not a dogestry remote: %s is not valid" % (where, VERSION_KEY))
@@ -231,7 +240,7 @@ class Manifest:
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> "Manifest":
         try:
-            doc = json.loads(data)
+            doc = load_json(data)
             if doc.get("media_type") != MANIFEST_MEDIA_TYPE:
                 raise ValueError("media type %r" % doc.get("media_type"))
             layers = tuple(
@@ -259,7 +268,7 @@ def _encoding(value) -> str:
 def diff_ids_of_config(config_bytes: bytes, where: str) -> List[str]:
     """The ordered layer oids an image config declares (rootfs.diff_ids)."""
     try:
-        doc = json.loads(config_bytes)
+        doc = load_json(config_bytes)
         if doc["rootfs"]["type"] != "layers":
             raise ValueError("rootfs type %r" % doc["rootfs"]["type"])
         return [parse_digest(d) for d in doc["rootfs"]["diff_ids"]]

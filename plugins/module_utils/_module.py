@@ -15,7 +15,7 @@ from ansible.module_utils.compat.version import LooseVersion
 from ._compress import HAS_LZ4, LZ4_IMPORT_ERROR
 from ._docker import DEFAULT_DOCKER_HOST, DOCKER_IMPORT_ERROR, HAS_DOCKER, Daemon
 from ._errors import DogestryError
-from ._remote import remote_from_url
+from ._remotes import remote_from_url
 from ._repository import Repository
 from ._version import MINIMUM_VERSIONS
 

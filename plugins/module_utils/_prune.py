@@ -6,7 +6,7 @@
 """Pruning: delete what no tag, live ticket or push in flight references. Tags are never deleted here.
 
 Referenced ("live") objects are found from the roots — every tag's manifest, every unexpired
-ticket's manifest, every lease younger than the grace period — by following manifest -> config
+ticket's manifest, every unexpired lease, whatever the grace period — by following manifest -> config
 and layer blobs (every stored encoding) and config -> image-index entry -> the manifest it names
 (so an ID lookup or a push that reuses that manifest never finds it gone).  Everything else under
 blobs/, manifests/ and images/ is garbage once it is older than the grace period; younger
@@ -28,15 +28,14 @@ MARKER_TTL (a crashed prune) are ignored and later pruned.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Set
 
-from ._errors import FormatError, RemoteError
+from ._errors import DogestryError, FormatError, RemoteError
 from ._format import (
-    ENCODINGS, blob_key, canonical_json, image_index_prefix, manifest_key, parse_digest,
+    ENCODINGS, blob_key, canonical_json, image_index_prefix, load_json, manifest_key, parse_digest,
 )
 from ._remote import ObjectInfo
 from ._repository import READ_JOBS, Repository
@@ -47,6 +46,8 @@ LEASES_PREFIX = "leases/"
 MARKER_PREFIX = LEASES_PREFIX + "prune-"
 MARKER_TTL = 600            # seconds a prune marker counts as a running prune (refreshed per phase)
 MARKER_POLL = 1.0
+LEASE_TTL = 24 * 3600       # a push's lease protects its oids this long from its creation, whatever the grace
+MIN_GRACE_SECONDS = 60      # young garbage is judged by the store's clock: spare a minute of skew at least
 DELETE_ORDER = ("image_index", "manifests", "blobs", "tickets", "leases")
 JOBS = 8
 
@@ -121,9 +122,9 @@ def _referenced(repo: Repository, now: float, grace: float) -> Live:
             live.tickets += 1
             roots.add(parse_digest(_json(repo, info.key)["manifest"]))
     for info in remote.list(LEASES_PREFIX):
-        if not info.key.startswith(MARKER_PREFIX) and info.modified >= now - grace:
+        if not info.key.startswith(MARKER_PREFIX) and _lease_expiry(info) >= now:
             live.leases += 1
-            oids = {parse_digest("sha256:" + oid) for oid in _json(repo, info.key).get("oids", [])}
+            oids = {parse_digest("sha256:" + str(oid)) for oid in _json(repo, info.key).get("oids", [])}
             live.manifests |= oids
             live.configs |= oids
             live.blobs |= oids
@@ -147,9 +148,14 @@ def _referenced(repo: Repository, now: float, grace: float) -> Live:
     return live
 
 
+def _lease_expiry(info: ObjectInfo) -> float:
+    """A lease counts until LEASE_TTL after it was written (by the store's clock), whatever the grace period."""
+    return info.modified + LEASE_TTL
+
+
 def _json(repo: Repository, key: str) -> dict:
     try:
-        doc = json.loads(repo.remote.get(key))
+        doc = load_json(repo.remote.get(key))
         if not isinstance(doc, dict):
             raise ValueError("not an object")
         return doc
@@ -217,6 +223,10 @@ class PrunePlan:
 
 def plan_prune(repo: Repository, grace_seconds: float, now: Optional[float] = None) -> PrunePlan:
     """What a prune would delete. Reads tags, tickets, leases and manifests; writes nothing."""
+    if grace_seconds < MIN_GRACE_SECONDS:
+        raise DogestryError("a grace period of %ds is too short: at least %ds (a minute absorbs clock skew between "
+                            "this host and the remote; pushes in flight are protected by their leases)"
+                            % (grace_seconds, MIN_GRACE_SECONDS))
     repo.check()
     now = time.time() if now is None else now
     live = _referenced(repo, now, grace_seconds)
@@ -233,8 +243,8 @@ def plan_prune(repo: Repository, grace_seconds: float, now: Optional[float] = No
         if expiry is not None and expiry < now:
             garbage["tickets"].append(info)
     for info in repo.remote.list(LEASES_PREFIX):
-        ttl = MARKER_TTL if info.key.startswith(MARKER_PREFIX) else grace_seconds
-        if info.modified < now - max(ttl, grace_seconds):
+        expiry = info.modified + MARKER_TTL if info.key.startswith(MARKER_PREFIX) else _lease_expiry(info)
+        if expiry < now - grace_seconds:
             garbage["leases"].append(info)
     return PrunePlan(repo.url, grace_seconds, now, garbage, young, live)
 

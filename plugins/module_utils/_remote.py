@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""The one small interface every remote implements, the local-directory remote, and URL dispatch.
+"""The one small interface every remote implements, and the local-directory remote.
 
 A remote is a dumb key/value object store. Keys are '/'-separated relative paths (see _format).
 The engine never writes anything but a tag twice, so remotes only need create-only writes
@@ -14,13 +14,14 @@ through a listing that a tag has not already made reachable.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import stat as stat_module
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterable, Iterator, Optional
-from urllib.parse import unquote, urlsplit
 
 from ._errors import FormatError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
 
@@ -88,10 +89,6 @@ class Remote:
         """Where new blobs should be spooled so that put_file() is cheap (None: the system temp dir)."""
         return None
 
-    def local_path(self, key: str) -> Optional[str]:
-        """A readable local file holding `key`, when the remote is a directory (no download needed)."""
-        return None
-
 
 class ReadErrors:
     """Wraps a streaming reader so that failures mid-read become one-line RemoteErrors."""
@@ -122,6 +119,8 @@ class LocalRemote(Remote):
     STAGING = ".staging"
 
     def __init__(self, root: str):
+        if "\0" in root:
+            raise RemoteUnsupportedError("remote directory %r contains a NUL byte" % root)
         self.root = os.path.abspath(root)
         self.url = self.root
 
@@ -136,22 +135,50 @@ class LocalRemote(Remote):
             return RemoteNotFoundError("not found: %s" % where)
         if exc.errno == errno.ENOSPC:
             return RemoteError("no space left on device %s" % where)
+        if exc.errno == errno.ELOOP:
+            return RemoteError("%s is a symlink: a directory remote holds only regular files; remove it" % where)
         return RemoteError("%s failed: %s" % (where, exc.strerror or exc))
 
+    def _inside(self, key: str) -> str:
+        """The path of `key`, refused when a directory on the way is a symlink.
+
+        A symlinked directory could send writes (or reads) anywhere on the host; the remote root
+        itself may be a symlink (a mount point elsewhere), nothing below it may.
+        """
+        path = self._path(key)
+        parent = os.path.dirname(path)
+        expected = os.path.join(os.path.realpath(self.root), *key.split("/")[:-1])
+        if os.path.realpath(parent) != expected:
+            raise RemoteError("%s is reached through a symlinked directory (%s): a directory remote holds no "
+                              "symlinks; remove it" % (path, os.path.realpath(parent)))
+        return path
+
     def open(self, key, size=None):
+        path = self._inside(key)
         try:
-            return open(self._path(key), "rb")
+            # Non-blocking, so a FIFO planted in the remote cannot hang us; no symlinks; then only a
+            # regular file is read (a directory or device is refused with one line).
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise self._fail(exc, "reading", key)
+        info = os.fstat(fd)
+        if not stat_module.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise RemoteError("%s is not a regular file (%s): a directory remote holds only regular files; remove it"
+                              % (path, _file_kind(info.st_mode)))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
 
     def stat(self, keys):
+        """Only regular files exist for a directory remote (a FIFO or symlink counts as absent)."""
         found = {}
         for key in keys:
             try:
-                info = os.stat(self._path(key))
-            except OSError:
+                info = os.lstat(self._path(key))
+            except (OSError, ValueError):
                 continue
-            found[key] = ObjectInfo(key, info.st_size, info.st_mtime)
+            if stat_module.S_ISREG(info.st_mode):
+                found[key] = ObjectInfo(key, info.st_size, info.st_mtime)
         return found
 
     def list(self, prefix):
@@ -168,17 +195,18 @@ class LocalRemote(Remote):
                 key = rel + filename
                 if key.startswith(prefix):
                     try:
-                        stat = os.stat(os.path.join(dirpath, filename))
+                        info = os.lstat(os.path.join(dirpath, filename))
                     except FileNotFoundError:
                         continue
-                    yield ObjectInfo(key, stat.st_size, stat.st_mtime)
+                    if stat_module.S_ISREG(info.st_mode):
+                        yield ObjectInfo(key, info.st_size, info.st_mtime)
 
     def _tempfile(self) -> str:
         staging = self.staging_dir()
         return os.path.join(staging, "%s.tmp" % uuid.uuid4().hex)
 
     def staging_dir(self):
-        path = os.path.join(self.root, self.STAGING)
+        path = os.path.dirname(self._inside(self.STAGING + "/x"))
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
@@ -198,7 +226,7 @@ class LocalRemote(Remote):
         if overwrite:
             self._makedirs_for(key)
             try:
-                os.replace(tmp, self._path(key))
+                os.replace(tmp, self._inside(key))
             except OSError as exc:
                 _unlink_quietly(tmp)
                 raise self._fail(exc, "writing", key)
@@ -208,11 +236,15 @@ class LocalRemote(Remote):
     def put_file(self, key, path):
         # link() is an atomic create-only rename: a concurrent writer of the same content
         # address loses the race harmlessly, and a reader never sees a partial object.
-        self._makedirs_for(key)
         try:
-            os.link(path, self._path(key))
+            self._makedirs_for(key)
+            target = self._inside(key)
+            os.link(path, target)
             return True
         except FileExistsError:
+            if not stat_module.S_ISREG(os.lstat(target).st_mode):
+                raise RemoteError("%s is not a regular file: a directory remote holds only regular files; remove it"
+                                  % target)
             return False
         except OSError as exc:
             raise self._fail(exc, "writing", key)
@@ -220,6 +252,7 @@ class LocalRemote(Remote):
             _unlink_quietly(path)
 
     def _makedirs_for(self, key):
+        self._inside(key)   # never create directories through a symlink
         try:
             os.makedirs(os.path.dirname(self._path(key)), exist_ok=True)
         except OSError as exc:
@@ -227,14 +260,11 @@ class LocalRemote(Remote):
 
     def delete(self, key):
         try:
-            os.unlink(self._path(key))
+            os.unlink(self._inside(key))
         except FileNotFoundError:
             return
         except OSError as exc:
             raise self._fail(exc, "deleting", key)
-
-    def local_path(self, key):
-        return self._path(key)
 
     def remove_stale_staging(self, older_than: float) -> None:
         """Temp files of interrupted pushes; left alone while younger than `older_than` seconds."""
@@ -248,38 +278,20 @@ class LocalRemote(Remote):
                 pass
 
 
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat_module.S_ISDIR, "a directory"), (stat_module.S_ISFIFO, "a FIFO"),
+                       (stat_module.S_ISSOCK, "a socket"), (stat_module.S_ISCHR, "a device"),
+                       (stat_module.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:
         pass
-
-
-def remote_from_url(url: str, **options) -> Remote:
-    """'/srv/dogestry', 'file:///srv/dogestry', 's3://bucket/prefix/?region=…', 'https://host/prefix/'."""
-    text = str(url or "").strip()
-    if not text:
-        raise RemoteUnsupportedError("remote is empty: give a directory (/srv/dogestry) or an s3:// URL")
-    if text.startswith("/"):
-        return LocalRemote(text)
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise RemoteUnsupportedError("remote %r: a file URL must be file:///absolute/path" % text)
-        return LocalRemote(unquote(parts.path))
-    if scheme == "s3":
-        from ._remote_s3 import S3Remote  # boto3 is only needed by users of S3
-        return S3Remote.from_url(text, **options)
-    if scheme in ("http", "https"):
-        from ._remote_http import HttpRemote
-        return HttpRemote.from_url(text, **options)
-    if not scheme:
-        raise RemoteUnsupportedError(
-            "remote %r is a relative path: use an absolute directory (/srv/dogestry) or a URL" % text)
-    raise RemoteUnsupportedError(
-        "remote %r: unsupported scheme %r (use /path, file:///path, s3://bucket/prefix or https://host/prefix)"
-        % (text, scheme))
 
 
 def temp_dir_for(remote: Remote) -> str:

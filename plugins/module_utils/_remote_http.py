@@ -9,8 +9,8 @@
 plain HTTP, so `list` (image-ID prefixes, tag listing) is refused with a clear message; pulling
 by name:tag needs only GET and HEAD.  Uses urllib only (no extra dependency).
 
-A URL that carries a query string or ends in ``.json`` is a signed pull URL (see _ticket):
-`HttpRemote.from_url` fetches it and returns a `TicketRemote`.
+A URL that carries a query string or ends in ``.json`` is a signed pull URL instead (see _ticket;
+_remotes.remote_from_url tells them apart).
 """
 
 from __future__ import annotations
@@ -83,15 +83,11 @@ class HttpRemote(Remote):
         self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
 
     @classmethod
-    def from_url(cls, url: str, validate_certs=True, ca_bundle=None, jobs=None, **_ignored) -> Remote:
+    def from_url(cls, url: str, validate_certs=True, ca_bundle=None, jobs=None, **_ignored) -> "HttpRemote":
         parts = urlsplit(str(url).strip())
         if parts.username or parts.password:
             raise RemoteUnsupportedError("remote %s: credentials in an http(s) URL are not supported"
                                          % display_url(url))
-        if parts.query or parts.path.endswith(".json"):
-            from ._ticket import TicketRemote   # a signed pull URL
-            return TicketRemote.from_url(str(url).strip(), validate_certs=validate_certs, ca_bundle=ca_bundle,
-                                         jobs=jobs)
         return cls(str(url).strip(), validate_certs, ca_bundle, jobs or 4)
 
     # -- HTTP ---------------------------------------------------------------------------------

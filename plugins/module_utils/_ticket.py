@@ -24,7 +24,6 @@ The URL's signature is the only secret: it never appears in `url` or messages.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Dict, Optional, Tuple, Union
@@ -32,7 +31,7 @@ from typing import Dict, Optional, Tuple, Union
 from ._errors import BlobCorruptError, FormatError, ImageReferenceError, RemoteAuthError, RemoteNotFoundError, \
     RemoteUnsupportedError
 from ._format import (
-    VERSION_KEY, ImageRef, canonical_json, manifest_key, parse_digest, parse_image_ref, ref_document, tag_key,
+    VERSION_KEY, ImageRef, canonical_json, load_json, manifest_key, parse_digest, parse_image_ref, ref_document, tag_key,
 )
 from ._remote import ObjectInfo
 from ._remote_http import HttpRemote, display_url, format_time, signed_url_expiry
@@ -118,7 +117,7 @@ class TicketRemote(HttpRemote):
         with fetcher._request(url, "reading the signed pull URL") as response:
             body = response.read(1 << 24)
         try:
-            doc = json.loads(body)
+            doc = load_json(body)
         except ValueError:
             doc = None
         if not isinstance(doc, dict) or "dogestry_ticket" not in doc:

@@ -21,7 +21,7 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import ImageRef
 from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import execute_prune, plan_prune
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
 from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import mint_pull_ticket
 
@@ -142,7 +142,7 @@ PUSH_SCRIPT = """
 import sys
 from ansible_collections.dogestry.dogestry.plugins.module_utils._docker import Daemon
 from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_push, plan_push
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
 host, url, endpoint, image = sys.argv[1:]
 daemon, repo = Daemon(host), Repository(remote_from_url(url, endpoint_url=endpoint, part_size=5 << 20, jobs=1))

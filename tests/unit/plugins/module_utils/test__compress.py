@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +17,7 @@ def encode(data, encoding, piece=65536):
 
 def decode(data, encoding, piece=4096):
     dec = decoder(encoding, "blob")
-    return b"".join(dec.update(data[i:i + piece]) for i in range(0, len(data), piece)) + dec.finish()
+    return b"".join(b"".join(dec.decode(data[i:i + piece])) for i in range(0, len(data), piece)) + dec.finish()
 
 
 @pytest.mark.parametrize("encoding", ["lz4", "none"])
@@ -36,3 +38,48 @@ def test_lz4_output_is_a_standard_frame():
 def test_damaged_frames_are_blob_corrupt_errors(damage, match):
     with pytest.raises(BlobCorruptError, match=match):
         decode(damage(encode(DATA, "lz4")), "lz4")
+
+
+def test_lz4_decode_hands_out_bounded_pieces():
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._compress import DECODE_STEP
+    bomb = encode(b"\0" * (64 << 20), "lz4")
+    assert len(bomb) < (1 << 20)        # 64 MiB of zeros in well under 1 MiB of frame
+    pieces = list(decoder("lz4", "bomb").decode(bomb))
+    assert max(len(p) for p in pieces) <= DECODE_STEP and sum(len(p) for p in pieces) == 64 << 20
+
+
+BOMB_SCRIPT = """
+import sys
+from ansible_collections.dogestry.dogestry.plugins.module_utils._docker_archive import LoadLayer, verified_chunks
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import BlobCorruptError
+try:
+    with open(sys.argv[1], "rb") as stored:
+        for _ in verified_chunks(stored, LoadLayer("0" * 64, int(sys.argv[2]), "lz4", None, "bomb")):
+            pass
+except BlobCorruptError as exc:
+    print("refused:", exc)
+# VmHWM, not ru_maxrss: the latter is inherited across exec from the (big) pytest process
+print("peak_rss_kib", [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")][0])
+"""
+
+
+@pytest.mark.parametrize("declared", [4096, 3 << 30])
+def test_lz4_bomb_is_refused_with_memory_bounded(tmp_path, declared):
+    """1 GiB of zeros (about 4 MiB stored) declaring 4 KiB or 3 GiB: refused, peak RSS of the reader < 100 MiB.
+
+    Before decoding was bounded per step, one 1 MiB read of such a frame decoded to 255 MiB at once.
+    """
+    from conftest import COLLECTIONS
+    enc, zeros = encoder("lz4"), b"\0" * (64 << 20)
+    bomb = tmp_path / "bomb.lz4"
+    with open(bomb, "wb") as out:
+        for _ in range(16):
+            out.write(enc.update(zeros))
+        out.write(enc.finish())
+    out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(bomb), str(declared)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, universal_newlines=True, env=dict(os.environ, PYTHONPATH=COLLECTIONS),
+                         check=True).stdout
+    peak_kib = int(out.split("peak_rss_kib")[1].split()[0])
+    assert "refused: bomb is corrupt" in out, out
+    assert peak_kib < 100 * 1024, out
+    print("lz4 bomb, declared %d bytes: peak RSS %.1f MiB" % (declared, peak_kib / 1024.0))

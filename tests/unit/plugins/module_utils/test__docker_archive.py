@@ -28,7 +28,7 @@ def read(archive, wanted, tmp_path, encoding="lz4"):
 def decode_file(path, encoding):
     with open(path, "rb") as handle:
         dec = decoder(encoding, path)
-        return dec.update(handle.read()) + dec.finish()
+        return b"".join(dec.decode(handle.read())) + dec.finish()
 
 
 @pytest.mark.parametrize("layout, gzip_layers", [("classic", False), ("oci", False), ("oci", True)])

@@ -8,14 +8,15 @@ from types import SimpleNamespace
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils import _prune
-from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import RemoteError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError, RemoteError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
     ImageRef, blob_key, image_index_key, manifest_key,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import (
     drop_lease, execute_prune, plan_prune, push_lease, write_lease,
 )
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote, remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
 from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import mint_pull_ticket
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
@@ -67,7 +68,7 @@ def test_deleting_a_tag_never_deletes_data_another_tag_uses(s3repo):
     oid = store_image(s3repo, "app:1", [b"x"])[0]
     s3repo.write_tag(ImageRef("app", "stable"), oid)
     s3repo.delete_tag(ImageRef("app", "1"))
-    assert plan_prune(s3repo, 0, now=time.time() + LATER).count == 0
+    assert plan_prune(s3repo, 60, now=time.time() + LATER).count == 0
 
 
 def test_deletion_order_is_reverse_write_order(s3repo):
@@ -96,12 +97,30 @@ def test_young_lease_spares_old_blobs_and_stale_lease_goes(localrepo):
     manifest = store_image(localrepo, "app:1", [b"old blob"], tag=False)[1]
     hour_ago = time.time() - 3600
     for key in all_keys(localrepo):
-        os.utime(localrepo.remote.local_path(key), (hour_ago, hour_ago))
+        os.utime(localrepo.remote._path(key), (hour_ago, hour_ago))
     write_lease(localrepo, [manifest.layers[0].oid])
     plan = plan_prune(localrepo, 600)
     assert sorted(plan.result()["deleted"]["blobs"]) == [manifest.config_key]
     assert plan.result()["deleted"]["leases"] == []
-    assert len(plan_prune(localrepo, 600, now=time.time() + 7200).garbage["leases"]) == 1
+    assert len(plan_prune(localrepo, 600, now=time.time() + _prune.LEASE_TTL - 60).garbage["leases"]) == 0
+    assert len(plan_prune(localrepo, 600, now=time.time() + _prune.LEASE_TTL + 700).garbage["leases"]) == 1
+
+
+@pytest.mark.parametrize("grace", [0, 59])
+def test_a_grace_below_the_minimum_is_refused(localrepo, grace):
+    with pytest.raises(DogestryError, match="grace period of %ds is too short: at least 60s" % grace):
+        plan_prune(localrepo, grace)
+
+
+def test_a_live_lease_protects_its_blobs_whatever_the_grace(localrepo):
+    """A push's lease is honoured by its own expiry: an hour-old lease still protects with a minute's grace."""
+    manifest = store_image(localrepo, "app:1", [b"pushing"], tag=False)[1]
+    write_lease(localrepo, [manifest.config_oid, manifest.layers[0].oid])
+    hour_ago = time.time() - 3600
+    for key in all_keys(localrepo):
+        os.utime(localrepo.remote._path(key), (hour_ago, hour_ago))
+    plan = plan_prune(localrepo, 60)
+    assert plan.result()["deleted"]["blobs"] == [] and plan.live.leases == 1
 
 
 def test_live_ticket_pins_its_manifest_and_expired_ticket_goes(s3repo):

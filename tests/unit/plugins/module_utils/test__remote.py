@@ -5,7 +5,8 @@ import pytest
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
     RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
 )
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote, remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
 
 
 @pytest.fixture
@@ -29,6 +30,11 @@ def test_local_urls(url, root):
     ("srv/dogestry", "relative path"),
     ("ftp://host/x", "unsupported scheme"),
     ("file://otherhost/x", "file:///absolute/path"),
+    ("https://[::1", "not a valid URL .Invalid IPv6 URL"),
+    ("https://[::1]:99999/x", "not a valid URL .Port out of range"),
+    ("http://", "has no host"),
+    ("/srv/dog\0estry", "NUL byte"),
+    ("file:///srv/dog%00estry", "NUL byte"),
 ])
 def test_bad_urls(url, message):
     with pytest.raises(RemoteUnsupportedError, match=message):

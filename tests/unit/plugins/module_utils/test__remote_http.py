@@ -9,7 +9,8 @@ import pytest
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
     RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
 )
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote, remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remote_http import HttpRemote, signed_url_expiry
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image

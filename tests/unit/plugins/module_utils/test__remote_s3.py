@@ -9,7 +9,7 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils import _remote_s
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
     BlobCorruptError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
 )
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remote_s3 import S3Remote, parse_s3_url
 
 MiB = 1 << 20

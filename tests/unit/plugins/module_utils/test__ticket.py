@@ -11,7 +11,8 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
     FormatError, ImageReferenceError, RemoteAuthError, RemoteNotFoundError, RemoteUnsupportedError,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import VERSION_KEY, ImageRef, manifest_key, tag_key
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote, remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
 from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import (
     TicketRemote, mint_pull_ticket, ticket_expiry_from_key,
