@@ -16,19 +16,23 @@ Every plan has a `reason`: a sentence saying what a real run would change, or No
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ._docker import Daemon, image_layers
-from ._docker_archive import LoadLayer, load_stream, read_save_stream
-from ._errors import BlobCorruptError, DockerError, ImageReferenceError, RemoteMissingError, RemoteNotFoundError
+from ._docker_archive import LoadLayer, load_stream, read_save_stream, verified_chunks
+from ._errors import (
+    BlobCorruptError, DockerError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError, RemoteNotFoundError,
+)
 from ._format import (
-    ENCODINGS, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, parse_digest, parse_image_ref,
+    ENCODINGS, QUARANTINE_PREFIX, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, looks_like_id_prefix, parse_digest,
+    parse_image_ref, sha256_hex,
 )
 from ._prune import drop_lease, push_lease
 from ._remote import temp_dir_for
-from ._repository import Repository
-from ._transfer import TransferPool
+from ._repository import READ_JOBS, Repository
+from ._transfer import TransferPool, parallel_map
 
 
 def _unique(items: List[str]) -> List[str]:
@@ -104,10 +108,17 @@ def plan_pushes(daemon: Daemon, repo: Repository, sources: List[str]) -> List[Pu
 
 
 def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
+    if source.strip().startswith("sha256:"):
+        raise ImageReferenceError("%s is an image ID: push by name:tag (the remote tag is named after it); "
+                                  "tag the image first (docker tag ID name:tag)" % source)
     ref = parse_image_ref(source)
     info = daemon.inspect(source)
     if info is None:
         raise ImageReferenceError("image %s not found in the Docker daemon at %s" % (source, daemon.host))
+    if looks_like_id_prefix(source) and info["Id"].startswith("sha256:" + source) \
+            and str(ref) not in (info.get("RepoTags") or []):
+        raise ImageReferenceError("%s is an image ID prefix, not a name: push by name:tag (docker tag %s name:tag)"
+                                  % (source, source))
     plan = PushPlan(source, ref, info["Id"], image_layers(info), None, None)
     found = {}
     if _remote_exists(repo):
@@ -119,8 +130,9 @@ def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
             if plan.current_image_id == plan.image_id:
                 plan.up_to_date = True
                 return plan
-        if plan.existing:
+        if plan.existing and _stored_whole(repo, plan.existing):
             return plan
+        plan.existing = None    # its blobs are missing or damaged: push the image again
         found = repo.remote.stat([blob_key(plan.config_oid)] +
                                  [blob_key(oid, enc) for oid in _unique(plan.diff_ids) for enc in ENCODINGS])
     plan.config_missing = blob_key(plan.config_oid) not in found
@@ -132,6 +144,15 @@ def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
         else:
             plan.missing.append(oid)
     return plan
+
+
+def _stored_whole(repo: Repository, manifest_oid: str) -> bool:
+    """Every blob of a stored manifest exists with the size the manifest gives (one stat call)."""
+    manifest = repo.read_manifest(manifest_oid)
+    want = {manifest.config_key: manifest.config_size}
+    want.update((layer.key, layer.stored_size) for layer in manifest.layers)
+    found = repo.remote.stat(list(want))
+    return all(key in found and found[key].size == size for key, size in want.items())
 
 
 def _remote_exists(repo: Repository) -> bool:
@@ -166,23 +187,25 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         repo.write_tag(plan.ref, plan.existing)
         result.update(manifest="sha256:" + plan.existing, bytes_transferred=0)
         return result
-    spool = temp_dir_for(repo.remote)
-    uploaded = {}
-    try:
-        with TransferPool(jobs) as pool:
-            def upload(layer):
-                if repo.remote.put_file(blob_key(layer.oid, layer.encoding), layer.path):
-                    uploaded[layer.oid] = layer.stored_size     # not when a concurrent push stored it first
-
-            saved = read_save_stream(daemon.save(plan.source), set(plan.missing), set(plan.diff_ids),
-                                     compression, spool, lambda layer: pool.submit(upload, layer))
-            pool.join()
-    finally:
-        shutil.rmtree(spool, ignore_errors=True)
+    uploaded: Dict[str, int] = {}
+    saved = _save_and_upload(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded)
     if saved.config_oid != plan.config_oid:
         raise DockerError("image %s changed while it was being pushed (now sha256:%s): run the push again"
                           % (plan.source, saved.config_oid))
-    repo.remote.put(blob_key(plan.config_oid), saved.config_bytes)
+    damaged = _damaged_reused_layers(repo, plan, saved.sizes)
+    if damaged:
+        # Stored copies that cannot be this layer: move them aside and upload the layer again
+        # (a second pass over `docker save`, in this rare case only).
+        for oid in damaged:
+            quarantine(repo, plan.present.pop(oid).key)
+        again = _save_and_upload(daemon, repo, plan, set(damaged), compression, jobs, uploaded)
+        saved.layers.update(again.layers)
+        plan.missing.extend(damaged)
+        result.update(plan.result(), layers_repaired=["sha256:" + oid for oid in damaged])
+    config_key = blob_key(plan.config_oid)
+    if not repo.remote.put(config_key, saved.config_bytes) and sha256_hex(repo.remote.get(config_key)) != plan.config_oid:
+        quarantine(repo, config_key)        # a damaged stored config: replace it
+        repo.remote.put(config_key, saved.config_bytes)
     layers = []
     for oid in saved.diff_ids:
         spooled = saved.layers.get(oid)
@@ -194,6 +217,68 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
     result.update(manifest="sha256:" + manifest_oid, bytes_transferred=sum(uploaded.values()) + (
         len(saved.config_bytes) if plan.config_missing else 0))
     return result
+
+
+def _save_and_upload(daemon: Daemon, repo: Repository, plan: PushPlan, wanted, compression: str, jobs: int,
+                     uploaded: Dict[str, int]):
+    """One pass over `docker save`: spool each wanted layer and upload it while the stream goes on."""
+    spool = temp_dir_for(repo.remote)
+    try:
+        with TransferPool(jobs) as pool:
+            def upload(layer):
+                if repo.remote.put_file(blob_key(layer.oid, layer.encoding), layer.path):
+                    uploaded[layer.oid] = layer.stored_size     # not when a concurrent push stored it first
+
+            saved = read_save_stream(daemon.save(plan.source), wanted, set(plan.diff_ids),
+                                     compression, spool, lambda layer: pool.submit(upload, layer))
+            pool.join()
+    except OSError as exc:      # the spool's filesystem: full, read-only, gone
+        raise RemoteError("spooling %s into %s failed: %s (the remote was not changed)"
+                          % (plan.source, spool, exc.strerror or exc))
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    return saved
+
+
+LZ4_WORST_RATIO = 255           # an lz4 frame cannot shrink data by more than about this factor
+SMALL_REUSE = 1 << 20           # reused blobs up to this stored size are read and verified whole
+
+
+def _damaged_reused_layers(repo: Repository, plan: PushPlan, sizes: Dict[str, int]) -> List[str]:
+    """Layers the plan reuses whose stored copy cannot be that layer (now that `docker save` gave sizes).
+
+    A raw blob must have the layer's exact size; an lz4 one a size an lz4 frame of it can have;
+    small ones are read and verified whole (cheap, and a few bytes of junk can look plausible).
+    """
+    damaged = []
+    for oid, entry in sorted(plan.present.items()):
+        size, stored = sizes[oid], entry.stored_size
+        if entry.encoding == "none":
+            ok = stored == size
+        else:
+            ok = size // LZ4_WORST_RATIO <= stored <= size + size // LZ4_WORST_RATIO + 64 + 4 * (size >> 22)
+        if ok and stored <= SMALL_REUSE:
+            ok = _verifies(repo, LayerEntry(oid, size, entry.encoding, stored))
+        if not ok:
+            damaged.append(oid)
+    return damaged
+
+
+def _verifies(repo: Repository, layer: LayerEntry) -> bool:
+    try:
+        with repo.remote.open(layer.key, layer.stored_size) as stored:
+            for _chunk in verified_chunks(stored, LoadLayer(layer.oid, layer.size, layer.encoding, None, layer.key)):
+                pass
+        return True
+    except (BlobCorruptError, RemoteNotFoundError):
+        return False
+
+
+def quarantine(repo: Repository, key: str) -> str:
+    """Move a damaged object aside, so that the next push stores it anew; returns where it went."""
+    target = "%s%s/%s" % (QUARANTINE_PREFIX, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), key)
+    repo.remote.move(key, target)
+    return target
 
 
 # ---- pull -----------------------------------------------------------------------------------
@@ -333,11 +418,21 @@ class _LayerReaders:
 
 # ---- tags -----------------------------------------------------------------------------------
 
-def describe_tags(repo: Repository, tags: Dict[ImageRef, str]) -> Dict[str, Dict]:
-    manifests = repo.read_manifests(tags.values())
-    described = {}
+def describe_tags(repo: Repository, tags: Dict[ImageRef, str]) -> Tuple[Dict[str, Dict], Dict[str, str]]:
+    """(described tags, broken tags): a tag whose manifest is missing or damaged is reported, not fatal."""
+    def read(oid):
+        try:
+            return repo.read_manifest(oid)
+        except (RemoteNotFoundError, BlobCorruptError, FormatError) as exc:
+            return exc
+    unique = sorted(set(tags.values()))
+    manifests = dict(zip(unique, parallel_map(read, unique, READ_JOBS)))
+    described, broken = {}, {}
     for ref, oid in sorted(tags.items()):
         manifest = manifests[oid]
+        if isinstance(manifest, Exception):
+            broken[str(ref)] = "manifest sha256:%s: %s" % (oid, manifest)
+            continue
         described[str(ref)] = {
             "manifest": "sha256:" + oid,
             "image_id": manifest.image_id,
@@ -345,7 +440,7 @@ def describe_tags(repo: Repository, tags: Dict[ImageRef, str]) -> Dict[str, Dict
             "size": sum(layer.size for layer in manifest.layers),
             "stored_size": sum(layer.stored_size for layer in manifest.layers) + manifest.config_size,
         }
-    return described
+    return described, broken
 
 
 @dataclass

@@ -31,6 +31,7 @@ from ._errors import FormatError, ImageReferenceError
 FORMAT_NAME = "dogestry"
 FORMAT_VERSION = 1
 VERSION_KEY = "dogestry.json"
+QUARANTINE_PREFIX = "quarantine/"      # damaged objects moved aside by verify's repair (and by push)
 MANIFEST_MEDIA_TYPE = "application/vnd.dogestry.manifest.v1+json"
 # How an image is shown to Docker and registry clients: an OCI manifest whose layers are the
 # uncompressed tars (digest = diff_id), so its digest depends only on the image, never on the host.

@@ -85,6 +85,10 @@ class Remote:
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
+    def move(self, key: str, new_key: str) -> None:
+        """Move an object aside (verify's repair quarantines damaged objects this way)."""
+        raise NotImplementedError
+
     def staging_dir(self) -> Optional[str]:
         """Where new blobs should be spooled so that put_file() is cheap (None: the system temp dir)."""
         return None
@@ -265,6 +269,13 @@ class LocalRemote(Remote):
             return
         except OSError as exc:
             raise self._fail(exc, "deleting", key)
+
+    def move(self, key, new_key):
+        self._makedirs_for(new_key)
+        try:
+            os.rename(self._inside(key), self._inside(new_key))
+        except OSError as exc:
+            raise self._fail(exc, "moving to %s" % new_key, key)
 
     def remove_stale_staging(self, older_than: float) -> None:
         """Temp files of interrupted pushes; left alone while younger than `older_than` seconds."""

@@ -30,7 +30,9 @@ from ._errors import RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUn
 from ._remote import ObjectInfo, ReadErrors, Remote
 from ._transfer import parallel_map
 
-TIMEOUT = 60
+TIMEOUT = 60            # seconds one read may wait for any byte
+MIN_RATE = 16 << 10     # bytes/s a transfer must average once RATE_GRACE has passed, or it is cut off
+RATE_GRACE = 30         # seconds a transfer may be slow before MIN_RATE applies (slow starts, tiny objects)
 
 
 def _one_line(text) -> str:
@@ -67,6 +69,62 @@ def _s3_error_code(body: bytes):
     return (code.group(1) if code else ""), (message.group(1) if message else "")
 
 
+class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s) on the same host and port, and never from https to http.
+
+    urllib alone follows redirects to ftp:// and to any host: a hostile server could point a
+    pull at another service on the network.
+    """
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urlsplit(req.full_url), urlsplit(newurl)
+        try:
+            same = (new.scheme in ("http", "https") and new.hostname == old.hostname
+                    and (new.port or _DEFAULT_PORTS[new.scheme]) == (old.port or _DEFAULT_PORTS[old.scheme])
+                    and not (old.scheme == "https" and new.scheme == "http"))
+        except ValueError:
+            same = False
+        if not same:
+            raise RemoteError("%s redirected to %s: refused (redirects may only stay on the same host and port, "
+                              "over http(s), never from https to http)" % (display_url(req.full_url), display_url(newurl)))
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class RateGuard:
+    """A response reader that is cut off when a transfer averages under MIN_RATE after RATE_GRACE.
+
+    The socket timeout alone bounds one read, so a server dripping a byte every few seconds
+    would never be cut off. Reads return what has arrived (read1), so the check runs often.
+    """
+
+    def __init__(self, response, what: str, min_rate: Optional[int] = None, grace: Optional[float] = None):
+        self._response, self._what = response, what
+        self._min_rate = MIN_RATE if min_rate is None else min_rate
+        self._grace = RATE_GRACE if grace is None else grace
+        self._start, self._total = time.monotonic(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._response.read1(size if 0 < size < (1 << 20) else (1 << 20))
+        self._total += len(data)
+        elapsed = time.monotonic() - self._start
+        if elapsed > self._grace and self._total < self._min_rate * elapsed:
+            raise RemoteError("%s: %d bytes in %.0f s, under %d KiB/s: the server is stalling, aborted"
+                              % (self._what, self._total, elapsed, self._min_rate >> 10))
+        return data
+
+    def close(self):
+        self._response.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
 class HttpRemote(Remote):
     read_only = True
 
@@ -80,7 +138,7 @@ class HttpRemote(Remote):
             if validate_certs is False:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _SameHostRedirects)
 
     @classmethod
     def from_url(cls, url: str, validate_certs=True, ca_bundle=None, jobs=None, **_ignored) -> "HttpRemote":
@@ -136,8 +194,24 @@ class HttpRemote(Remote):
     # -- Remote -------------------------------------------------------------------------------
 
     def open(self, key, size=None):
-        return ReadErrors(self._request(self._url_for(key), "reading"), (OSError, http.client.HTTPException),
-                          lambda exc: "reading %s failed: %s" % (self._display(key), _one_line(exc)))
+        return self._open_url(self._url_for(key), "reading %s" % self._display(key))
+
+    def _open_url(self, url: str, what: str):
+        return ReadErrors(RateGuard(self._request(url, "reading"), what), (OSError, http.client.HTTPException),
+                          lambda exc: "%s failed: %s" % (what, _one_line(exc)))
+
+    def get_url(self, url: str, what: str, limit: int = 1 << 24) -> bytes:
+        """A whole small document at a full URL (a signed URL's ticket), bounded in size and time."""
+        chunks, total = [], 0
+        with self._open_url(url, "%s %s" % (what, display_url(url))) as body:
+            while True:
+                chunk = body.read(1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                total += len(chunk)
+                if total > limit:
+                    raise RemoteError("%s %s: over %d MiB, not a dogestry document" % (what, display_url(url), limit >> 20))
+                chunks.append(chunk)
 
     def head(self, key: str) -> Optional[ObjectInfo]:
         try:
@@ -173,3 +247,6 @@ class HttpRemote(Remote):
 
     def delete(self, key):
         raise self._read_only("deleting")
+
+    def move(self, key, new_key):
+        raise self._read_only("moving")

@@ -433,6 +433,14 @@ class S3Remote(Remote):
                 return
             raise self._error(exc, "deleting", key)
 
+    def move(self, key, new_key):
+        """Server-side copy (multipart past 5 GB, via boto3's managed copy), then delete."""
+        try:
+            self.client.copy({"Bucket": self.bucket, "Key": self._key(key)}, self.bucket, self._key(new_key))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, "moving to %s" % new_key, key)
+        self.delete(key)
+
     # -- signing ------------------------------------------------------------------------------
 
     def presign_get(self, key: str, expires_in: int) -> str:

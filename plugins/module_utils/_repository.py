@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Dict, Optional, Tuple
 
-from ._errors import BlobCorruptError, ImageReferenceError, RemoteMissingError, RemoteNotFoundError
+from ._errors import BlobCorruptError, FormatError, ImageReferenceError, RemoteMissingError, RemoteNotFoundError
 from ._format import (
     VERSION_KEY, ImageRef, Manifest, check_version_document, diff_ids_of_config, id_prefix_hex,
     image_index_key, image_index_prefix, looks_like_id_prefix, manifest_key, parse_image_ref,
@@ -113,16 +113,34 @@ class Repository:
         data = manifest.to_bytes()
         oid = sha256_hex(data)
         self.remote.put(manifest_key(oid), data)
-        # The first complete manifest for an image ID is the one ID lookups find.
-        self.remote.put(image_index_key(manifest.config_oid), ref_document(oid))
+        # The first complete manifest for an image ID is the one ID lookups find; an entry that
+        # provably names another image (damaged, tampered) is replaced.
+        index = image_index_key(manifest.config_oid)
+        if not self.remote.put(index, ref_document(oid)) and self.manifest_for_image(manifest.config_oid) is None:
+            self.remote.put(index, ref_document(oid), overwrite=True)
         return oid
 
-    def manifest_for_image(self, config_oid: str) -> Optional[str]:
+    def index_entry(self, config_oid: str) -> Optional[str]:
+        """The manifest oid the image index names for an image ID, unchecked (None if there is none)."""
         try:
             data = self.remote.get(image_index_key(config_oid))
         except RemoteNotFoundError:
             return None
         return parse_ref_document(data, "image index of sha256:%s on %s" % (config_oid, self.url))
+
+    def manifest_for_image(self, config_oid: str) -> Optional[str]:
+        """The manifest of an image ID, through the index, checked to describe that very image.
+
+        None when there is no entry, its manifest is gone, or the entry names another image's
+        manifest (an index entry is only a hint: the manifest's own config digest decides).
+        """
+        try:
+            entry = self.index_entry(config_oid)
+            if entry is None or self.read_manifest(entry).config_oid != config_oid:
+                return None
+        except (RemoteNotFoundError, BlobCorruptError, FormatError):
+            return None
+        return entry
 
     # -- resolving what a user typed ----------------------------------------------------------
 
@@ -137,7 +155,12 @@ class Repository:
                 raise ImageReferenceError("image ID prefix %s is ambiguous on %s: it matches %s"
                                           % (hexprefix, self.url, ", ".join(m[:12] for m in matches[:10])))
             if matches:
-                return None, self.manifest_for_image(matches[0])
+                oid = self.manifest_for_image(matches[0])
+                if oid is None:
+                    raise BlobCorruptError(
+                        "%s is damaged: image index entry %s does not name a readable manifest of that image "
+                        "(run dogestry_verify with repair=true)" % (self.url, image_index_key(matches[0])))
+                return None, oid
             if text.startswith("sha256:") or len(hexprefix) == 64:
                 raise ImageReferenceError("no image with ID sha256:%s... on %s" % (hexprefix, self.url))
             # Otherwise a short hex string may still be a repository name ('cafe'): try name:latest.

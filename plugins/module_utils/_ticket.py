@@ -25,6 +25,7 @@ The URL's signature is the only secret: it never appears in `url` or messages.
 from __future__ import annotations
 
 import secrets
+from urllib.parse import urlsplit
 import time
 from typing import Dict, Optional, Tuple, Union
 
@@ -114,8 +115,11 @@ class TicketRemote(HttpRemote):
         if expiry is not None and expiry < time.time():
             raise RemoteAuthError("signed URL expired at %s; mint a new one (%s)" % (format_time(expiry), display_url(url)))
         fetcher = HttpRemote(url, validate_certs, ca_bundle, jobs or 4)
-        with fetcher._request(url, "reading the signed pull URL") as response:
-            body = response.read(1 << 24)
+        try:
+            body = fetcher.get_url(url, "reading the signed pull URL")
+        except RemoteNotFoundError:
+            raise RemoteNotFoundError("signed pull URL not found (HTTP 404 from %s): its ticket was deleted, or the "
+                                      "URL is incomplete; mint a new one" % urlsplit(url).netloc)
         try:
             doc = load_json(body)
         except ValueError:

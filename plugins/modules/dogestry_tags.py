@@ -104,6 +104,14 @@ tags:
       layers: 3
       size: 2125312
       stored_size: 1414642
+broken:
+  description:
+    - When listing, the matching tags whose manifest is missing or damaged, with what is wrong; they are left
+      out of RV(tags), and each gives a warning. Move or remove them, or push the image again.
+  returned: when O(state) is omitted
+  type: dict
+  sample:
+    myapp:old: "manifest sha256:ec43de92e9af…: not found: /srv/dogestry/manifests/sha256/ec43de92e9af…"
 actions:
   description: What was (or would be, in check mode) done.
   returned: always
@@ -134,18 +142,23 @@ class DogestryTagger:
     def run(self):
         if self.state is None:
             self.repo.check()
-            tags = describe_tags(self.repo, self.repo.list_tags(self.name, self.tag))
-            return dict(changed=False, tags=tags, actions=[],
-                        msg="%d tag(s) matching %s:%s on %s" % (len(tags), self.name, self.tag, self.repo.url))
+            tags, broken = describe_tags(self.repo, self.repo.list_tags(self.name, self.tag))
+            for ref, why in sorted(broken.items()):
+                self.module.module.warn("tag %s on %s is broken: %s" % (ref, self.repo.url, why))
+            return dict(changed=False, tags=tags, broken=broken, actions=[],
+                        msg="%d tag(s) matching %s:%s on %s%s" % (
+                            len(tags), self.name, self.tag, self.repo.url,
+                            "; %d broken: %s" % (len(broken), ", ".join(sorted(broken))) if broken else ""))
         change = plan_tag(self.repo, self.ref, self.image if self.state == "present" else None)
         if not self.module.check_mode:
             execute_tag(self.repo, change)
-        described = describe_tags(self.repo, {self.ref: change.after}) if change.after else {}
-        before = describe_tags(self.repo, {self.ref: change.before}) if change.before else {}
+        described = describe_tags(self.repo, {self.ref: change.after})[0] if change.after else {}
+        before = describe_tags(self.repo, {self.ref: change.before})[0] if change.before else {}
         actions = []
         if change.reason:
             if change.after is None:
-                actions.append("Removed %s (was %s)" % (self.ref, before[str(self.ref)]["image_id"][:19]))
+                actions.append("Removed %s (was %s)" % (self.ref, before.get(str(self.ref), {}).get(
+                    "image_id", "a broken tag")[:19]))
             else:
                 was = " (was %s)" % before[str(self.ref)]["image_id"][:19] if before else ""
                 actions.append("Tagged %s -> %s%s" % (self.ref, described[str(self.ref)]["image_id"][:19], was))

@@ -3,6 +3,7 @@
 import functools
 import http.server
 import threading
+import time
 
 import pytest
 
@@ -121,3 +122,62 @@ def test_unreachable_server():
 def test_signed_url_expiry():
     assert signed_url_expiry("https://h/k?X-Amz-Date=19700101T000100Z&X-Amz-Expires=5") == 65
     assert signed_url_expiry("https://h/k") is None
+
+
+@pytest.fixture
+def hostile():
+    """A server that redirects, or drips its body a byte at a time."""
+    contacted = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            contacted.append(self.path)
+            targets = {"/to-ftp": "ftp://127.0.0.1:%d/x" % self.server.server_port,
+                       "/to-other-host": "http://localhost:%d/ok" % self.server.server_port,
+                       "/to-same-host": "/ok"}
+            if self.path in targets:
+                self.send_response(302)
+                self.send_header("Location", targets[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path == "/drip":
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                for _ in range(1000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+    server = _serve(Handler)
+    yield "http://127.0.0.1:%d/" % server.server_port, contacted
+    server.shutdown()
+
+
+@pytest.mark.parametrize("key", ["to-ftp", "to-other-host"])
+def test_redirects_leave_neither_scheme_nor_host(hostile, key):
+    base, contacted = hostile
+    with pytest.raises(RemoteError, match=r"redirected to .*: refused \(redirects may only stay on the same host"):
+        HttpRemote(base).get(key)
+    assert contacted == ["/" + key]        # the target was never contacted
+
+
+def test_a_redirect_on_the_same_host_is_followed(hostile):
+    assert HttpRemote(hostile[0]).get("to-same-host") == b"ok"
+
+
+def test_a_dripping_server_is_cut_off(hostile, monkeypatch):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils import _remote_http
+    monkeypatch.setattr(_remote_http, "RATE_GRACE", 1.0)
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match=r"^reading http://127.0.0.1:\d+/drip: \d+ bytes in \d s, under 16 KiB/s: "
+                                          r"the server is stalling, aborted$"):
+        HttpRemote(hostile[0]).get("drip")
+    assert time.monotonic() - started < 5     # not the 100 s the body would take
