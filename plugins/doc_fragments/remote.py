@@ -18,7 +18,7 @@ options:
       - V(s3://bucket/prefix/) or V(s3://bucket/prefix/?region=us-west-2) for Amazon S3 and
         S3-compatible stores (see O(endpoint_url)).
       - V(https://host/prefix/) for a read-only remote served by any static web server, or a
-        signed pull URL minted by M(dogestry.dogestry.dogestry_tags).
+        signed pull URL minted by M(dogestry.dogestry.dogestry_signed_url).
     type: str
     required: true
   jobs:

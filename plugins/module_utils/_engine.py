@@ -127,7 +127,7 @@ def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
         if plan.current:
             plan.current_image_id = (plan.image_id if plan.current == plan.existing
                                      else repo.read_manifest(plan.current).image_id)
-            if plan.current_image_id == plan.image_id:
+            if plan.current_image_id == plan.image_id and _stored_whole(repo, plan.current):
                 plan.up_to_date = True
                 return plan
         if plan.existing and _stored_whole(repo, plan.existing):

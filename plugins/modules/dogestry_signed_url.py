@@ -85,6 +85,15 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import m
 MAX_EXPIRY = 7 * 86400
 
 
+def survive_masking(url, secret):
+    """Ansible masks a no_log value wherever it appears in a result, which would turn the URL's
+    X-Amz-Security-Token into ********: percent-encode every byte of that value instead. It is the
+    same value to S3 (query values are decoded before the signature is checked)."""
+    if not secret or secret not in url:
+        return url
+    return url.replace(secret, "".join("%%%02X" % byte for byte in secret.encode("utf-8")))
+
+
 class DogestrySigner:
     def __init__(self, module: DogestryModule):
         self.module = module
@@ -100,7 +109,7 @@ class DogestrySigner:
             return dict(changed=True, image=str(self.ref), expires_at=int(time.time()) + self.expires_in,
                         msg="would sign a pull of %s on %s for %ds" % (self.ref, self.repo.url, self.expires_in))
         url, expires_at = mint_pull_ticket(self.repo, self.ref, self.expires_in)
-        return dict(changed=True, url=url, image=str(self.ref), expires_at=expires_at,
+        return dict(changed=True, url=survive_masking(url, self.module.params["session_token"]), image=str(self.ref), expires_at=expires_at,
                     msg="signed a pull of %s on %s, valid until %s UTC" % (
                         self.ref, self.repo.url, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(expires_at))))
 

@@ -120,3 +120,32 @@ def test_prune_deletes_exactly_the_unreferenced_data(tmp_path, docker_host, s3_e
     pulled = run_tasks(tmp_path, [pull(remote, name + ":keep", "pull")], module_defaults=defaults(s3_endpoint),
                        env={"AWS_CA_BUNDLE": ""})
     assert pulled["pull"]["changed"] and not pulled["pull"].get("failed"), pulled["pull"]
+
+
+@pytest.mark.parametrize("token", ["FwoGZXIvYXdzEBYaDH7example/token+with=", "FwoGZXIvYXdzEBYaDH7exampleTokenAlnum0"])
+def test_signed_url_minted_with_a_session_token_survives_no_log(tmp_path, docker_host, s3_endpoint, bucket,
+                                                                build_image, token):
+    """Ansible masks no_log values inside results: the URL must still carry a usable token, not ********."""
+    name = "dogestry-test-%s" % uuid.uuid4().hex[:8]
+    image_id = build_image(docker_host, name + ":1", [BASE, {"/token": token}])
+    remote = "s3://%s/token/" % bucket
+    creds = dict(defaults(s3_endpoint)["group/dogestry.dogestry.dogestry"], session_token=token)
+    minted = run_tasks(tmp_path, [
+        push(remote, [name + ":1"], "push"),
+        {"dogestry.dogestry.dogestry_signed_url": {"remote": remote, "image": name + ":1"}, "register": "url"},
+    ], module_defaults={"group/dogestry.dogestry.dogestry": creds}, env={"AWS_CA_BUNDLE": ""})
+    url = minted["url"]["url"]
+    assert "********" not in url and "X-Amz-Security-Token=" in url, url
+    from urllib.parse import parse_qs, urlsplit
+    assert parse_qs(urlsplit(url).query)["X-Amz-Security-Token"] == [token]
+    docker.APIClient(base_url=docker_host).remove_image(name + ":1", force=True)
+    pulled = run_tasks(tmp_path, [{"dogestry.dogestry.dogestry_pull": {"signed_url": url}, "register": "pull"}],
+                       env={"AWS_CA_BUNDLE": ""})
+    assert pulled["pull"]["changed"] and pulled["pull"]["image_id"] == image_id, pulled["pull"]
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key=SECRET).delete_object(Bucket=bucket, Key=urlsplit(url).path.split("/", 2)[2])
+    pulled = run_tasks(tmp_path, [
+        {"dogestry.dogestry.dogestry_pull": {"signed_url": url}, "register": "gone"},
+    ], env={"AWS_CA_BUNDLE": ""})
+    assert pulled["gone"]["failed"] and "signed pull URL not found (HTTP 404" in pulled["gone"]["msg"], pulled["gone"]
+    assert "********" not in pulled["gone"]["msg"]
