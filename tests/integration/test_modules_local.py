@@ -3,6 +3,7 @@ and a local-directory remote: check mode -> real -> idempotent, as community.doc
 
 import glob
 import os
+import time
 import uuid
 
 import docker
@@ -287,3 +288,39 @@ def test_two_tags_of_one_image_in_one_push_upload_once(tmp_path, docker_host, bu
                                                                               name + ":latest": image_id}
     finally:
         api.remove_image(name + ":latest", force=True)
+
+
+def test_prune_deletes_exactly_the_unreferenced_data(tmp_path, docker_host, remote, build_image):
+    """Files are backdated two hours (S3 timestamps cannot be), so a one-hour grace period lets them go."""
+    name = "dogestry-test-%s" % uuid.uuid4().hex[:8]
+    build_image(docker_host, name + ":keep", [BASE, {"/v": b"keep"}])
+    gone = build_image(docker_host, name + ":gone", [BASE, {"/v": b"gone"}])
+    pushed = run_tasks(tmp_path, [
+        push(remote, [name + ":keep", name + ":gone"], "push"),
+        tags("untag", remote=remote, state="absent", name=name, tag="gone"),
+        {"dogestry.dogestry.dogestry_prune": {"remote": remote}, "register": "young"},
+    ])
+    assert not pushed["young"]["changed"] and pushed["young"]["spared_young"] == 4, pushed["young"]  # default: 24h
+    two_hours_ago = time.time() - 7200
+    for dirpath, _dirs, files in os.walk(remote):
+        for f in files:
+            os.utime(os.path.join(dirpath, f), (two_hours_ago, two_hours_ago))
+    r = run_tasks(tmp_path, [
+        {"dogestry.dogestry.dogestry_prune": {"remote": remote, "grace_period": "1h"}, "register": "check",
+         "check_mode": True},
+        {"dogestry.dogestry.dogestry_prune": {"remote": remote, "grace_period": "3600"}, "register": "real"},
+        {"dogestry.dogestry.dogestry_prune": {"remote": remote, "grace_period": "60m"}, "register": "again"},
+        tags("left", remote=remote),
+    ])
+    r["push"] = pushed["push"]
+    assert r["check"]["changed"] and r["check"]["deleted"] == r["real"]["deleted"]
+    deleted = r["real"]["deleted"]
+    gone_layer = r["push"]["images"][1]["layers_transferred"][-1][7:]
+    assert [key.split("/")[-1].split(".")[0] for key in deleted["blobs"]] == sorted([gone_layer, gone[7:]])
+    assert len(deleted["manifests"]) == 1 and len(deleted["image_index"]) == 1
+    assert r["real"]["deleted_bytes"] == r["check"]["bytes"] > 0
+    assert not r["again"]["changed"]
+    assert list(r["left"]["tags"]) == [name + ":keep"]
+    docker.APIClient(base_url=docker_host).remove_image(name + ":keep", force=True)
+    pulled = run_tasks(tmp_path, [pull(remote, name + ":keep", "pull")])
+    assert pulled["pull"]["changed"] and not pulled["pull"].get("failed"), pulled["pull"]

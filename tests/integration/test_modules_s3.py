@@ -92,36 +92,6 @@ def test_signed_url_pulls_with_no_credentials_then_expires(tmp_path, docker_host
     assert minted["url"]["url"] not in pulled["_output"]       # no_log keeps the bearer URL out of logs
 
 
-def test_prune_deletes_exactly_the_unreferenced_data(tmp_path, docker_host, s3_endpoint, bucket, build_image):
-    name = "dogestry-test-%s" % uuid.uuid4().hex[:8]
-    build_image(docker_host, name + ":keep", [BASE, {"/v": b"keep"}])
-    gone = build_image(docker_host, name + ":gone", [BASE, {"/v": b"gone"}])
-    remote = "s3://%s/prune/" % bucket
-    r = run_tasks(tmp_path, [
-        push(remote, [name + ":keep", name + ":gone"], "push"),
-        tags("untag", remote=remote, state="absent", name=name, tag="gone"),
-        {"dogestry.dogestry.dogestry_prune": {"remote": remote}, "register": "young"},
-        {"dogestry.dogestry.dogestry_prune": {"remote": remote, "grace_period": "0"}, "register": "check",
-         "check_mode": True},
-        {"dogestry.dogestry.dogestry_prune": {"remote": remote, "grace_period": "0s"}, "register": "real"},
-        {"dogestry.dogestry.dogestry_prune": {"remote": remote, "grace_period": "0"}, "register": "again"},
-        tags("left", remote=remote),
-    ], module_defaults=defaults(s3_endpoint), env={"AWS_CA_BUNDLE": ""})
-    assert not r["young"]["changed"] and r["young"]["spared_young"] == 4, r["young"]     # default grace: 24h
-    assert r["check"]["changed"] and r["check"]["deleted"] == r["real"]["deleted"]
-    deleted = r["real"]["deleted"]
-    gone_layer = r["push"]["images"][1]["layers_transferred"][-1][7:]
-    assert [key.split("/")[-1].split(".")[0] for key in deleted["blobs"]] == sorted([gone_layer, gone[7:]])
-    assert len(deleted["manifests"]) == 1 and len(deleted["image_index"]) == 1
-    assert r["real"]["deleted_bytes"] == r["check"]["bytes"] > 0
-    assert not r["again"]["changed"]
-    assert list(r["left"]["tags"]) == [name + ":keep"]
-    docker.APIClient(base_url=docker_host).remove_image(name + ":keep", force=True)
-    pulled = run_tasks(tmp_path, [pull(remote, name + ":keep", "pull")], module_defaults=defaults(s3_endpoint),
-                       env={"AWS_CA_BUNDLE": ""})
-    assert pulled["pull"]["changed"] and not pulled["pull"].get("failed"), pulled["pull"]
-
-
 @pytest.mark.parametrize("token", ["FwoGZXIvYXdzEBYaDH7example/token+with=", "FwoGZXIvYXdzEBYaDH7exampleTokenAlnum0"])
 def test_signed_url_minted_with_a_session_token_survives_no_log(tmp_path, docker_host, s3_endpoint, bucket,
                                                                 build_image, token):
