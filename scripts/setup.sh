@@ -3,11 +3,11 @@
 #   - Debian packages: docker.io (dockerd 20.10, containerd, runc), busybox-static (the demo and
 #     test images' only binary), git, rsync, iproute2 (skipped when all are installed already);
 #   - a virtualenv at .venv with requirements.txt + tests/requirements.txt (skipped when unchanged);
-#   - a Docker >= 25 dockerd unpacked into a cache dir (scripts/fetch-docker26.sh; tests start it);
+#   - Docker 26 (trixie) and 28 with containerd 2.1 (sid) unpacked into a cache dir (scripts/fetch-docker.sh 26 and 28; tests start them);
 #   - a running dockerd (started in the background when none answers; log in /var/log or /tmp).
 # Re-running it when everything is in place takes about a second.
 #
-# Environment: PYTHON (interpreter for the venv, default python3), DOGESTRY_SKIP_DOCKER26=1.
+# Environment: PYTHON (interpreter for the venv, default python3), DOGESTRY_SKIP_EXTRA_DOCKERS=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -52,10 +52,10 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp_file" 2>/dev/null)" != "$stam
     echo "$stamp_want" > "$stamp_file"
 fi
 
-# --- Docker >= 25 beside the system's 20.10 (the tests' docker26_host fixture runs it) -------------
-if [ "${DOGESTRY_SKIP_DOCKER26:-}" != 1 ]; then
-    bash "$ROOT/scripts/fetch-docker26.sh" >/dev/null \
-        || say "WARNING: could not fetch the Docker 26 dockerd; tests that need it will fail"
+# --- Docker 26 and 28 beside the system's 20.10 (the tests' docker26_host, docker28_host run them) ---
+if [ "${DOGESTRY_SKIP_EXTRA_DOCKERS:-}" != 1 ]; then
+    { bash "$ROOT/scripts/fetch-docker.sh" 26 >/dev/null && bash "$ROOT/scripts/fetch-docker.sh" 28 >/dev/null; } \
+        || say "WARNING: could not fetch the Docker 26/28 dockerds; tests that need them will fail"
 fi
 
 # --- a running dockerd ---------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 - docker_host:   Debian's docker.io (20.10: `docker save` writes manifest.json + <id>/layer.tar)
 - docker26_host: a second, newer daemon (trixie's docker.io 26: `docker save` writes an OCI layout),
-                 unpacked by scripts/fetch-docker26.sh and run in its own network namespace
+                 unpacked by scripts/fetch-docker.sh and run in its own network namespace
+- docker28_host: a third (sid's docker.io 28.5 with its own containerd 2.1: the containerd image store,
+                 as Docker 29 installs default to), likewise
+- any_docker_host: each of the three in turn (parametrized)
 - s3_endpoint / s3_env: moto_server on loopback
 - build_image:   build small busybox-based images with chosen layers on either daemon
 
@@ -25,9 +28,7 @@ import urllib.request
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FETCH_DOCKER26 = os.path.join(REPO, "scripts", "fetch-docker26.sh")
-DOCKER26_RUN = os.path.join(tempfile.gettempdir(), "dogestry-docker26-%d" % os.getuid())
-DOCKER26_HOST = os.environ.get("DOGESTRY_DOCKER26_HOST", "unix://%s/docker.sock" % DOCKER26_RUN)
+FETCH_DOCKER = os.path.join(REPO, "scripts", "fetch-docker.sh")
 BUSYBOX = "/bin/busybox"
 # One symlink tree per checkout, so test runs of two worktrees never point each other's playbooks
 # at the wrong collection.
@@ -124,21 +125,26 @@ def _pid_alive(pid):
     return True
 
 
-class _Docker26:
-    """Start/share/stop the Docker 26 daemon across concurrent pytest sessions.
+class _ExtraDocker:
+    """Start/share/stop an extra Docker daemon (26, or 28 with its own containerd) across pytest sessions.
 
-    Under an flock on DOCKER26_RUN/lock, each session registers itself in users/<pid>. The daemon
-    is started by the first session that needs it (marker file `started-by-tests`), and stopped by
-    the last registered session to leave, only if tests started it (a daemon someone started by
-    hand is left alone).
+    Under an flock on <run>/lock, each session registers itself in users/<pid>. The daemon is
+    started by the first session that needs it (marker file `started-by-tests`), and stopped by the
+    last registered session to leave, only if tests started it (a daemon someone started by hand
+    is left alone). It runs in its own network namespace (`unshare --net`) with its own socket,
+    data-root, exec-root and pidfile, so it never touches the first daemon's docker0 (a second
+    daemon with --bridge=none in the same namespace deletes it) or iptables rules; its containers
+    have loopback only: build and run with --network none.
     """
 
-    def __init__(self, host):
-        self.host = host
-        self.users = os.path.join(DOCKER26_RUN, "users")
-        self.marker = os.path.join(DOCKER26_RUN, "started-by-tests")
-        self.pidfile = os.path.join(DOCKER26_RUN, "docker.pid")
-        self.log_path = os.path.join(DOCKER26_RUN, "dockerd.log")
+    def __init__(self, version):
+        self.version = version
+        self.run = os.path.join(tempfile.gettempdir(), "dogestry-docker%s-%d" % (version, os.getuid()))
+        self.host = os.environ.get("DOGESTRY_DOCKER%s_HOST" % version, "unix://%s/docker.sock" % self.run)
+        self.users = os.path.join(self.run, "users")
+        self.marker = os.path.join(self.run, "started-by-tests")
+        self.pidfile = os.path.join(self.run, "docker.pid")
+        self.log_path = os.path.join(self.run, "dockerd.log")
         os.makedirs(self.users, exist_ok=True)
 
     def _locked(self):
@@ -147,7 +153,7 @@ class _Docker26:
 
         @contextlib.contextmanager
         def lock():
-            with open(os.path.join(DOCKER26_RUN, "lock"), "w") as f:
+            with open(os.path.join(self.run, "lock"), "w") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
                 try:
                     yield
@@ -162,43 +168,58 @@ class _Docker26:
         except Exception:  # noqa: BLE001
             return False
 
+    def _command(self, dockerd):
+        state = os.path.join(_cache_dir(), "docker%s-state" % self.version)
+        cmd = [dockerd, "-H", self.host, "--exec-root", os.path.join(self.run, "exec"), "--pidfile", self.pidfile,
+               "--iptables=false", "--ip6tables=false"]
+        if self.version == "26":   # beside the system's containerd, in namespaces of its own
+            return ["unshare", "--net", "--"] + cmd + ["--data-root", state, "--containerd-namespace", "dogestry26",
+                                                       "--containerd-plugins-namespace", "dogestry26-plugins"]
+        # 28: its own containerd 2.1 and the containerd image store, both in one network namespace
+        sock = os.path.join(self.run, "containerd.sock")
+        with open(os.path.join(self.run, "containerd.toml"), "w") as f:
+            f.write('version = 3\nroot = "%s"\nstate = "%s"\n[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n'
+                    % (os.path.join(state, "containerd"), os.path.join(self.run, "containerd-state"), sock, sock))
+        with open(os.path.join(self.run, "daemon.json"), "w") as f:
+            json.dump({"features": {"containerd-snapshotter": True}}, f)
+        usr = os.path.dirname(os.path.dirname(dockerd))
+        script = ('export PATH=%s/bin:%s/sbin:$PATH; rm -f %s; containerd --config %s/containerd.toml '
+                  '>%s/containerd.log 2>&1 & for i in $(seq 100); do [ -S %s ] && break; sleep 0.1; done; exec "$@"'
+                  % (usr, usr, sock, self.run, self.run, sock))
+        return ["unshare", "--net", "--", "sh", "-c", script, "sh"] + cmd + [
+            "--data-root", os.path.join(state, "docker"), "--containerd", sock,
+            "--config-file", os.path.join(self.run, "daemon.json")]
+
     def acquire(self):
         with self._locked():
             open(os.path.join(self.users, str(os.getpid())), "w").close()
             if self._ping():
                 return
-            fetch = subprocess.run(["bash", FETCH_DOCKER26], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   stdin=subprocess.DEVNULL, universal_newlines=True, check=False)
+            fetch = subprocess.run(["bash", FETCH_DOCKER, self.version], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, universal_newlines=True,
+                                   check=False)
             if fetch.returncode != 0:
                 self._leave()
-                pytest.fail("Docker 26 is needed and could not be fetched (scripts/fetch-docker26.sh exit %d):\n%s"
-                            % (fetch.returncode, fetch.stderr[-2000:]), pytrace=False)
+                pytest.fail("Docker %s is needed and could not be fetched (scripts/fetch-docker.sh exit %d):\n%s"
+                            % (self.version, fetch.returncode, fetch.stderr[-2000:]), pytrace=False)
             dockerd = fetch.stdout.strip().splitlines()[-1]
             if not shutil.which("unshare"):
                 self._leave()
-                pytest.fail("Docker 26 needs `unshare` (util-linux) to run in its own network namespace",
-                            pytrace=False)
+                pytest.fail("Docker %s needs `unshare` (util-linux) to run in its own network namespace"
+                            % self.version, pytrace=False)
             sock = self.host[len("unix://"):]
             if os.path.exists(sock):
                 os.unlink(sock)  # stale socket of a daemon that died
-            cmd = ["unshare", "--net", "--", dockerd,
-                   "-H", self.host,
-                   "--data-root", os.path.join(_cache_dir(), "docker26-state"),
-                   "--exec-root", os.path.join(DOCKER26_RUN, "exec"),
-                   "--pidfile", self.pidfile,
-                   "--iptables=false", "--ip6tables=false",
-                   "--containerd-namespace", "dogestry26",
-                   "--containerd-plugins-namespace", "dogestry26-plugins"]
-            proc = _start(cmd, self.log_path)  # unshare execs dockerd: proc.pid is dockerd's pid
+            proc = _start(self._command(dockerd), self.log_path)  # a session of its own: killpg stops it all
             try:
-                wait_for(self._ping, 60, "dockerd 26")
+                wait_for(self._ping, 90, "dockerd %s" % self.version)
             except RuntimeError:
                 _stop(proc)
                 self._leave()
                 with open(self.log_path, "rb") as log:
                     tail = log.read()[-3000:].decode("utf-8", "replace")
-                pytest.fail("Docker 26 dockerd did not answer at %s within 60s (log %s):\n%s"
-                            % (self.host, self.log_path, tail), pytrace=False)
+                pytest.fail("Docker %s dockerd did not answer at %s within 90s (log %s):\n%s"
+                            % (self.version, self.host, self.log_path, tail), pytrace=False)
             with open(self.marker, "w") as f:
                 f.write(str(proc.pid))
 
@@ -218,7 +239,7 @@ class _Docker26:
                 pid = int(f.read().strip() or 0)
             os.unlink(self.marker)
             if pid and _pid_alive(pid):
-                os.kill(pid, signal.SIGTERM)
+                os.killpg(pid, signal.SIGTERM)      # dockerd, and for 28 its containerd
                 deadline = time.time() + 30
                 while _pid_alive(pid) and time.time() < deadline:
                     try:
@@ -227,28 +248,40 @@ class _Docker26:
                         pass
                     time.sleep(0.2)
                 if _pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def _extra_docker(version):
+    daemon = _ExtraDocker(version)
+    daemon.acquire()
+    yield daemon.host
+    daemon.release()
 
 
 @pytest.fixture(scope="session")
 def docker26_host():
-    """A second, Docker >= 25 daemon (Debian trixie's dockerd 26.1.5); yields its unix:// host.
+    """A Docker >= 25 daemon (Debian trixie's dockerd 26.1.5, classic store, OCI `docker save` layout).
 
-    Started here when none answers at DOCKER26_HOST (env DOGESTRY_DOCKER26_HOST overrides the
-    default unix://$TMPDIR/dogestry-docker26-<uid>/docker.sock), and stopped at the end of the
-    session if tests started it and no other pytest session still uses it. The binary comes from
-    scripts/fetch-docker26.sh (setup.sh runs it; it runs again here if needed). If it cannot be
-    fetched or started, the tests that need it FAIL.
-
-    It runs in its own network namespace (`unshare --net`) with its own socket, data-root,
-    exec-root, pidfile and containerd namespace, so it never touches the first daemon's docker0
-    (a second daemon with --bridge=none in the same namespace deletes it) or iptables rules.
-    Containers on it have loopback only: build and run with --network none.
+    Started when none answers at $DOGESTRY_DOCKER26_HOST (default unix://$TMPDIR/dogestry-docker26-<uid>/
+    docker.sock), stopped at the end of the session if tests started it and no other pytest session
+    still uses it. If it cannot be fetched (scripts/fetch-docker.sh 26) or started, its tests FAIL.
     """
-    daemon = _Docker26(DOCKER26_HOST)
-    daemon.acquire()
-    yield DOCKER26_HOST
-    daemon.release()
+    yield from _extra_docker("26")
+
+
+@pytest.fixture(scope="session")
+def docker28_host():
+    """Docker 28.5 with its own containerd 2.1 and the containerd image store (Docker 29's default):
+    image IDs are manifest digests there, and `docker load` imports into containerd's content store.
+    Like docker26_host otherwise ($DOGESTRY_DOCKER28_HOST; scripts/fetch-docker.sh 28)."""
+    yield from _extra_docker("28")
+
+
+@pytest.fixture(params=["20.10", "26", "28-containerd"])
+def any_docker_host(request):
+    """Each daemon in turn: classic store (20.10, 26) and the containerd store (28)."""
+    return request.getfixturevalue({"20.10": "docker_host", "26": "docker26_host",
+                                    "28-containerd": "docker28_host"}[request.param])
 
 
 def _base_layer_tar(marker=None):

@@ -28,6 +28,10 @@ from ._errors import DockerError, DogestryError
 from ._format import chain_ids, parse_digest
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# Set on the index.json descriptor of every image dogestry loads into the containerd image store:
+# its layers are then in the content store as uncompressed blobs named by their diff_ids, which
+# later loads may leave out (inspect shows a descriptor's annotations).
+LOADED_BY_DOGESTRY = "org.dogestry.layers"
 
 
 def _one_line(exc: Exception) -> str:
@@ -61,6 +65,39 @@ class Daemon:
         except DockerException as exc:
             raise self._fail("inspecting %s" % ref, exc)
 
+    @property
+    def containerd_store(self) -> bool:
+        """True when images live in containerd's image store (Docker 29's default): image IDs are then
+        manifest digests, and `docker load` needs every layer blob its content store lacks."""
+        if not hasattr(self, "_containerd_store"):
+            try:
+                status = self.api.info().get("DriverStatus") or []
+            except DockerException as exc:
+                raise self._fail("reading docker info", exc)
+            self._containerd_store = ["driver-type", "io.containerd.snapshotter.v1"] in [list(s) for s in status]
+        return self._containerd_store
+
+    def _all_images(self) -> Iterator[Dict]:
+        try:
+            image_ids = {image["Id"] for image in self.api.images(all=True)}
+        except DockerException as exc:
+            raise self._fail("listing images", exc)
+        for image_id in image_ids:
+            try:
+                yield self.api.inspect_image(image_id)
+            except DockerException:
+                continue    # removed since the listing (`docker image prune` running meanwhile): not there
+
+    def present_layer_blobs(self) -> Set[str]:
+        """Containerd store: diff_ids whose uncompressed blob the content store holds, as far as we can
+        tell (the layers of images dogestry loaded; Docker's own pulls keep compressed blobs)."""
+        found: Set[str] = set()
+        for info in self._all_images():
+            annotations = (info.get("Descriptor") or {}).get("annotations") or {}
+            if LOADED_BY_DOGESTRY in annotations:
+                found.update(image_layers(info))
+        return found
+
     def present_chain_ids(self) -> Set[str]:
         """ChainIDs of every layer stack the daemon holds, from its images' rootfs.
 
@@ -68,15 +105,7 @@ class Daemon:
         what a pull must download.
         """
         found: Set[str] = set()
-        try:
-            image_ids = {image["Id"] for image in self.api.images(all=True)}
-        except DockerException as exc:
-            raise self._fail("listing images", exc)
-        for image_id in image_ids:
-            try:
-                info = self.api.inspect_image(image_id)
-            except DockerException:
-                continue    # removed since the listing (`docker image prune` running meanwhile): not there
+        for info in self._all_images():
             found.update(chain_ids(image_layers(info)))
         return found
 

@@ -8,8 +8,9 @@
 Reads both layouts `docker save` has produced since Docker 1.10:
   * Docker 1.10-24: manifest.json, <config>.json, <v1-id>/layer.tar (uncompressed);
   * Docker >= 25:   an OCI layout (blobs/sha256/<digest>) plus manifest.json;
-and the containerd image store's gzip-compressed layer blobs, which are decoded on the fly
-so that layers are always keyed by their uncompressed sha256 (Docker's diff_id).
+and the containerd image store's layer blobs as stored (gzip or zstd), decoded on the fly so
+that layers are always keyed by their uncompressed sha256 (Docker's diff_id). Writes a classic
+`docker load` archive, or an OCI layout for the containerd image store.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set
+
+try:
+    import zstandard
+    HAS_ZSTD = True
+except ImportError:
+    HAS_ZSTD = False
 
 from ._compress import decoder, encoder
 from ._errors import BlobCorruptError, FormatError
@@ -74,11 +81,20 @@ def _decoded_chunks(reader, what: str) -> Iterator[bytes]:
     """Raw tar bytes of a layer member, undoing the containerd store's gzip if present."""
     first = reader.read(CHUNK)
     if first.startswith(_ZSTD_MAGIC):
-        raise FormatError("%s is zstd-compressed; export the image from the classic image store" % what)
+        if not HAS_ZSTD:
+            raise FormatError("%s is zstd-compressed: pip install zstandard to push it" % what)
+        with zstandard.ZstdDecompressor().stream_reader(_Prefixed(first, reader), read_across_frames=True) as unzstd:
+            chunk = unzstd.read(CHUNK)
+            while chunk:
+                yield chunk
+                chunk = unzstd.read(CHUNK)
+        return
     inflate = zlib.decompressobj(wbits=31) if first.startswith(_GZIP_MAGIC) else None
     chunk = first
     while chunk:
-        yield inflate.decompress(chunk) if inflate else chunk
+        yield inflate.decompress(chunk, CHUNK) if inflate else chunk     # bounded: gzip bombs exist too
+        while inflate and inflate.unconsumed_tail:
+            yield inflate.decompress(inflate.unconsumed_tail, CHUNK)
         chunk = reader.read(CHUNK)
     if inflate:
         tail = inflate.flush()
@@ -321,30 +337,78 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % tarfile.BLOCKSIZE)
 
 
-def load_stream(config_oid: str, config_bytes: bytes, repo_tags: List[str], layers: List[LoadLayer],
-                on_layer_done: Callable[[LoadLayer], None] = lambda layer: None) -> Iterator[bytes]:
-    """A `docker load` archive holding only the layers the daemon lacks.
+def _member(name: str, data: bytes) -> bytes:
+    return _header(name, len(data)) + data + _padding(len(data))
 
-    Layers stream first, verified as they go; manifest.json comes last, so if any byte fails
-    verification the generator raises before the daemon has a loadable archive and the daemon
-    registers nothing.
-    """
+
+def _layer_members(layers: List[LoadLayer], name: Callable[[str], str],
+                   on_layer_done: Callable[[LoadLayer], None]) -> Iterator[bytes]:
+    """The layers to send, each verified while it streams (a mismatch raises mid-archive)."""
     sent = set()
     for layer in layers:
         if layer.open_stored is None or layer.oid in sent:
             continue
         sent.add(layer.oid)
-        yield _header("%s/layer.tar" % layer.oid, layer.size)
+        yield _header(name(layer.oid), layer.size)
         with layer.open_stored() as stored:
             yield from verified_chunks(stored, layer)
         yield _padding(layer.size)
         on_layer_done(layer)
+
+
+def _docker_manifest(config_name: str, repo_tags: List[str], layer_names: List[str]) -> bytes:
+    return json.dumps([{"Config": config_name, "RepoTags": repo_tags, "Layers": layer_names}]).encode("utf-8")
+
+
+def load_stream(config_oid: str, config_bytes: bytes, repo_tags: List[str], layers: List[LoadLayer],
+                on_layer_done: Callable[[LoadLayer], None] = lambda layer: None) -> Iterator[bytes]:
+    """A `docker load` archive (classic image store) holding only the layers the daemon lacks.
+
+    Layers stream first, verified as they go; manifest.json comes last, so if any byte fails
+    verification the generator raises before the daemon has a loadable archive and the daemon
+    registers nothing.
+    """
+    yield from _layer_members(layers, lambda oid: "%s/layer.tar" % oid, on_layer_done)
     config_name = "%s.json" % config_oid
-    yield _header(config_name, len(config_bytes)) + config_bytes + _padding(len(config_bytes))
-    manifest = json.dumps([{
-        "Config": config_name,
-        "RepoTags": repo_tags,
-        "Layers": ["%s/layer.tar" % layer.oid for layer in layers],
-    }]).encode("utf-8")
-    yield _header("manifest.json", len(manifest)) + manifest + _padding(len(manifest))
+    yield _member(config_name, config_bytes)
+    yield _member("manifest.json", _docker_manifest(config_name, repo_tags,
+                                                    ["%s/layer.tar" % layer.oid for layer in layers]))
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def oci_load_stream(oci_manifest: bytes, config_oid: str, config_bytes: bytes, repo_tags: List[str],
+                    layers: List[LoadLayer], annotation: str,
+                    on_layer_done: Callable[[LoadLayer], None] = lambda layer: None) -> Iterator[bytes]:
+    """A `docker load` archive for the containerd image store: an OCI layout whose manifest is
+    `oci_manifest` (so the image ID is its digest, the same on every host), holding the layer
+    blobs the content store lacks, verified as they stream; index.json and manifest.json come last,
+    so a corrupt byte aborts the load before the daemon sees an image to register."""
+    blob = "blobs/sha256/%s"
+    yield from _layer_members(layers, lambda oid: blob % oid, on_layer_done)
+    yield _member(blob % config_oid, config_bytes)
+    manifest_oid = sha256_hex(oci_manifest)
+    yield _member(blob % manifest_oid, oci_manifest)
+    yield _member("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+    annotations = {annotation: "uncompressed"}
+    if repo_tags:
+        name, _sep, tag = repo_tags[0].rpartition(":")
+        annotations.update({"io.containerd.image.name": _full_name(name) + ":" + tag,
+                            "org.opencontainers.image.ref.name": tag})
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                            "digest": "sha256:" + manifest_oid, "size": len(oci_manifest),
+                            "annotations": annotations}]}
+    yield _member("index.json", json.dumps(index, sort_keys=True).encode("utf-8"))
+    yield _member("manifest.json", _docker_manifest(blob % config_oid, repo_tags,
+                                                    [blob % layer.oid for layer in layers]))
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def _full_name(name: str) -> str:
+    """redis -> docker.io/library/redis, team/app -> docker.io/team/app, as containerd names images."""
+    first = name.split("/", 1)[0]
+    if "/" not in name:
+        return "docker.io/library/" + name
+    if "." in first or ":" in first or first == "localhost":
+        return name
+    return "docker.io/" + name

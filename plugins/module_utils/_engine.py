@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ._docker import Daemon, image_layers
-from ._docker_archive import LoadLayer, load_stream, read_save_stream, verified_chunks
+from ._docker import LOADED_BY_DOGESTRY, Daemon, image_layers
+from ._docker_archive import LoadLayer, load_stream, oci_load_stream, read_save_stream, verified_chunks
 from ._errors import (
     BlobCorruptError, DockerError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError, RemoteNotFoundError,
 )
@@ -53,10 +53,12 @@ def human_size(size: int) -> str:
 class PushPlan:
     source: str
     ref: ImageRef
-    image_id: str
+    image_id: Optional[str]             # sha256:<config>; None until docker save tells (containerd store)
     diff_ids: List[str]
     current: Optional[str]              # manifest the remote tag points at now
     existing: Optional[str]             # a complete manifest of this image already on the remote
+    daemon_id: str = ""                 # the daemon's image ID (config digest, or manifest digest on containerd)
+    containerd: bool = False
     present: Dict[str, LayerEntry] = field(default_factory=dict)   # layers already stored (size unknown: 0)
     missing: List[str] = field(default_factory=list)               # layer oids to upload
     config_missing: bool = False
@@ -65,8 +67,8 @@ class PushPlan:
     same_as: Optional[ImageRef] = None         # an earlier plan of this run stores the image: tag only
 
     @property
-    def config_oid(self) -> str:
-        return parse_digest(self.image_id)
+    def config_oid(self) -> Optional[str]:
+        return parse_digest(self.image_id) if self.image_id else None
 
     @property
     def reason(self) -> Optional[str]:
@@ -75,7 +77,8 @@ class PushPlan:
         if self.same_as:
             return "%s: tag would be set to the image pushed as %s" % (self.ref, self.same_as)
         if self.existing:
-            return "%s: tag %s -> %s (image already stored)" % (self.ref, "would be set" if not self.current else "would move", self.image_id[:19])
+            return "%s: tag %s -> %s (image already stored)" % (
+                self.ref, "would be set" if not self.current else "would move", self.image_id[:19])
         layers = len(_unique(self.diff_ids))
         return "%s: %d of %d layers%s missing on the remote" % (
             self.ref, len(self.missing), layers, " and the config" if self.config_missing else "")
@@ -85,6 +88,7 @@ class PushPlan:
             "image": str(self.ref),
             "source": self.source,
             "image_id": self.image_id,
+            "daemon_image_id": self.daemon_id,
             "changed": self.reason is not None,
             "reason": self.reason,
             "layers_transferred": ["sha256:" + oid for oid in self.missing],
@@ -98,11 +102,11 @@ def plan_pushes(daemon: Daemon, repo: Repository, sources: List[str]) -> List[Pu
     uploading: Dict[str, PushPlan] = {}
     for source in sources:
         plan = plan_push(daemon, repo, source)
-        earlier = uploading.get(plan.image_id)
+        earlier = uploading.get(plan.daemon_id)
         if earlier is not None and not plan.up_to_date and not plan.existing:
             plan.same_as, plan.missing, plan.config_missing = earlier.ref, [], False
         elif not plan.up_to_date and not plan.existing:
-            uploading[plan.image_id] = plan
+            uploading[plan.daemon_id] = plan
         plans.append(plan)
     return plans
 
@@ -119,10 +123,16 @@ def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
             and str(ref) not in (info.get("RepoTags") or []):
         raise ImageReferenceError("%s is an image ID prefix, not a name: push by name:tag (docker tag %s name:tag)"
                                   % (source, source))
-    plan = PushPlan(source, ref, info["Id"], image_layers(info), None, None)
+    plan = PushPlan(source, ref, info["Id"], image_layers(info), None, None, info["Id"], daemon.containerd_store)
     found = {}
     if _remote_exists(repo):
         plan.current = repo.read_tag(ref)
+        if plan.containerd:
+            plan.image_id = _config_on_containerd(repo, plan)
+        if plan.image_id is None:
+            plan.config_missing = True      # unknown until docker save: plan every layer the remote lacks
+            found = repo.remote.stat([blob_key(oid, enc) for oid in _unique(plan.diff_ids) for enc in ENCODINGS])
+            return _plan_layers(plan, found)
         plan.existing = repo.manifest_for_image(plan.config_oid)
         if plan.current:
             plan.current_image_id = (plan.image_id if plan.current == plan.existing
@@ -135,7 +145,13 @@ def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
         plan.existing = None    # its blobs are missing or damaged: push the image again
         found = repo.remote.stat([blob_key(plan.config_oid)] +
                                  [blob_key(oid, enc) for oid in _unique(plan.diff_ids) for enc in ENCODINGS])
-    plan.config_missing = blob_key(plan.config_oid) not in found
+    elif plan.containerd:
+        plan.image_id = None
+    plan.config_missing = plan.image_id is None or blob_key(plan.config_oid) not in found
+    return _plan_layers(plan, found)
+
+
+def _plan_layers(plan: PushPlan, found) -> PushPlan:
     for oid in _unique(plan.diff_ids):
         stored = [LayerEntry(oid, 0, enc, found[blob_key(oid, enc)].size)
                   for enc in ENCODINGS if blob_key(oid, enc) in found]
@@ -144,6 +160,25 @@ def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
         else:
             plan.missing.append(oid)
     return plan
+
+
+def _config_on_containerd(repo: Repository, plan: PushPlan) -> Optional[str]:
+    """The config digest of an image in the containerd store, when the remote can tell without a
+    `docker save` (the daemon only gives its manifest digest): the tag's manifest, when the daemon's
+    image is that manifest as dogestry loads it; else what an earlier push from a containerd store
+    recorded under sources/, checked to have the daemon's layers. None: unknown until saved."""
+    if plan.current:
+        manifest = repo.read_manifest(plan.current)
+        if "sha256:" + sha256_hex(manifest.oci_bytes()) == plan.daemon_id:
+            return manifest.image_id
+    try:
+        recorded = repo.source_manifest(plan.daemon_id)
+        manifest = repo.read_manifest(recorded) if recorded else None
+    except (RemoteNotFoundError, BlobCorruptError, FormatError):
+        return None
+    if manifest is not None and [layer.oid for layer in manifest.layers] == plan.diff_ids:
+        return manifest.image_id
+    return None
 
 
 def _stored_whole(repo: Repository, manifest_oid: str) -> bool:
@@ -182,16 +217,29 @@ def execute_push(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         drop_lease(repo, lease)
 
 
+def _tag_existing(repo: Repository, plan: PushPlan, result: Dict) -> Dict:
+    if plan.containerd:
+        repo.write_source(plan.daemon_id, plan.existing)
+    if plan.current != plan.existing:
+        repo.write_tag(plan.ref, plan.existing)
+    result.update(manifest="sha256:" + plan.existing, bytes_transferred=0,
+                  changed=plan.current != plan.existing)
+    return result
+
+
 def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: str, jobs: int, result: Dict) -> Dict:
     if plan.existing:
-        repo.write_tag(plan.ref, plan.existing)
-        result.update(manifest="sha256:" + plan.existing, bytes_transferred=0)
-        return result
+        return _tag_existing(repo, plan, result)
     uploaded: Dict[str, int] = {}
     saved = _save_and_upload(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded)
-    if saved.config_oid != plan.config_oid:
+    if saved.diff_ids != plan.diff_ids or plan.image_id not in (None, "sha256:" + saved.config_oid):
         raise DockerError("image %s changed while it was being pushed (now sha256:%s): run the push again"
                           % (plan.source, saved.config_oid))
+    if plan.image_id is None:       # containerd store: now the config digest is known
+        plan.image_id = result["image_id"] = "sha256:" + saved.config_oid
+        plan.existing = repo.manifest_for_image(plan.config_oid)
+        if plan.existing and _stored_whole(repo, plan.existing) and not plan.missing:
+            return _tag_existing(repo, plan, result)
     damaged = _damaged_reused_layers(repo, plan, saved.sizes)
     if damaged:
         # Stored copies that cannot be this layer: move them aside and upload the layer again
@@ -213,6 +261,8 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         layers.append(LayerEntry(oid, saved.sizes[oid], stored.encoding, stored.stored_size))
     manifest = Manifest(plan.config_oid, len(saved.config_bytes), tuple(layers))
     manifest_oid = repo.write_manifest(manifest)
+    if plan.containerd:
+        repo.write_source(plan.daemon_id, manifest_oid)
     repo.write_tag(plan.ref, manifest_oid)
     result.update(manifest="sha256:" + manifest_oid, bytes_transferred=sum(uploaded.values()) + (
         len(saved.config_bytes) if plan.config_missing else 0))
@@ -294,6 +344,15 @@ class PullPlan:
     tag_present: bool = False
     missing: List[LayerEntry] = field(default_factory=list)      # what must be downloaded
     skipped: List[LayerEntry] = field(default_factory=list)      # what the daemon already has
+    containerd: bool = False
+
+    @property
+    def daemon_image_id(self) -> str:
+        """What the daemon calls the image: its config digest, or on the containerd store the digest
+        of the OCI manifest dogestry loads (the same on every host)."""
+        if self.containerd:
+            return "sha256:" + sha256_hex(self.manifest.oci_bytes())
+        return self.manifest.image_id
 
     @property
     def reason(self) -> Optional[str]:
@@ -310,6 +369,7 @@ class PullPlan:
         return {
             "image": str(self.ref) if self.ref else None,
             "image_id": self.manifest.image_id,
+            "daemon_image_id": self.daemon_image_id,
             "manifest": "sha256:" + self.manifest_oid,
             "changed": self.reason is not None,
             "reason": self.reason,
@@ -323,23 +383,31 @@ def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
     repo.check()
     ref, manifest_oid = repo.resolve(requested)
     manifest = repo.read_manifest(manifest_oid)
-    plan = PullPlan(requested, ref, manifest_oid, manifest)
-    info = daemon.inspect(manifest.image_id)
-    if info is not None:
+    plan = PullPlan(requested, ref, manifest_oid, manifest, containerd=daemon.containerd_store)
+    info = daemon.inspect(plan.daemon_image_id)
+    if info is not None and image_layers(info) == [layer.oid for layer in manifest.layers]:
         plan.image_present = True
         plan.tag_present = ref is None or str(ref) in set(info.get("RepoTags") or [])
         return plan
     plan.config = repo.read_config(manifest)
-    present = daemon.present_chain_ids()
     layers = list(manifest.layers)
-    have = 0
-    for chain in chain_ids([layer.oid for layer in layers]):
-        if chain not in present:
-            break
-        have += 1
-    plan.skipped = layers[:have]
+    if plan.containerd:
+        # `docker load` into containerd needs every layer blob its content store lacks, wherever
+        # it sits in the stack (snapshots alone do not do: the image would register without layers).
+        present = daemon.present_layer_blobs()
+        plan.skipped = [layer for layer in layers if layer.oid in present]
+        remaining = [layer for layer in layers if layer.oid not in present]
+    else:
+        # The classic store skips a layer when it has its ChainID (that layer and all below it).
+        present = daemon.present_chain_ids()
+        have = 0
+        for chain in chain_ids([layer.oid for layer in layers]):
+            if chain not in present:
+                break
+            have += 1
+        plan.skipped, remaining = layers[:have], layers[have:]
     seen = set()
-    for layer in layers[have:]:
+    for layer in remaining:
         if layer.oid not in seen:
             seen.add(layer.oid)
             plan.missing.append(layer)
@@ -357,7 +425,7 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
     if plan.reason is None:
         return result
     if plan.image_present:
-        daemon.tag(plan.manifest.image_id, plan.ref.name, plan.ref.tag)
+        daemon.tag(plan.daemon_image_id, plan.ref.name, plan.ref.tag)
         result.update(bytes_transferred=0)
         return result
     missing = {layer.oid for layer in plan.missing}
@@ -369,14 +437,22 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
             load_layers.append(LoadLayer(layer.oid, layer.size, layer.encoding, readers.opener(layer), what))
         else:
             load_layers.append(LoadLayer(layer.oid, layer.size, layer.encoding, None))
+    tags = [str(plan.ref)] if plan.ref else []
+    if plan.containerd:
+        archive = oci_load_stream(plan.manifest.oci_bytes(), plan.manifest.config_oid, plan.config, tags,
+                                  load_layers, LOADED_BY_DOGESTRY, progress)
+    else:
+        archive = load_stream(plan.manifest.config_oid, plan.config, tags, load_layers, progress)
     try:
-        daemon.load(load_stream(plan.manifest.config_oid, plan.config, [str(plan.ref)] if plan.ref else [],
-                                load_layers, progress))
+        daemon.load(archive)
     finally:
         readers.close()
-    if daemon.inspect(plan.manifest.image_id) is None:
-        raise DockerError("Docker daemon %s accepted the archive but has no image %s afterwards"
-                          % (daemon.host, plan.manifest.image_id))
+    info = daemon.inspect(plan.daemon_image_id)
+    if info is None or image_layers(info) != [layer.oid for layer in plan.manifest.layers]:
+        if info is not None:
+            daemon.remove(plan.daemon_image_id)     # registered without its layers: never leave it usable
+        raise DockerError("Docker daemon %s accepted the archive but has no complete image %s afterwards"
+                          % (daemon.host, plan.daemon_image_id))
     return result
 
 

@@ -12,6 +12,8 @@ Keys, relative to the remote's root::
     blobs/sha256/<ab>/<hex>.lz4            layer as one lz4 frame, named by its *uncompressed* sha256
     manifests/sha256/<hex>                 canonical JSON manifest, named by the sha256 of its bytes
     images/sha256/<config-hex>             "sha256:<manifest-hex>": finds a manifest by image ID (prefix)
+    sources/sha256/<daemon-id-hex>         "sha256:<manifest-hex>": what a push from a containerd image
+                                           store stored for that daemon image ID (a checked hint)
     repositories/<name>/_tags/<tag>        "sha256:<manifest-hex>": the only objects ever rewritten
 
 Everything but a tag is immutable and written create-only, in the order blobs, config,
@@ -109,6 +111,11 @@ def image_index_prefix(id_prefix: str = "") -> str:
 
 def image_index_key(config_oid: str) -> str:
     return image_index_prefix(config_oid)
+
+
+def source_key(daemon_id_hex: str) -> str:
+    """Containerd image store: the daemon's image ID (its manifest digest) -> the manifest a push stored."""
+    return "sources/sha256/%s" % daemon_id_hex
 
 
 def tag_key(name: str, tag: str) -> str:

@@ -79,11 +79,11 @@ def write_lease(repo: Repository, oids: Iterable[str], expect: Iterable[str] = (
 
 def push_lease(repo: Repository, plan) -> str:
     """write_lease() for an _engine.PushPlan: its config, layers and reused manifest, and what it found stored."""
-    oids = [plan.config_oid] + list(plan.diff_ids) + ([plan.existing] if plan.existing else [])
+    oids = [oid for oid in [plan.config_oid, plan.existing] if oid] + list(plan.diff_ids)
     expect = [entry.key for entry in plan.present.values()]
     if plan.existing:
         expect.append(manifest_key(plan.existing))
-    elif not plan.config_missing:
+    elif plan.config_oid and not plan.config_missing:
         expect.append(blob_key(plan.config_oid))
     return write_lease(repo, oids, expect)
 

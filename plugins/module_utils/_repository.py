@@ -14,7 +14,7 @@ from ._errors import BlobCorruptError, FormatError, ImageReferenceError, RemoteM
 from ._format import (
     VERSION_KEY, ImageRef, Manifest, check_version_document, diff_ids_of_config, id_prefix_hex,
     image_index_key, image_index_prefix, looks_like_id_prefix, manifest_key, parse_image_ref,
-    parse_ref_document, ref_document, sha256_hex, tag_from_key, tag_key, version_document,
+    parse_digest, parse_ref_document, ref_document, sha256_hex, source_key, tag_from_key, tag_key, version_document,
 )
 from ._remote import Remote
 from ._transfer import parallel_map
@@ -119,6 +119,18 @@ class Repository:
         if not self.remote.put(index, ref_document(oid)) and self.manifest_for_image(manifest.config_oid) is None:
             self.remote.put(index, ref_document(oid), overwrite=True)
         return oid
+
+    def source_manifest(self, daemon_id: str) -> Optional[str]:
+        """The manifest a push from a containerd image store stored for that daemon's image ID (a hint:
+        callers check it against the daemon's layers)."""
+        try:
+            data = self.remote.get(source_key(parse_digest(daemon_id)))
+        except RemoteNotFoundError:
+            return None
+        return parse_ref_document(data, "source record of %s on %s" % (daemon_id, self.url))
+
+    def write_source(self, daemon_id: str, manifest_oid: str) -> None:
+        self.remote.put(source_key(parse_digest(daemon_id)), ref_document(manifest_oid), overwrite=True)
 
     def index_entry(self, config_oid: str) -> Optional[str]:
         """The manifest oid the image index names for an image ID, unchecked (None if there is none)."""

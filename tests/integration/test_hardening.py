@@ -138,8 +138,8 @@ def test_a_fifo_or_directory_in_place_of_an_object_fails_fast(tmp_path, remote, 
     os.mkdir(blob)
     docker.APIClient(base_url=docker_host).remove_image(name + ":1", force=True)
     started = time.time()
-    r = run_tasks(tmp_path, [pull(remote, name + ":1", "fifo"), pull(remote, r["push"]["images"][0]["image_id"],
-                                                                       "directory")])
+    image_id = r["push"]["images"][0]["image_id"]
+    r = run_tasks(tmp_path, [pull(remote, name + ":1", "fifo"), pull(remote, image_id, "directory")])
     assert time.time() - started < 120
     assert one_line(r["fifo"]) and "is not a regular file (a FIFO)" in r["fifo"]["msg"], r["fifo"]
     assert one_line(r["directory"]) and "missing" in r["directory"]["msg"], r["directory"]

@@ -29,31 +29,29 @@ def _save_members(host, name):
     return names, docs, data
 
 
-@pytest.fixture(params=["docker_host", "docker26_host"])
-def any_host(request):
-    return request.getfixturevalue(request.param)
-
-
-def test_daemon_versions(docker_host, docker26_host):
+def test_daemon_versions(docker_host, docker26_host, docker28_host):
     old = _api(docker_host).version()
     new = _api(docker26_host).version()
     assert int(old["Version"].split(".")[0]) < 25, old["Version"]
     assert int(new["Version"].split(".")[0]) >= 25, new["Version"]
+    info = _api(docker28_host).info()
+    assert info["ServerVersion"].startswith("28."), info["ServerVersion"]
+    assert ["driver-type", "io.containerd.snapshotter.v1"] in info["DriverStatus"], info["DriverStatus"]
 
 
-def test_build_run_and_shared_base(any_host, build_image):
+def test_build_run_and_shared_base(any_docker_host, build_image):
     name = "dogestry-infra-%s" % uuid.uuid4().hex[:8]
-    first = build_image(any_host, name + "-a:1", [{"app/one.txt": b"one\n"}, {"app/two.txt": b"two\n"}],
+    first = build_image(any_docker_host, name + "-a:1", [{"app/one.txt": b"one\n"}, {"app/two.txt": b"two\n"}],
                         cmd=["/bin/busybox", "cat", "/app/one.txt", "/app/two.txt"])
-    second = build_image(any_host, name + "-b:1", [{"app/other.txt": "other\n"}])
-    api = _api(any_host)
+    second = build_image(any_docker_host, name + "-b:1", [{"app/other.txt": "other\n"}])
+    api = _api(any_docker_host)
     layers_a = api.inspect_image(first)["RootFS"]["Layers"]
     layers_b = api.inspect_image(second)["RootFS"]["Layers"]
     assert len(layers_a) == 3 and len(layers_b) == 2
     assert layers_a[0] == layers_b[0], "the busybox base layer must be shared"
     assert layers_a[1] != layers_b[1]
 
-    host_arg = any_host
+    host_arg = any_docker_host
     out = subprocess.run(["docker", "-H", host_arg, "run", "--rm", "--network", "none", name + "-a:1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=120)
     assert out.returncode == 0, out.stderr.decode()

@@ -73,7 +73,7 @@ def test_lz4_bomb_is_refused_with_memory_bounded(tmp_path, declared):
     enc, zeros = encoder("lz4"), b"\0" * (64 << 20)
     bomb = tmp_path / "bomb.lz4"
     with open(bomb, "wb") as out:
-        for _ in range(16):
+        for _piece in range(16):
             out.write(enc.update(zeros))
         out.write(enc.finish())
     out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(bomb), str(declared)], stdout=subprocess.PIPE,

@@ -144,7 +144,7 @@ def hostile():
                 self.send_response(200)
                 self.send_header("Content-Length", "1000")
                 self.end_headers()
-                for _ in range(1000):
+                for _byte in range(1000):
                     self.wfile.write(b"x")
                     self.wfile.flush()
                     time.sleep(0.1)
