@@ -287,6 +287,7 @@ class Bench:
         self.args, self.e, self.tmp = args, engine, tmp
         self.host = args.docker_host
         self.daemon = engine.Daemon(self.host)
+        self.store = "containerd" if self.daemon.containerd_store else "classic"
         self.samples = defaultdict(lambda: defaultdict(list))   # column -> row -> [seconds]
         self.info = defaultdict(dict)                            # column -> facts
         self.checks = defaultdict(list)                          # column -> [(name, ok, detail)]
@@ -304,6 +305,19 @@ class Bench:
     def remove(self, image_id):
         if image_id and self.daemon.inspect(image_id):
             self.daemon.api.remove_image(image_id, force=True)
+        if self.store == "containerd":
+            # The containerd store keeps an untagged ("dangling") record of a force-removed image.
+            self.daemon.api.prune_images(filters={"dangling": True})
+
+    def is_image(self, ref, layers, image_id):
+        """The daemon holds that image under `ref`: by ID on the classic store; on the containerd
+        store a loaded image's ID is the digest of dogestry's OCI manifest, so compare its layers."""
+        info = self.daemon.inspect(ref)
+        if info is None:
+            return False
+        if self.store == "containerd":
+            return [d.split(":", 1)[1] for d in info["RootFS"]["Layers"]] == layers
+        return info["Id"] == image_id
 
     def assert_absent(self, diff_ids, what):
         """The daemon has none of these layer stacks (so `docker load` cannot skip any)."""
@@ -413,7 +427,7 @@ class Bench:
 
     # -- one configuration (remote x compression), one repeat --
     def suite_once(self, target, encoding, r):
-        col = "%s/%s" % (target.name, encoding)
+        col = "%s/%s/%s" % (target.name, encoding, self.store)
         label = "%s-%s-%d" % (target.name, encoding, r)
         url, opts = target.fresh(label)
         s, info = self.samples[col], self.info[col]
@@ -437,7 +451,7 @@ class Bench:
             s["  last layer sent"].append(phases["streamed"])
             self.expect(col, "cold pull downloads every layer",
                         res["changed"] and len(res["layers_transferred"]) == len(self.v1_layers)
-                        and self.image_id(self.v1_ref) == self.v1_id, res)
+                        and self.is_image(self.v1_ref, self.v1_layers, self.v1_id), res)
             s["cold pull"].append(t)
             info["cold pull bytes"] = res.get("bytes_transferred")
 
@@ -461,7 +475,8 @@ class Bench:
             t, res = self.timed(lambda: self.pull(url, opts, self.v2_ref), prof % "one-layer pull")
             entry = self.manifest(url, opts, self.v2_ref).layers[-1]
             ok = (res["layers_transferred"] == [top] and res["bytes_transferred"] == entry.stored_size
-                  and len(res["layers_skipped"]) == len(self.v2_layers) - 1 and self.image_id(self.v2_ref) == self.v2_id)
+                  and len(res["layers_skipped"]) == len(self.v2_layers) - 1
+                  and self.is_image(self.v2_ref, self.v2_layers, self.v2_id))
             self.expect(col, "one-layer pull moves only that layer", ok, res)
             s["one-layer pull"].append(t)
             info["one-layer pull bytes"] = res["bytes_transferred"]
@@ -469,6 +484,9 @@ class Bench:
             info["top layer size"] = entry.size
             info["top layer stored"] = entry.stored_size
             self.remove(self.v2_id)
+            if self.store == "containerd":     # what the pulls loaded are other images there (other IDs)
+                self.remove(self.v2_ref)
+                self.remove(self.v1_ref)
             log("%s #%d: %s" % (col, r + 1, ", ".join("%s %.2fs" % (k, v[-1]) for k, v in s.items())))
         finally:
             target.cleanup(label)
@@ -609,10 +627,12 @@ def main():
     parser.add_argument("--compression", choices=("lz4", "none", "both"), default="lz4",
                         help="layer encoding for pushes (default lz4; both: one column each)")
     parser.add_argument("--jobs", type=int, default=4, help="parallel transfers (default 4)")
-    parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
+                        help="the daemon to measure; its image store (classic or containerd) names the columns")
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile dump of the first run of each engine operation")
     parser.add_argument("--tmpdir", help="where remotes, archives and the build context go (default: system temp)")
     args = parser.parse_args()
+    os.environ["DOCKER_HOST"] = args.docker_host     # the docker CLI calls (build, save, load) go there too
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     if not os.path.exists(BUSYBOX):
@@ -638,7 +658,7 @@ def main():
         encodings = ["lz4", "none"] if args.compression == "both" else [args.compression]
         bench = Bench(args, engine, tmp)
         bench.build()
-        columns = ["%s/%s" % (t.name, enc) for t in targets for enc in encodings]
+        columns = ["%s/%s/%s" % (t.name, enc, bench.store) for t in targets for enc in encodings]
         for r in range(args.repeat):
             bench.floor_once(r)
             for target in targets:

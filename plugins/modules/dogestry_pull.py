@@ -94,10 +94,20 @@ image:
   type: str
   sample: myapp:20131210
 image_id:
-  description: The image ID (sha256 of its config).
+  description:
+    - The image's identity on every engine, the sha256 of its config (what C(docker image inspect) calls
+      the image ID on the classic image store).
   returned: always
   type: str
   sample: sha256:1dc66c9bbfeef8a4474f44309e2a0ab1a64074b128354400b61c40032c9194f0
+daemon_image_id:
+  description:
+    - What the Docker daemon calls the image (C(docker image inspect) C(.Id)). On the classic image store it is
+      RV(image_id); on the containerd image store (Docker 29's default) it is the digest of the OCI manifest
+      dogestry loads, which is the same on every host that pulls the image.
+  returned: always
+  type: str
+  sample: sha256:f9f21b8a4ff171bd9fdc5062c31bf4be6d558b69ea2d05f328fab23ea8bdfe45
 manifest:
   description: Digest of the image's manifest on the remote.
   returned: always

@@ -83,9 +83,18 @@ images:
       type: str
       sample: myapp:20131210
     image_id:
-      description: The image ID (sha256 of its config).
+      description:
+        - The image's identity on every engine, the sha256 of its config. On the containerd image store the
+          daemon does not tell it without exporting the image, so in check mode it is V(null) until the
+          remote has seen the image.
       type: str
       sample: sha256:1dc66c9bbfeef8a4474f44309e2a0ab1a64074b128354400b61c40032c9194f0
+    daemon_image_id:
+      description:
+        - What the Docker daemon calls the image (C(docker image inspect) C(.Id)): the config digest on the
+          classic image store, the manifest digest on the containerd image store.
+      type: str
+      sample: sha256:294cbb892f7984b4447d284d271e3e5ae53f6ab187d3c024838c283d1ee144b9
     manifest:
       description: Digest of the image's manifest on the remote. Absent in check mode when not yet known.
       type: str
