@@ -99,3 +99,12 @@ def test_oci_bytes_depend_only_on_the_image():
     doc = json.loads(a.oci_bytes())
     assert doc["layers"] == [{"mediaType": OCI_LAYER_MEDIA_TYPE, "digest": "sha256:" + "a" * 64, "size": 100}]
     assert doc["config"]["digest"] == "sha256:" + "c" * 64 and doc["schemaVersion"] == 2
+
+
+@pytest.mark.parametrize("data", [b"[" * 100000 + b"]" * 100000, b'{"a":' * 100000, b"\xff\xfe not utf-8"])
+def test_hostile_json_is_a_one_line_format_error(data):
+    """Deep nesting used to escape as a RecursionError from the parser."""
+    with pytest.raises(FormatError, match="dogestry.json is not valid"):
+        check_version_document(data, "remote")
+    with pytest.raises(FormatError, match=r"^manifest m is malformed \("):
+        Manifest.from_bytes(data, "m")
