@@ -207,9 +207,13 @@ def execute_push(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         return result
     repo.check(create=True)
     if plan.same_as:
-        plan.existing = repo.manifest_for_image(plan.config_oid)
+        # On the containerd store the config digest was learnt by the earlier push, which recorded
+        # the daemon's image ID under sources/.
+        plan.existing = (repo.manifest_for_image(plan.config_oid) if plan.config_oid
+                         else repo.source_manifest(plan.daemon_id))
         if plan.existing is None:
             raise DockerError("%s was not stored by the push of %s: run the push again" % (plan.ref, plan.same_as))
+        plan.image_id = result["image_id"] = repo.read_manifest(plan.existing).image_id
     lease = push_lease(repo, plan)      # prune spares what this push references until the tag is written
     try:
         return _write_image(daemon, repo, plan, compression, jobs, result)

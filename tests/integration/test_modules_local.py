@@ -207,32 +207,35 @@ def test_tags_check_mode_writes_nothing(tmp_path, docker_host, build_image, name
     assert set(listed["tags"]) == {name + ":1"}
 
 
-def test_names_with_registry_port_and_nested_prefixes_round_trip(tmp_path, docker_host, build_image, api, name,
-                                                                 remote):
+def test_names_with_registry_port_and_nested_prefixes_round_trip(tmp_path, engine, build_image, name, remote):
+    docker_host, api, env, _containerd = engine
     outer = "registry.example.com:5000/%s" % name
     inner = outer + "/sub"
-    a = build_image(docker_host, outer + ":1", [BASE, {"/which": b"outer"}])
-    b = build_image(docker_host, inner + ":1", [BASE, {"/which": b"inner"}])
-    run_tasks(tmp_path, [push(remote, [outer + ":1", inner + ":1"], "push")])
+    build_image(docker_host, outer + ":1", [BASE, {"/which": b"outer"}])
+    build_image(docker_host, inner + ":1", [BASE, {"/which": b"inner"}])
+    pushed = run_tasks(tmp_path, [push(remote, [outer + ":1", inner + ":1"], "push")], env=env)["push"]["images"]
+    a, b = pushed[0]["image_id"], pushed[1]["image_id"]
     listed = run_tasks(tmp_path, [tags("l", remote=remote, name="registry.example.com:5000/*")])["l"]["tags"]
     assert {k: v["image_id"] for k, v in listed.items()} == {outer + ":1": a, inner + ":1": b}
     api.remove_image(outer + ":1", force=True)
     api.remove_image(inner + ":1", force=True)
-    r = run_tasks(tmp_path, [pull(remote, outer + ":1", "a"), pull(remote, inner + ":1", "b")])
+    r = run_tasks(tmp_path, [pull(remote, outer + ":1", "a"), pull(remote, inner + ":1", "b")], env=env)
     assert (r["a"]["image_id"], r["b"]["image_id"]) == (a, b)
+    assert api.inspect_image(inner + ":1")["Id"] == r["b"]["daemon_image_id"]
 
 
-def test_pull_by_id_prefix_and_unknown_images(tmp_path, docker_host, build_image, api, name, remote):
-    image_id = build_image(docker_host, name + ":1", [BASE, {"/n": b"by id"}])
-    run_tasks(tmp_path, [push(remote, [name + ":1"], "push")])
+def test_pull_by_id_prefix_and_unknown_images(tmp_path, engine, build_image, name, remote):
+    docker_host, api, env, _containerd = engine
+    build_image(docker_host, name + ":1", [BASE, {"/n": b"by id"}])
+    image_id = run_tasks(tmp_path, [push(remote, [name + ":1"], "push")], env=env)["push"]["images"][0]["image_id"]
     api.remove_image(name + ":1", force=True)
     r = run_tasks(tmp_path, [
         pull(remote, image_id[7:19], "by_id"),
         pull(remote, "sha256:" + "0" * 64, "unknown_id"),
         pull(remote, name + ":nope", "unknown_tag"),
-    ])
+    ], env=env)
     assert r["by_id"]["changed"] and r["by_id"]["image_id"] == image_id and r["by_id"]["image"] is None
-    assert api.inspect_image(image_id)["Id"] == image_id
+    assert api.inspect_image(r["by_id"]["daemon_image_id"])["RootFS"]["Layers"][-1] == r["by_id"]["layers_transferred"][-1]
     assert r["unknown_id"]["failed"] and "no image with ID" in r["unknown_id"]["msg"]
     assert r["unknown_tag"]["failed"] and "no such tag" in r["unknown_tag"]["msg"]
 
@@ -264,15 +267,15 @@ def test_unwritable_remote_fails_cleanly(tmp_path, docker_host, build_image, nam
     assert result["failed"] and "/etc/hostname/remote" in result["msg"] and "\n" not in result["msg"], result["msg"]
 
 
-def test_pull_from_a_plain_static_web_server(tmp_path, docker_host, build_image, api, name, remote):
+def test_pull_from_a_plain_static_web_server(tmp_path, engine, build_image, name, remote):
     """A remote directory served read-only by any static HTTP server is a pull remote."""
     import subprocess
     import sys
     import urllib.request
     from conftest import free_port, wait_for
-    image_id = build_image(docker_host, name + ":1", [BASE, {"/web": b"served statically\n"}],
-                           cmd=["/bin/busybox", "cat", "/web"])
-    run_tasks(tmp_path, [push(remote, [name + ":1"], "push")])
+    docker_host, api, env, _containerd = engine
+    build_image(docker_host, name + ":1", [BASE, {"/web": b"served statically\n"}], cmd=["/bin/busybox", "cat", "/web"])
+    image_id = run_tasks(tmp_path, [push(remote, [name + ":1"], "push")], env=env)["push"]["images"][0]["image_id"]
     api.remove_image(name + ":1", force=True)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", remote,
@@ -281,7 +284,7 @@ def test_pull_from_a_plain_static_web_server(tmp_path, docker_host, build_image,
         url = "http://127.0.0.1:%d/" % port
         wait_for(lambda: urllib.request.urlopen(url + "dogestry.json", timeout=2).status == 200, 30, "http.server")
         r = run_tasks(tmp_path, [pull(url, name + ":1", "pull"), pull(url, name + ":1", "again"),
-                                 tags("listing", remote=url)])
+                                 tags("listing", remote=url)], env=env)
     finally:
         server.terminate()
         server.wait(10)
@@ -291,12 +294,15 @@ def test_pull_from_a_plain_static_web_server(tmp_path, docker_host, build_image,
     assert run_output(docker_host, name + ":1") == "served statically\n"
 
 
-def test_two_tags_of_one_image_in_one_push_upload_once(tmp_path, docker_host, build_image, api, name, remote):
-    image_id = build_image(docker_host, name + ":1", [BASE, {"/v": b"twice"}])
-    api.tag(image_id, name, "latest")
+def test_two_tags_of_one_image_in_one_push_upload_once(tmp_path, engine, build_image, name, remote):
+    docker_host, api, env, _containerd = engine
+    build_image(docker_host, name + ":1", [BASE, {"/v": b"twice"}])
+    api.tag(name + ":1", name, "latest")
     r = run_tasks(tmp_path, [push(remote, [name + ":1", name + ":latest"], "check", check_mode=True),
                              push(remote, [name + ":1", name + ":latest"], "real"),
-                             tags("listed", remote=remote, name=name)])
+                             tags("listed", remote=remote, name=name)], env=env)
+    assert not r["real"].get("failed"), r["real"]
+    image_id = r["real"]["images"][0]["image_id"]
     try:
         for result in (r["check"], r["real"]):
             first, second = result["images"]
