@@ -91,8 +91,8 @@ images:
       sample: sha256:1dc66c9bbfeef8a4474f44309e2a0ab1a64074b128354400b61c40032c9194f0
     daemon_image_id:
       description:
-        - What the Docker daemon calls the image (C(docker image inspect) C(.Id)): the config digest on the
-          classic image store, the manifest digest on the containerd image store.
+        - What the Docker daemon calls the image (C(docker image inspect) C(.Id)), that is the config digest on
+          the classic image store and the manifest digest on the containerd image store.
       type: str
       sample: sha256:294cbb892f7984b4447d284d271e3e5ae53f6ab187d3c024838c283d1ee144b9
     manifest:

@@ -88,8 +88,7 @@ def test_containerd_store_one_layer_update_moves_one_layer(tmp_path, docker_host
         api.remove_image(name + ":base", force=True)
 
 
-def test_containerd_store_refuses_a_corrupt_layer_and_keeps_nothing(tmp_path, docker_host, docker28_host,
-                                                                   build_image):
+def test_containerd_store_refuses_a_corrupt_layer_and_keeps_nothing(tmp_path, docker_host, docker28_host, build_image):
     import glob
     import os
     name = "dogestry-test-%s" % uuid.uuid4().hex[:8]
