@@ -284,6 +284,17 @@ def any_docker_host(request):
                                     "28-containerd": "docker28_host"}[request.param])
 
 
+@pytest.fixture(params=["20.10", "28-containerd"])
+def engine(request):
+    """(host, APIClient, env, containerd?) for the classic image store and the containerd one, in turn;
+    `env` points the modules at the daemon (DOCKER_HOST)."""
+    import docker
+    host = request.getfixturevalue("docker_host" if request.param == "20.10" else "docker28_host")
+    client = docker.APIClient(base_url=host, version="auto")
+    yield host, client, {"DOCKER_HOST": host}, request.param == "28-containerd"
+    client.close()
+
+
 def _base_layer_tar(marker=None):
     """A deterministic tar holding /bin/busybox (+ /bin/sh -> busybox): same bytes, same diff_id, every time.
 

@@ -39,34 +39,39 @@ def layer_blob(remote, oid):
     return glob.glob(os.path.join(remote, "blobs", "sha256", oid[7:9], oid[7:] + "*"))[0]
 
 
-def test_a_tampered_image_index_entry_is_never_trusted(tmp_path, remote, docker_host, build_image, name):
-    a = build_image(docker_host, name + "-a:1", [BASE, {"/who": "a\n"}], cmd=["/bin/busybox", "cat", "/who"])
+def test_a_tampered_image_index_entry_is_never_trusted(tmp_path, remote, engine, build_image, name):
+    docker_host, api, env, _containerd = engine
+    build_image(docker_host, name + "-a:1", [BASE, {"/who": "a\n"}], cmd=["/bin/busybox", "cat", "/who"])
     build_image(docker_host, name + "-b:1", [BASE, {"/who": "b\n"}])
-    r = run_tasks(tmp_path, [push(remote, [name + "-a:1", name + "-b:1"], "push")])
+    r = run_tasks(tmp_path, [push(remote, [name + "-a:1", name + "-b:1"], "push")], env=env)
+    a = r["push"]["images"][0]["image_id"]
     b_manifest = r["push"]["images"][1]["manifest"]
     with open(index_path(remote, a), "w") as entry:        # A's index entry now names B's manifest
         entry.write(b_manifest + "\n")
-    docker.APIClient(base_url=docker_host).tag(name + "-a:1", name + "-a", "2")
+    api.tag(name + "-a:1", name + "-a", "2")
     r = run_tasks(tmp_path, [
         tags("untag", remote=remote, state="absent", name=name + "-a", tag="1"),
         pull(remote, a[7:19], "by_id"),
         push(remote, [name + "-a:2"], "again"),
-    ])
+    ], env=env)
     assert one_line(r["by_id"]) and "does not name a readable manifest of that image" in r["by_id"]["msg"], r["by_id"]
     assert r["again"]["changed"] and r["again"]["images"][0]["manifest"] != b_manifest, r["again"]
     with open(index_path(remote, a)) as entry:              # the push put the right manifest back
         assert entry.read().strip() == r["again"]["images"][0]["manifest"]
-    docker.APIClient(base_url=docker_host).remove_image(name + "-a:1", force=True)
-    r = run_tasks(tmp_path, [pull(remote, name + "-a:2", "pull"), pull(remote, a[7:19], "by_id")])
+    api.remove_image(name + "-a:1", force=True)
+    api.remove_image(name + "-a:2", force=True)
+    r = run_tasks(tmp_path, [pull(remote, name + "-a:2", "pull"), pull(remote, a[7:19], "by_id")], env=env)
     assert r["pull"]["image_id"] == a and r["by_id"]["image_id"] == a, r
     assert run_output(docker_host, name + "-a:2") == "a\n"
 
 
-def test_a_corrupt_stored_layer_is_uploaded_again_not_reused(tmp_path, remote, docker_host, build_image, name):
+def test_a_corrupt_stored_layer_is_uploaded_again_not_reused(tmp_path, remote, engine, build_image, name):
+    docker_host, api, env, _containerd = engine
     payload = os.urandom(300000)
-    image = build_image(docker_host, name + ":1", [BASE, {"/data": payload}], cmd=["/bin/busybox", "md5sum", "/data"])
+    build_image(docker_host, name + ":1", [BASE, {"/data": payload}], cmd=["/bin/busybox", "md5sum", "/data"])
     expected = run_output(docker_host, name + ":1")
-    r = run_tasks(tmp_path, [push(remote, [name + ":1"], "push")])
+    r = run_tasks(tmp_path, [push(remote, [name + ":1"], "push")], env=env)
+    image = r["push"]["images"][0]["image_id"]
     top = r["push"]["images"][0]["layers_transferred"][-1]
     with open(layer_blob(remote, top), "wb") as blob:
         blob.write(b"junk!")
@@ -74,16 +79,16 @@ def test_a_corrupt_stored_layer_is_uploaded_again_not_reused(tmp_path, remote, d
         os.unlink(path)
     shutil.rmtree(os.path.join(remote, "repositories"))
     for tag in ("2", "3"):
-        docker.APIClient(base_url=docker_host).tag(name + ":1", name, tag)
+        api.tag(name + ":1", name, tag)
     r = run_tasks(tmp_path, [push(remote, [name + ":2"], "push"), push(remote, [name + ":3"], "again"),
-                             {VERIFY: {"remote": remote}, "register": "verify"}])
+                             {VERIFY: {"remote": remote}, "register": "verify"}], env=env)
     assert r["push"]["images"][0]["layers_repaired"] == [top], r["push"]
     assert top in r["push"]["images"][0]["layers_transferred"]
     assert not r["verify"].get("failed") and r["verify"]["problems"] == [], r["verify"]
     assert glob.glob(os.path.join(remote, "quarantine", "*", "blobs", "sha256", top[7:9], top[7:] + "*"))
     for tag in ("1", "2", "3"):
-        docker.APIClient(base_url=docker_host).remove_image("%s:%s" % (name, tag), force=True)
-    r = run_tasks(tmp_path, [pull(remote, name + ":3", "pull")])
+        api.remove_image("%s:%s" % (name, tag), force=True)
+    r = run_tasks(tmp_path, [pull(remote, name + ":3", "pull")], env=env)
     assert r["pull"]["changed"] and run_output(docker_host, name + ":3") == expected
 
 

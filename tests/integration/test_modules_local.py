@@ -63,14 +63,6 @@ def api(docker_host):
     client.close()
 
 
-@pytest.fixture(params=["20.10", "28-containerd"])
-def engine(request):
-    """The classic image store and the containerd one: the modules find the daemon through DOCKER_HOST."""
-    host = request.getfixturevalue("docker_host" if request.param == "20.10" else "docker28_host")
-    client = docker.APIClient(base_url=host, version="auto")
-    yield host, client, {"DOCKER_HOST": host}, request.param == "28-containerd"
-    client.close()
-
 
 def test_push_remove_pull_run_in_check_real_idempotent_rhythm(tmp_path, engine, build_image, name, remote):
     docker_host, api, env, _containerd = engine

@@ -23,11 +23,12 @@ def defaults(s3_endpoint):
         "endpoint_url": s3_endpoint, "region": "us-east-1", "access_key": "testing", "secret_key": SECRET}}
 
 
-def test_push_pull_tags_through_s3_with_module_defaults(tmp_path, docker_host, s3_endpoint, bucket, build_image):
+def test_push_pull_tags_through_s3_with_module_defaults(tmp_path, engine, s3_endpoint, bucket, build_image):
+    docker_host, api, docker_env, _containerd = engine
     name = "dogestry-test-%s" % uuid.uuid4().hex[:8]
-    image_id = build_image(docker_host, name + ":1", [BASE, {"/s3": b"via s3\n"}], cmd=["/bin/busybox", "cat", "/s3"])
+    build_image(docker_host, name + ":1", [BASE, {"/s3": b"via s3\n"}], cmd=["/bin/busybox", "cat", "/s3"])
     remote = "s3://%s/team/images/" % bucket
-    env = {"AWS_CA_BUNDLE": "", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    env = dict(docker_env, AWS_CA_BUNDLE="", AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
     r = run_tasks(tmp_path, [
         push(remote, [name + ":1"], "check", check_mode=True),
         push(remote, [name + ":1"], "real"),
@@ -36,6 +37,7 @@ def test_push_pull_tags_through_s3_with_module_defaults(tmp_path, docker_host, s
     ], module_defaults=defaults(s3_endpoint), env=env)
     assert r["check"]["changed"] and r["real"]["changed"] and not r["again"]["changed"], r["_output"][-3000:]
     assert r["check"]["layers_transferred"] == r["real"]["layers_transferred"]
+    image_id = r["real"]["images"][0]["image_id"]
     assert r["listed"]["tags"][name + ":1"]["image_id"] == image_id
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
                                            aws_access_key_id="testing", aws_secret_access_key=SECRET)
@@ -43,7 +45,7 @@ def test_push_pull_tags_through_s3_with_module_defaults(tmp_path, docker_host, s
     assert "team/images/repositories/%s/_tags/1" % name in keys
     assert all(key.startswith("team/images/") for key in keys)
 
-    docker.APIClient(base_url=docker_host).remove_image(name + ":1", force=True)
+    api.remove_image(name + ":1", force=True)
     r2 = run_tasks(tmp_path, [pull(remote, name + ":1", "pull"), pull(remote, name + ":1", "again")],
                    module_defaults=defaults(s3_endpoint), env=env)
     assert r2["pull"]["changed"] and r2["pull"]["image_id"] == image_id and not r2["again"]["changed"]
