@@ -52,6 +52,22 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp_file" 2>/dev/null)" != "$stam
     echo "$stamp_want" > "$stamp_file"
 fi
 
+# --- collections molecule's docker driver needs (community.docker, ansible.posix) -------------------
+# Galaxy cannot be reached here: take them from the `ansible` wheel on the package index, by name.
+COLLECTIONS_DIR=$VENV/collections
+if [ ! -d "$COLLECTIONS_DIR/ansible_collections/community/docker" ] || [ ! -d "$COLLECTIONS_DIR/ansible_collections/ansible/posix" ]; then
+    say "installing community.docker and ansible.posix into $COLLECTIONS_DIR (from the ansible wheel)"
+    wheel_dir=$(mktemp -d)
+    { "$VENV/bin/python" -m pip download --disable-pip-version-check --no-deps -q -d "$wheel_dir" 'ansible>=12,<13' \
+      && (cd "$wheel_dir" && "$VENV/bin/python" -m zipfile -e ansible-*.whl unpacked) \
+      && "$VENV/bin/ansible-galaxy" collection install --offline -p "$COLLECTIONS_DIR" \
+             "$wheel_dir/unpacked/ansible_collections/community/library_inventory_filtering_v1" \
+             "$wheel_dir/unpacked/ansible_collections/community/docker" \
+             "$wheel_dir/unpacked/ansible_collections/ansible/posix"; } >"$VENV/collections-install.log" 2>&1 \
+        || { rm -rf "$wheel_dir"; tail -n 20 "$VENV/collections-install.log" >&2; die "installing collections failed"; }
+    rm -rf "$wheel_dir"
+fi
+
 # --- Docker 26 and 28 beside the system's 20.10 (the tests' docker26_host, docker28_host run them) ---
 if [ "${DOGESTRY_SKIP_EXTRA_DOCKERS:-}" != 1 ]; then
     { bash "$ROOT/scripts/fetch-docker.sh" 26 >/dev/null && bash "$ROOT/scripts/fetch-docker.sh" 28 >/dev/null; } \
