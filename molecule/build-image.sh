@@ -6,7 +6,6 @@
 # Run it under the same DOCKER_HOST molecule uses. Needs root (debootstrap) and about a minute.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TAG=dogestry-molecule-debian:bookworm-$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)
 if docker image inspect "$TAG" >/dev/null 2>&1; then
     echo "$TAG"

@@ -63,7 +63,6 @@ def api(docker_host):
     client.close()
 
 
-
 def test_push_remove_pull_run_in_check_real_idempotent_rhythm(tmp_path, engine, build_image, name, remote):
     docker_host, api, env, _containerd = engine
     image_id = build_image(docker_host, name + ":1", [BASE, {"/hello.txt": b"hello from dogestry\n"}],
