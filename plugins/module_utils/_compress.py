@@ -24,6 +24,25 @@ from ._errors import BlobCorruptError, DogestryError
 DECODE_STEP = 1 << 20     # most bytes a decoder hands out at once: an lz4 bomb cannot balloon memory
 
 
+LZ4_MAGIC = b"\x04\x22\x4d\x18"
+LZ4_ENDS = 8            # bytes to read at each end of a stored frame for lz4_frame_ends_intact()
+
+
+def lz4_frame_ends_intact(head: bytes, tail: bytes) -> bool:
+    """Whether the first and last LZ4_ENDS bytes of a stored blob can be those of one whole lz4 frame.
+
+    Cheap (two small reads) where decoding the whole blob is not: an overwritten, appended-to or
+    truncated blob fails it, except a cut within the frame's last dozen bytes (a layer's tar ends in
+    zeros, which lz4 leaves as trailing literals) and a same-size flip inside (pulls and
+    dogestry_verify decode and hash every byte).
+    """
+    if len(head) < 5 or head[:4] != LZ4_MAGIC or head[4] >> 6 != 1 or len(tail) < 8:
+        return False
+    content_checksum = head[4] & 0x04
+    end_mark = tail[-8:-4] if content_checksum else tail[-4:]
+    return end_mark == b"\0\0\0\0"
+
+
 class _Identity:
     def update(self, data: bytes) -> bytes:
         return data

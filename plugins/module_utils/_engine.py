@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from ._compress import LZ4_ENDS, lz4_frame_ends_intact
 from ._docker import LOADED_BY_DOGESTRY, Daemon, image_layers
 from ._docker_archive import LoadLayer, load_stream, oci_load_stream, read_save_stream, verified_chunks
 from ._errors import (
@@ -301,8 +302,9 @@ SMALL_REUSE = 1 << 20           # reused blobs up to this stored size are read a
 def _damaged_reused_layers(repo: Repository, plan: PushPlan, sizes: Dict[str, int]) -> List[str]:
     """Layers the plan reuses whose stored copy cannot be that layer (now that `docker save` gave sizes).
 
-    A raw blob must have the layer's exact size; an lz4 one a size an lz4 frame of it can have;
-    small ones are read and verified whole (cheap, and a few bytes of junk can look plausible).
+    A raw blob must have the layer's exact size; an lz4 one a size an lz4 frame of it can have, and
+    the two ends of a whole frame (a truncated copy has a plausible size); small ones are read and
+    verified whole (cheap, and a few bytes of junk can look plausible).
     """
     damaged = []
     for oid, entry in sorted(plan.present.items()):
@@ -313,6 +315,8 @@ def _damaged_reused_layers(repo: Repository, plan: PushPlan, sizes: Dict[str, in
             ok = size // LZ4_WORST_RATIO <= stored <= size + size // LZ4_WORST_RATIO + 64 + 4 * (size >> 22)
         if ok and stored <= SMALL_REUSE:
             ok = _verifies(repo, LayerEntry(oid, size, entry.encoding, stored))
+        elif ok and entry.encoding == "lz4":
+            ok = _lz4_ends_intact(repo, entry.key, stored)
         if not ok:
             damaged.append(oid)
     return damaged
@@ -324,6 +328,14 @@ def _verifies(repo: Repository, layer: LayerEntry) -> bool:
             for _chunk in verified_chunks(stored, LoadLayer(layer.oid, layer.size, layer.encoding, None, layer.key)):
                 pass
         return True
+    except (BlobCorruptError, RemoteNotFoundError):
+        return False
+
+
+def _lz4_ends_intact(repo: Repository, key: str, stored_size: int) -> bool:
+    try:
+        return lz4_frame_ends_intact(repo.remote.get_range(key, 0, LZ4_ENDS - 1),
+                                     repo.remote.get_range(key, stored_size - LZ4_ENDS, stored_size - 1))
     except (BlobCorruptError, RemoteNotFoundError):
         return False
 

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterable, Iterator, Optional
 
-from ._errors import FormatError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
+from ._errors import BlobCorruptError, FormatError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
 
 MAX_SMALL_OBJECT = 64 << 20     # image configs are kilobytes; manifests and tags smaller still
 
@@ -66,6 +66,21 @@ class Remote:
         """
         raise NotImplementedError
 
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes start..end (inclusive) of `key`; BlobCorruptError when the object is shorter.
+
+        A fallback that streams past `start`; remotes that can seek or send ranges override it.
+        """
+        with self.open(key) as body:
+            skip = start
+            while skip:
+                chunk = body.read(min(skip, 1 << 20))
+                if not chunk:
+                    break
+                skip -= len(chunk)
+            data = body.read(end - start + 1) if not skip else b""
+        return _whole_range(key, self.url, data, start, end)
+
     def stat(self, keys: Iterable[str]) -> Dict[str, ObjectInfo]:
         """The subset of `keys` that exist, with their sizes (one listing or one HEAD each, remote's choice)."""
         raise NotImplementedError
@@ -92,6 +107,13 @@ class Remote:
     def staging_dir(self) -> Optional[str]:
         """Where new blobs should be spooled so that put_file() is cheap (None: the system temp dir)."""
         return None
+
+
+def _whole_range(key: str, url: str, data: bytes, start: int, end: int) -> bytes:
+    if len(data) != end - start + 1:
+        raise BlobCorruptError("%s on %s is shorter than its manifest says (%d bytes from %d, expected %d)"
+                               % (key, url, len(data), start, end - start + 1))
+    return data
 
 
 class ReadErrors:
@@ -172,6 +194,15 @@ class LocalRemote(Remote):
                               % (path, _file_kind(info.st_mode)))
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")
+
+    def get_range(self, key, start, end):
+        with self.open(key) as body:
+            try:
+                body.seek(start)
+                data = body.read(end - start + 1)
+            except OSError as exc:
+                raise self._fail(exc, "reading", key)
+        return _whole_range(key, self.url, data, start, end)
 
     def stat(self, keys):
         """Only regular files exist for a directory remote (a FIFO or symlink counts as absent)."""
