@@ -27,7 +27,7 @@ def molecule_image(docker_host):
 def test_molecule_scenario(docker_host, molecule_image, scenario, actions):
     # A suffix of our own: another checkout's run on the same daemon must not share the instance.
     env = dict(os.environ, DOCKER_HOST=docker_host, DOGESTRY_MOLECULE_IMAGE=molecule_image, NO_COLOR="1",
-               DOGESTRY_MOLECULE_SUFFIX="-%d" % os.getpid(),
+               DOGESTRY_MOLECULE_SUFFIX=str(os.getpid()),
                PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
                ANSIBLE_COLLECTIONS_PATH=os.pathsep.join([COLLECTIONS, os.path.join(os.path.dirname(VENV_BIN),
                                                                                    "collections")]))
