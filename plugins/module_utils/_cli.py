@@ -211,4 +211,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    raise SystemExit(main())

@@ -39,6 +39,7 @@ _NS = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 MAX_PAGE = 10000
+PIECE = 256 << 10           # bytes per write to a client
 INDEX_REFRESH_SECONDS = 5.0     # a digest miss re-reads the tags at most this often
 
 
@@ -111,6 +112,17 @@ def _held_back(chunks: Iterator[bytes]) -> Iterator[bytes]:
         pending = chunk
     if pending is not None:
         yield pending
+
+
+def _pieces(chunks: Iterator[bytes], size: int = PIECE) -> Iterator[bytes]:
+    """Split decoded blocks (lz4 blocks are up to 4 MiB) so a thread holds back little."""
+    for chunk in chunks:
+        if len(chunk) <= size:
+            yield chunk
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), size):
+            yield bytes(view[start:start + size])
 
 
 def _sliced(chunks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
@@ -361,10 +373,9 @@ class RegistryApi:
         layer = LoadLayer(info.oid, info.size, info.encoding, None,
                           "layer sha256:%s on %s" % (info.oid, self.repo.url))
         try:
-            chunks = verified_chunks(stored, layer)
+            chunks = _pieces(verified_chunks(stored, layer))
             if ranged:
                 chunks = _sliced(chunks, start, end)
-            for chunk in _held_back(chunks):
-                yield chunk
+            yield from _held_back(chunks)
         finally:
             stored.close()

@@ -44,7 +44,8 @@ def _env(extra=None):
 
 def dogestry(*args, env=None, check=True, timeout=300):
     proc = subprocess.run([DOGESTRY] + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, universal_newlines=True, env=_env(env), timeout=timeout)
+                          stdin=subprocess.DEVNULL, universal_newlines=True, env=_env(env), timeout=timeout,
+                          check=False)
     if check and proc.returncode != 0:
         raise AssertionError("dogestry %s: exit %d\n%s%s" % (" ".join(map(str, args)), proc.returncode,
                                                              proc.stdout, proc.stderr))
@@ -122,7 +123,7 @@ def name():
 
 def docker(host, *args, check=True):
     proc = subprocess.run(["docker", "-H", host] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, universal_newlines=True, timeout=300)
+                          stdin=subprocess.DEVNULL, universal_newlines=True, timeout=300, check=False)
     if check and proc.returncode != 0:
         raise AssertionError("docker %s: exit %d\n%s%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr))
     return proc
@@ -133,7 +134,7 @@ def skopeo(*args, check=True):
     if not exe:
         pytest.fail("skopeo is not installed (scripts/setup.sh installs it)", pytrace=False)
     proc = subprocess.run([exe] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, universal_newlines=True, timeout=300)
+                          stdin=subprocess.DEVNULL, universal_newlines=True, timeout=300, check=False)
     if check and proc.returncode != 0:
         raise AssertionError("skopeo %s: exit %d\n%s%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr))
     return proc
@@ -168,8 +169,8 @@ def test_docker_pulls_through_the_accelerator_and_runs_it(tmp_path, docker_host,
     assert "shutting down" in server.output()
 
 
-def test_docker26_pulls_through_an_accelerator_in_its_namespace(tmp_path, docker_host, docker26_host, build_image,
-                                                                 name, servers):
+def test_docker26_pulls_through_an_accelerator_in_its_namespace(tmp_path, docker_host, docker26_host,
+                                                                build_image, name, servers):
     remote = str(tmp_path / "remote")
     image_id = pushed_image(docker_host, build_image, remote, name)
     with open(os.path.join(DOCKER26_RUN, "docker.pid")) as f:
@@ -205,7 +206,7 @@ def test_skopeo_inspects_and_copies_and_bad_requests_are_refused(tmp_path, docke
     manifest_digest, config_digest = _oci_config_digest(layout)
     assert (manifest_digest, config_digest) == (inspected["Digest"], image_id)
     # by digest, as Docker asks after a restart
-    status, headers, _ = server.request("HEAD", "/v2/%s/manifests/%s" % (name, manifest_digest))
+    status, headers, _body = server.request("HEAD", "/v2/%s/manifests/%s" % (name, manifest_digest))
     assert (status, headers["Docker-Content-Digest"]) == (200, manifest_digest)
 
     # Hostile and malformed requests are refused, and the server keeps serving.
@@ -271,3 +272,60 @@ def test_over_s3_killed_and_restarted(tmp_path, docker_host, build_image, name, 
     assert _oci_config_digest(layout)[1] == image_id
     tags = json.loads(dogestry("tags", remote, name, "--json", *s3).stdout)["tags"]
     assert tags["%s:1" % name]["image_id"] == image_id
+
+
+# ---- the CLI ------------------------------------------------------------------------------------
+
+def test_cli_usage_and_errors():
+    proc = dogestry("--help")
+    assert "push" in proc.stdout and "serve" in proc.stdout
+    proc = dogestry("push", check=False)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+    proc = dogestry("tags", "/nonexistent/remote", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("dogestry: error: ")
+    proc = dogestry("serve", "relative/path", check=False)
+    assert proc.returncode == 1 and "relative path" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = dogestry("prune", "/x", "--grace-period", "soon", check=False)
+    assert proc.returncode == 2
+
+
+def test_cli_serve_refuses_non_loopback_and_busy_ports(tmp_path, servers):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+    Repository(LocalRemote(str(tmp_path / "r"))).check(create=True)
+    proc = dogestry("serve", tmp_path / "r", "--listen", "0.0.0.0:%d" % free_port(), check=False, timeout=30)
+    assert proc.returncode == 1 and "TLS" in proc.stderr and proc.stderr.count("\n") == 1
+    server = servers(str(tmp_path / "r"), tmp_path)
+    proc = dogestry("serve", tmp_path / "r", "--listen", server.host, check=False, timeout=30)
+    assert proc.returncode == 1 and "cannot listen" in proc.stderr
+
+
+def test_cli_push_pull_into_two_daemons_tags_prune(tmp_path, docker_host, docker26_host, build_image, name):
+    remote = str(tmp_path / "remote")
+    image_id = pushed_image(docker_host, build_image, remote, name)
+    again = dogestry("push", remote, name + ":1", "--docker-host", docker_host, check=False)
+    assert again.returncode != 0 and "not found" in again.stderr     # it was removed from the daemon
+    try:
+        proc = dogestry("pull", remote, name + ":1", "--json", "--docker-host", docker_host,
+                        "--docker-host", docker26_host)
+        results = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [r["docker_host"] for r in results] == [docker_host, docker26_host]
+        assert all(r["image_id"] == image_id and r["changed"] for r in results)
+        assert proc.stderr == ""        # no progress output in a pipe
+        for host in (docker_host, docker26_host):
+            assert docker(host, "run", "--rm", "--network", "none", name + ":1").stdout == name
+        proc = dogestry("pull", remote, name + ":1", "--docker-host", docker_host)
+        assert "up to date" in proc.stdout
+    finally:
+        docker(docker26_host, "rmi", "-f", name + ":1", check=False)
+    tags = json.loads(dogestry("tags", remote, "dogestry-acc-*", "--json").stdout)["tags"]
+    assert tags["%s:1" % name]["image_id"] == image_id
+    assert name + ":1" in dogestry("tags", remote).stdout
+    assert json.loads(dogestry("prune", remote, "--json", "--grace-period", "0").stdout)["count"] == 0
+    os.unlink(os.path.join(remote, "repositories", name, "_tags", "1"))
+    dry = json.loads(dogestry("prune", remote, "--json", "--dry-run", "--grace-period", "0").stdout)
+    assert dry["count"] == 6        # 3 layers, config, manifest, image index
+    assert os.path.exists(os.path.join(remote, dry["deleted"]["blobs"][0]))
+    done = json.loads(dogestry("prune", remote, "--json", "--grace-period", "0").stdout)
+    assert done["count"] == 6 and not os.path.exists(os.path.join(remote, dry["deleted"]["blobs"][0]))
