@@ -36,6 +36,13 @@ def _duration(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _size(text: str) -> int:
+    match = re.match(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", str(text), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError("%r is not a size like 500M or 20G" % text)
+    return int(match.group(1)) << (10 * " KMGT".index(match.group(2).upper() or " "))
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -83,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("remote")
     serve.add_argument("--listen", default="127.0.0.1:22375", help="HOST:PORT (default 127.0.0.1:22375)")
     serve.add_argument("--threads", type=_positive, default=16)
+    serve.add_argument("--cache-dir", help="keep fetched blobs here (default: no cache)")
+    serve.add_argument("--cache-size", type=_size, default=10 << 30, help="cache bound, e.g. 500M, 20G (default 10G)")
     return parser
 
 
@@ -187,7 +196,16 @@ def cmd_serve(args, out: Output) -> int:
     def ready(host, port):
         out.result({"listening": "%s:%d" % (host, port), "remote": repo.url},
                    "dogestry: serving %s on http://%s:%d/v2/" % (repo.url, host, port))
-    serve(RegistryApi(repo), args.listen, args.threads, ready)
+    from ._metrics import Metrics
+    metrics = Metrics()
+    cache = None
+    if args.cache_dir:
+        from ._blob_cache import BlobCache
+        try:
+            cache = BlobCache(args.cache_dir, args.cache_size, metrics.cache_hit, metrics.cache_miss)
+        except OSError as exc:
+            raise DogestryError("--cache-dir %s: %s" % (args.cache_dir, exc.strerror or exc))
+    serve(RegistryApi(repo, cache, metrics), args.listen, args.threads, ready)
     return 0
 
 

@@ -21,10 +21,11 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 from ._docker_archive import LoadLayer, verified_chunks
-from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteNotFoundError
+from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteError, RemoteNotFoundError
 from ._format import (
     OCI_MANIFEST_MEDIA_TYPE, VERSION_KEY, ImageRef, Manifest, blob_key, check_version_document, sha256_hex,
 )
+from ._metrics import Metrics
 from ._repository import Repository
 
 # distribution's reference grammar for repository paths (no domain: that is the host we are)
@@ -125,6 +126,11 @@ def _pieces(chunks: Iterator[bytes], size: int = PIECE) -> Iterator[bytes]:
             yield bytes(view[start:start + size])
 
 
+def _then(chunks: Iterator[bytes], action) -> Iterator[bytes]:
+    yield from chunks
+    action()
+
+
 def _sliced(chunks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
     """Bytes start..end (inclusive) of a stream; the stream is still read to its end (verification)."""
     offset = 0
@@ -146,8 +152,14 @@ class BlobInfo:
 class RegistryApi:
     """GET/HEAD of /v2/... over one Repository. Thread-safe: one instance serves every request."""
 
-    def __init__(self, repo: Repository):
+    MAX_CONFIGS = 1000      # verified image configs kept in memory (kilobytes each)
+
+    def __init__(self, repo: Repository, cache=None, metrics: Optional[Metrics] = None):
+        """`cache`: a _blob_cache.BlobCache for stored layers (None: every read goes to the remote)."""
         self.repo = repo
+        self.cache = cache
+        self.metrics = metrics or Metrics()
+        self._configs: Dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._manifests: Dict[str, Manifest] = {}       # dogestry manifest oid -> manifest (immutable)
         self._by_digest: Dict[str, str] = {}            # OCI manifest hex -> dogestry manifest oid
@@ -218,6 +230,10 @@ class RegistryApi:
                 return self._json({}, head)
             if path == "/healthz":
                 return self._health(head)
+            if path == "/metrics":
+                status, body, content_type = self.metrics.render()
+                return Response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+                                b"" if head else body, 0 if head else len(body))
             if path == "/v2/_catalog":
                 return self._catalog(query, head)
             match = _ROUTE.match(path)
@@ -237,8 +253,10 @@ class RegistryApi:
         except ApiError as exc:
             return error_response(exc, head)
         except BlobCorruptError as exc:
+            self.metrics.remote_error()
             return error_response(ApiError(500, "UNKNOWN", str(exc)), head)
         except DogestryError as exc:
+            self.metrics.remote_error()
             # The remote is unreachable or refused: say so, and let the client retry.
             return error_response(ApiError(503, "UNAVAILABLE", str(exc)), head)
 
@@ -353,11 +371,15 @@ class RegistryApi:
         if head:
             return Response(status, headers, b"", 0)
         if info.encoding is None:
-            config = self.repo.read_config(info.manifest)       # verified before a byte is sent
+            config = self._config(info.manifest)
             body = config[start:end + 1] if span else config
             return Response(status, headers, body, len(body))
+        key = blob_key(info.oid, info.encoding)
+
+        def fetch():
+            return self.repo.remote.open(key, size=self._stored_size(info))
         try:
-            stored = self.repo.remote.open(blob_key(info.oid, info.encoding), size=self._stored_size(info))
+            stored = self.cache.open(key, fetch) if self.cache is not None else fetch()
         except RemoteNotFoundError:
             raise ApiError(404, "BLOB_UNKNOWN", "blob %s is missing from the remote" % ref)
         return Response(status, headers, self._layer_body(stored, info, start, end, span is not None), length)
@@ -372,10 +394,31 @@ class RegistryApi:
     def _layer_body(self, stored, info: BlobInfo, start: int, end: int, ranged: bool) -> Iterator[bytes]:
         layer = LoadLayer(info.oid, info.size, info.encoding, None,
                           "layer sha256:%s on %s" % (info.oid, self.repo.url))
+        commit = getattr(stored, "commit", lambda: None)
         try:
-            chunks = _pieces(verified_chunks(stored, layer))
+            # commit (into the cache) runs once every byte was verified, before the last piece is sent
+            chunks = _then(_pieces(verified_chunks(stored, layer)), commit)
             if ranged:
                 chunks = _sliced(chunks, start, end)
             yield from _held_back(chunks)
+        except BlobCorruptError:
+            self.metrics.remote_error()
+            if hasattr(stored, "discard"):
+                stored.discard()        # a cache entry that went bad: the next request refetches
+            raise
+        except RemoteError:
+            self.metrics.remote_error()
+            raise
         finally:
             stored.close()
+
+    def _config(self, manifest: Manifest) -> bytes:
+        with self._lock:
+            config = self._configs.get(manifest.config_oid)
+        if config is None:
+            config = self.repo.read_config(manifest)       # verified before a byte is sent
+            with self._lock:
+                if len(self._configs) >= self.MAX_CONFIGS:
+                    self._configs.pop(next(iter(self._configs)))
+                self._configs[manifest.config_oid] = config
+        return config

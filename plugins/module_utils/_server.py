@@ -109,6 +109,7 @@ class WsgiApp:
         target = path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")
 
         def log_line(body):
+            self.api.metrics.request(method, response.status, body.sent)
             outcome = "aborted: %s" % body.failed if body.failed else "ok"
             LOG.info('%s "%s %s" %d %d %.3fs %s', client, method, target[:300], response.status, body.sent,
                      time.monotonic() - started, outcome)

@@ -140,10 +140,10 @@ def skopeo(*args, check=True):
     return proc
 
 
-def pushed_image(docker_host, build_image, remote, name, env=None, extra=()):
-    """Build an image (a random 3 MiB layer, so every pull moves real bytes), push it with the CLI,
+def pushed_image(docker_host, build_image, remote, name, env=None, extra=(), size=3 * MiB):
+    """Build an image (a random layer, so every pull moves real bytes), push it with the CLI,
     and remove it from the daemon. Returns its image ID."""
-    image_id = build_image(docker_host, name + ":1", [{"/big.bin": os.urandom(3 * MiB)}, {"/name.txt": name}],
+    image_id = build_image(docker_host, name + ":1", [{"/big.bin": os.urandom(size)}, {"/name.txt": name}],
                            cmd=["/bin/busybox", "cat", "/name.txt"], isolated=True)
     result = json.loads(dogestry("push", remote, name + ":1", "--json", "--docker-host", docker_host,
                                  *extra, env=env).stdout)
@@ -238,7 +238,8 @@ def test_skopeo_inspects_and_copies_and_bad_requests_are_refused(tmp_path, docke
 def test_corrupt_stored_layer_is_never_served_as_good(tmp_path, docker_host, build_image, name, servers):
     remote = str(tmp_path / "remote")
     pushed_image(docker_host, build_image, remote, name)
-    server = servers(remote, tmp_path)
+    cache = tmp_path / "cache"
+    server = servers(remote, tmp_path, args=("--cache-dir", cache))
     src = "docker://%s/%s:1" % (server.host, name)
     inspected = json.loads(skopeo("inspect", "--tls-verify=false", src).stdout)
     big = os.path.join(remote, "blobs", "sha256", inspected["Layers"][1][7:9], inspected["Layers"][1][7:] + ".lz4")
@@ -254,22 +255,41 @@ def test_corrupt_stored_layer_is_never_served_as_good(tmp_path, docker_host, bui
     assert proc.returncode != 0
     assert docker(docker_host, "image", "inspect", ref, check=False).returncode != 0
     assert "aborted: layer %s" % inspected["Layers"][1] in server.output()
+    assert inspected["Layers"][1][7:] + ".lz4" not in os.listdir(str(cache))    # nothing unverified is kept
     assert server.request("GET", "/v2/")[0] == 200
 
 
-def test_over_s3_killed_and_restarted(tmp_path, docker_host, build_image, name, servers, s3_bucket, s3_env):
+def test_over_s3_with_cache_killed_mid_blob_and_restarted(tmp_path, docker_host, build_image, name, servers,
+                                                          s3_bucket, s3_env):
     remote = "s3://%s/reg" % s3_bucket
     s3 = ("--endpoint-url", s3_env)
-    image_id = pushed_image(docker_host, build_image, remote, name, extra=s3)
-    server = servers(remote, tmp_path, args=s3)
+    image_id = pushed_image(docker_host, build_image, remote, name, extra=s3, size=32 * MiB)
+    cache = tmp_path / "cache"
+    server = servers(remote, tmp_path, args=s3 + ("--cache-dir", cache, "--cache-size", "100M"))
     src = "docker://%s/%s:1" % (server.host, name)
-    # killed and restarted: the next client gets everything, by tag and by digest
+    layers = json.loads(skopeo("inspect", "--tls-verify=false", src).stdout)["Layers"]
+    # A client starts on the big layer, then the server is killed in the middle of it.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/v2/%s/blobs/%s" % (name, layers[1]))
+    response = conn.getresponse()
+    assert response.status == 200 and len(response.read(MiB)) == MiB
     assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        response.read()
+    conn.close()
     assert skopeo("inspect", "--tls-verify=false", src, check=False).returncode != 0
     server.start()
-    layout = str(tmp_path / "oci")
-    skopeo("copy", "--src-tls-verify=false", src, "oci:%s:1" % layout)
-    assert _oci_config_digest(layout)[1] == image_id
+    assert not [p for p in os.listdir(str(cache)) if p.endswith(".tmp")]   # the half fetch was dropped
+    for copy in ("oci1", "oci2"):
+        layout = str(tmp_path / copy)
+        skopeo("copy", "--preserve-digests", "--src-tls-verify=false", src, "oci:%s:1" % layout)
+        assert _oci_config_digest(layout)[1] == image_id
+    cached = sorted(os.listdir(str(cache)))
+    assert cached == sorted(layer[7:] + ".lz4" for layer in layers)
+    metrics = server.request("GET", "/metrics")[2].decode()
+    assert "dogestry_cache_misses_total 3.0" in metrics and "dogestry_cache_hits_total 3.0" in metrics
+    served = [line for line in metrics.splitlines() if line.startswith("dogestry_bytes_served_total ")]
+    assert float(served[0].split()[1]) > 2 * 32 * MiB
     tags = json.loads(dogestry("tags", remote, name, "--json", *s3).stdout)["tags"]
     assert tags["%s:1" % name]["image_id"] == image_id
 

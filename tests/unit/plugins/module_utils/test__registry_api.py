@@ -1,6 +1,7 @@
 """The registry API's pure request -> Response logic, over a directory remote (no sockets, no Docker)."""
 
 import hashlib
+import os
 import json
 
 import pytest
@@ -203,8 +204,44 @@ def test_unreachable_remote_is_503_then_recovers(api, tmp_path):
     api, _m, _c = api
     root = api.repo.remote.root
     (tmp_path / "moved").mkdir()
-    import os
     os.rename(root, str(tmp_path / "moved" / "r"))
     assert get(api, "/healthz")[0].status in (404, 503)
     os.rename(str(tmp_path / "moved" / "r"), root)
     assert get(api, "/healthz")[0].status == 200
+
+
+def test_cache_serves_verified_layers_and_drops_a_corrupted_entry(api, tmp_path):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._blob_cache import BlobCache
+    api, manifest, _c = api
+    layer = manifest.layers[0]
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._metrics import Metrics
+    metrics = Metrics()
+    cached = RegistryApi(api.repo, BlobCache(str(tmp_path / "cache"), 10 << 20, metrics.cache_hit,
+                                             metrics.cache_miss), metrics)
+    path = "/v2/team/app/blobs/sha256:" + layer.oid
+    assert get(cached, path)[2] == LAYER and blob_key(layer.oid, "lz4") in cached.cache
+    entry = tmp_path / "cache" / (layer.oid + ".lz4")
+    data = bytearray(entry.read_bytes())
+    data[-40] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    with pytest.raises(BlobCorruptError):
+        get(cached, path)
+    assert blob_key(layer.oid, "lz4") not in cached.cache and not entry.exists()
+    assert get(cached, path)[2] == LAYER      # refetched from the remote
+    metrics = get(cached, "/metrics")[2].decode()
+    assert "dogestry_cache_hits_total 1.0" in metrics and "dogestry_cache_misses_total 2.0" in metrics
+    assert "dogestry_remote_errors_total 1.0" in metrics
+
+
+def test_corrupt_remote_layer_is_not_cached(api, tmp_path):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._blob_cache import BlobCache
+    api, manifest, _c = api
+    layer = manifest.layers[0]
+    path = api.repo.remote.local_path(blob_key(layer.oid, "lz4"))
+    data = bytearray(open(path, "rb").read())
+    data[-40] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    cached = RegistryApi(api.repo, BlobCache(str(tmp_path / "cache"), 10 << 20))
+    with pytest.raises(BlobCorruptError):
+        get(cached, "/v2/team/app/blobs/sha256:" + layer.oid)
+    assert os.listdir(str(tmp_path / "cache")) == []
