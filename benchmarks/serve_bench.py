@@ -1,4 +1,6 @@
-#!/usr/bin/env python3
+# Copyright (c) dogestry developers
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 """Which HTTP server should `dogestry serve` stand on? Same app, same remote, several servers.
 
 Each candidate serves the real registry API (_registry_api.RegistryApi, via _server.WsgiApp)

@@ -302,7 +302,7 @@ class RegistryApi:
                 extra = []
                 if more and page:
                     extra.append(("Link", '</v2/%s/tags/list?n=%s&last=%s>; rel="next"'
-                                  % (names[-1] if name == names[-1] else name, query["n"], quote(page[-1]))))
+                                  % (name, query["n"], quote(page[-1]))))
                 return self._json({"name": name, "tags": page}, head, extra=extra)
         raise ApiError(404, "NAME_UNKNOWN", "repository %s is not on this remote" % names[-1])
 

@@ -54,7 +54,7 @@ def test_concurrent_reads_fetch_once(tmp_path):
     cache = BlobCache(str(tmp_path), 1000)
     fetch = Fetches(b"y" * 100, delay=0.3)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(read_all(cache, "k/one", fetch))) for _ in range(8)]
+    threads = [threading.Thread(target=lambda: results.append(read_all(cache, "k/one", fetch))) for _n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
