@@ -143,10 +143,66 @@ def cmd_push(args, out: Output) -> int:
     return 0
 
 
+class _EofCommit:
+    """A cache reader that keeps what it read once it reached the end (the engine verifies each read)."""
+
+    def __init__(self, reader):
+        self._reader = reader
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._reader.read(size)
+        if not data or size is None or size < 0:
+            self._reader.commit()
+        return data
+
+    def close(self):
+        self._reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+
+class _SpooledRemote:
+    """The remote, with layers kept in a spool directory for one `pull` into several daemons:
+    each layer is downloaded once, and every daemon's load still decodes and verifies it."""
+
+    def __init__(self, remote, spool_dir: str):
+        from ._blob_cache import BlobCache
+        self._remote = remote
+        self._cache = BlobCache(spool_dir, 1 << 62)
+
+    def open(self, key, size=None):
+        return _EofCommit(self._cache.open(key, lambda: self._remote.open(key, size)))
+
+    def local_path(self, key):
+        return None
+
+    def __getattr__(self, name):
+        return getattr(self._remote, name)
+
+
 def cmd_pull(args, out: Output) -> int:
-    from ._engine import execute_pull, human_size, plan_pull
     repo = repository_from_args(args)
-    for daemon in _daemons(args):
+    daemons = _daemons(args)
+    if len(daemons) > 1 and repo.remote.local_path("dogestry.json") is None:
+        import shutil
+        import tempfile
+        spool = tempfile.mkdtemp(prefix="dogestry-pull-")
+        try:
+            repo.remote = _SpooledRemote(repo.remote, spool)
+            return _pull_into(repo, daemons, args, out)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+    return _pull_into(repo, daemons, args, out)
+
+
+def _pull_into(repo, daemons, args, out: Output) -> int:
+    from ._engine import execute_pull, human_size, plan_pull
+    for daemon in daemons:
         plan = plan_pull(daemon, repo, args.image)
 
         def progress(layer, host=daemon.host):

@@ -349,3 +349,34 @@ def test_cli_push_pull_into_two_daemons_tags_prune(tmp_path, docker_host, docker
     assert os.path.exists(os.path.join(remote, dry["deleted"]["blobs"][0]))
     done = json.loads(dogestry("prune", remote, "--json", "--grace-period", "0").stdout)
     assert done["count"] == 6 and not os.path.exists(os.path.join(remote, dry["deleted"]["blobs"][0]))
+
+
+def test_cli_pull_into_two_daemons_downloads_each_layer_once(tmp_path, docker_host, docker26_host, build_image,
+                                                             name):
+    """Over a remote that must be downloaded (a static web server), `pull --docker-host A --docker-host B`
+    fetches every layer once and loads it into both."""
+    remote = str(tmp_path / "remote")
+    image_id = pushed_image(docker_host, build_image, remote, name)
+    port = free_port()
+    log_path = str(tmp_path / "http.log")
+    with open(log_path, "wb") as log:
+        web = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", remote,
+                                str(port)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        url = "http://127.0.0.1:%d/" % port
+        deadline = time.time() + 30
+        while "Serving HTTP" not in open(log_path).read() and time.time() < deadline:
+            time.sleep(0.1)
+        proc = dogestry("pull", url, name + ":1", "--json", "--docker-host", docker_host,
+                        "--docker-host", docker26_host)
+        results = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [(r["image_id"], len(r["layers_transferred"])) for r in results] == [(image_id, 3)] * 2
+        for host in (docker_host, docker26_host):
+            assert docker(host, "run", "--rm", "--network", "none", name + ":1").stdout == name
+    finally:
+        web.terminate()
+        web.wait(10)
+        docker(docker26_host, "rmi", "-f", name + ":1", check=False)
+    with open(log_path) as f:
+        gets = [line.split('"GET ')[1].split()[0] for line in f if '"GET /blobs/' in line and ".lz4" in line]
+    assert len(gets) == 3 and len(set(gets)) == 3, gets
