@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything dogestry's demo and tests need, idempotently, by package name only:
 #   - Debian packages: docker.io (dockerd 20.10, containerd, runc), busybox-static (the demo and
-#     test images' only binary), git, rsync, iproute2 (skipped when all are installed already);
-#   - a virtualenv at .venv with requirements.txt + tests/requirements.txt (skipped when unchanged);
-#   - Docker 26 (trixie) and 28 with containerd 2.1 (sid) unpacked into a cache dir (scripts/fetch-docker.sh 26 and 28; tests start them);
+#     test images' only binary), git, rsync, iproute2, skopeo (a registry client the accelerator's
+#     tests pull with) (skipped when all are installed already);
+#   - a virtualenv at .venv with requirements.txt + tests/requirements.txt (skipped when unchanged),
+#     and this checkout installed editable into it (.venv/bin/dogestry, from pyproject.toml);
+#   - community.docker and ansible.posix for molecule, from the ansible wheel, into .venv/collections;
+#   - Docker 26 (trixie) and 28 with containerd 2.1 (sid) unpacked into a cache dir
+#     (scripts/fetch-docker.sh 26 and 28; tests start them);
 #   - a running dockerd (started in the background when none answers; log in /var/log or /tmp).
 # Re-running it when everything is in place takes about a second.
 #
@@ -25,7 +29,7 @@ as_root() {
 }
 
 # --- Debian packages -----------------------------------------------------------------------------
-packages=(docker.io busybox-static git rsync iproute2 util-linux ca-certificates shellcheck)
+packages=(docker.io busybox-static git rsync iproute2 util-linux ca-certificates shellcheck skopeo)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for p in "${packages[@]}"; do
@@ -50,6 +54,14 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp_file" 2>/dev/null)" != "$stam
       && "$VENV/bin/python" -m pip install --disable-pip-version-check -r "${reqs[0]}" -r "${reqs[1]}"; } \
         >"$piplog" 2>&1 || { tail -n 30 "$piplog" >&2; die "pip install failed (log: $piplog)"; }
     echo "$stamp_want" > "$stamp_file"
+fi
+
+# --- the `dogestry` command (pyproject.toml): .venv/bin/dogestry runs this checkout's engine ---------
+if [ "$("$VENV/bin/python" -c 'import dogestry._cli as c; print(c.__file__)' 2>/dev/null)" \
+     != "$ROOT/plugins/module_utils/_cli.py" ]; then
+    say "pip install -e $ROOT (the dogestry command)"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-deps -e "$ROOT" >"$VENV/pip-install-cli.log" 2>&1 \
+        || { tail -n 30 "$VENV/pip-install-cli.log" >&2; die "pip install -e failed (log: $VENV/pip-install-cli.log)"; }
 fi
 
 # --- collections molecule's docker driver needs (community.docker, ansible.posix) -------------------

@@ -1,0 +1,302 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
+#
+# PRIVATE to the collection: this file may change without notice.
+"""The `dogestry` command: push, pull, tags, prune and serve on the same engine as the modules.
+
+Installed as the `dogestry` console script by the top-level pyproject.toml (package `dogestry`
+is this directory). Output: one human line per result, `--json` for scripts; exit status 1 with
+a one-line error on failure (2 for usage errors, from argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Dict, List, Optional
+
+from ._errors import DogestryError
+from ._repository import Repository
+
+from ._remote import LocalRemote
+from ._remotes import remote_from_url
+
+S3_FLAGS = ("access_key", "secret_key", "session_token", "profile", "region", "endpoint_url")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> int:
+    match = re.match(r"^\s*(\d+)\s*([smhd]?)\s*$", str(text))
+    if not match:
+        raise argparse.ArgumentTypeError("%r is not a duration like 3600, 90m, 24h or 7d" % text)
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _size(text: str) -> int:
+    match = re.match(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", str(text), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError("%r is not a size like 500M or 20G" % text)
+    return int(match.group(1)) << (10 * " KMGT".index(match.group(2).upper() or " "))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("%r is not a positive number" % text)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print results as JSON (for scripts)")
+    common.add_argument("--jobs", type=_positive, default=4, help="parallel transfers (default 4)")
+    s3 = common.add_argument_group("S3 remotes (default: boto3's chain: AWS_* variables, ~/.aws, instance role)")
+    s3.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
+    s3.add_argument("--region", default=None)
+    s3.add_argument("--profile", default=None)
+    s3.add_argument("--no-verify-certs", dest="validate_certs", action="store_false")
+    s3.add_argument("--ca-bundle", default=os.environ.get("AWS_CA_BUNDLE"))
+
+    docker = argparse.ArgumentParser(add_help=False)
+    docker.add_argument("--docker-host", action="append", default=None,
+                        help="Docker daemon (default $DOCKER_HOST or the local socket); pull: repeatable")
+    docker.add_argument("--timeout", type=_positive, default=300)
+
+    parser = argparse.ArgumentParser(prog="dogestry", description="Docker images through a plain object store.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    push = commands.add_parser("push", parents=[common, docker], help="push images from Docker to REMOTE")
+    push.add_argument("remote")
+    push.add_argument("images", nargs="+", metavar="IMAGE")
+    push.add_argument("--compression", choices=["lz4", "none"], default="lz4")
+    pull = commands.add_parser("pull", parents=[common, docker], help="pull an image from REMOTE into Docker")
+    pull.add_argument("remote")
+    pull.add_argument("image", metavar="IMAGE")
+    tags = commands.add_parser("tags", parents=[common], help="list the tags on REMOTE")
+    tags.add_argument("remote")
+    tags.add_argument("pattern", nargs="?", default="*", help="NAME[:TAG] shell pattern (default *)")
+    prune = commands.add_parser("prune", parents=[common], help="delete unreferenced objects from REMOTE")
+    prune.add_argument("remote")
+    prune.add_argument("--grace-period", type=_duration, default=7 * 86400, help="default 7d")
+    prune.add_argument("--dry-run", action="store_true")
+    verify = commands.add_parser("verify", parents=[common],
+                                 help="read REMOTE's objects and report what is missing or corrupt (exit 1 if any)")
+    verify.add_argument("remote")
+    verify.add_argument("--sample", type=int, metavar="N", help="read only N random layers in full (default: all)")
+    verify.add_argument("--repair", action="store_true", help="move damaged objects to quarantine/ on the remote")
+    serve = commands.add_parser("serve", parents=[common], help="serve REMOTE as a read-only registry")
+    serve.add_argument("remote")
+    serve.add_argument("--listen", default="127.0.0.1:22375", help="HOST:PORT (default 127.0.0.1:22375)")
+    serve.add_argument("--threads", type=_positive, default=16)
+    serve.add_argument("--cache-dir", help="keep fetched blobs here (default: no cache)")
+    serve.add_argument("--cache-size", type=_size, default=10 << 30, help="cache bound, e.g. 500M, 20G (default 10G)")
+    return parser
+
+
+def repository_from_args(args) -> Repository:
+    options = {name: getattr(args, name, None) for name in S3_FLAGS}
+    options.update(jobs=args.jobs, validate_certs=args.validate_certs, ca_bundle=args.ca_bundle)
+    return Repository(remote_from_url(args.remote, **options))
+
+
+class Output:
+    def __init__(self, as_json: bool, stream=None):
+        self.as_json = as_json
+        self.stream = stream or sys.stdout
+        self.progress = not as_json and sys.stderr.isatty()
+
+    def result(self, doc: Dict, line: str) -> None:
+        self.stream.write((json.dumps(doc, sort_keys=True) if self.as_json else line) + "\n")
+        self.stream.flush()
+
+    def step(self, text: str) -> None:
+        if self.progress:
+            sys.stderr.write("\r\033[K" + text)
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.progress:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _daemons(args) -> List:
+    from ._docker import Daemon
+    hosts = args.docker_host or [None]
+    return [Daemon(host, args.timeout) for host in hosts]
+
+
+def cmd_push(args, out: Output) -> int:
+    from ._engine import execute_push, human_size, plan_pushes
+    repo = repository_from_args(args)
+    daemon = _daemons(args)[0]
+    for plan in plan_pushes(daemon, repo, args.images):
+        out.step("pushing %s" % plan.ref)
+        result = execute_push(daemon, repo, plan, args.compression, args.jobs)
+        out.done()
+        line = result.get("reason") or "%s: already on %s" % (plan.ref, repo.url)
+        if result.get("bytes_transferred") is not None:
+            line += " (%s uploaded)" % human_size(result["bytes_transferred"])
+        out.result(dict(result, image=str(plan.ref)), line)
+    return 0
+
+
+class _EofCommit:
+    """A cache reader that keeps what it read once it reached the end (the engine verifies each read)."""
+
+    def __init__(self, reader):
+        self._reader = reader
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._reader.read(size)
+        if not data or size is None or size < 0:
+            self._reader.commit()
+        return data
+
+    def close(self):
+        self._reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+
+class _SpooledRemote:
+    """The remote, with layers kept in a spool directory for one `pull` into several daemons:
+    each layer is downloaded once, and every daemon's load still decodes and verifies it."""
+
+    def __init__(self, remote, spool_dir: str):
+        from ._blob_cache import BlobCache
+        self._remote = remote
+        self._cache = BlobCache(spool_dir, 1 << 62)
+
+    def open(self, key, size=None):
+        return _EofCommit(self._cache.open(key, lambda: self._remote.open(key, size)))
+
+    def __getattr__(self, name):
+        return getattr(self._remote, name)
+
+
+def cmd_pull(args, out: Output) -> int:
+    repo = repository_from_args(args)
+    daemons = _daemons(args)
+    if len(daemons) > 1 and not isinstance(repo.remote, LocalRemote):   # a directory is read in place
+        import shutil
+        import tempfile
+        spool = tempfile.mkdtemp(prefix="dogestry-pull-")
+        try:
+            repo.remote = _SpooledRemote(repo.remote, spool)
+            return _pull_into(repo, daemons, args, out)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+    return _pull_into(repo, daemons, args, out)
+
+
+def _pull_into(repo, daemons, args, out: Output) -> int:
+    from ._engine import execute_pull, human_size, plan_pull
+    for daemon in daemons:
+        plan = plan_pull(daemon, repo, args.image)
+
+        def progress(layer, host=daemon.host):
+            out.step("%s: layer %s loaded" % (host, layer.oid[:12]))
+        result = execute_pull(daemon, repo, plan, progress)
+        out.done()
+        if result.get("reason"):
+            line = "%s on %s: %s (%s downloaded)" % (plan.ref or args.image, daemon.host, result["reason"],
+                                                     human_size(result.get("bytes_transferred") or 0))
+        else:
+            line = "%s on %s: up to date" % (plan.ref or args.image, daemon.host)
+        out.result(dict(result, docker_host=daemon.host), line)
+    return 0
+
+
+def cmd_tags(args, out: Output) -> int:
+    from ._engine import describe_tags
+    repo = repository_from_args(args)
+    repo.check()
+    name, _sep, tag = args.pattern.rpartition(":") if ":" in args.pattern.rsplit("/", 1)[-1] else (args.pattern, "", "*")
+    described, broken = describe_tags(repo, repo.list_tags(name or "*", tag or "*"))
+    for ref, why in sorted(broken.items()):
+        sys.stderr.write("dogestry: warning: tag %s is broken: %s\n" % (ref, why))
+    if out.as_json:
+        out.result({"tags": described, "broken": broken}, "")
+    else:
+        for ref, info in described.items():
+            out.result({}, "%-40s %s %2d layer(s)" % (ref, info["image_id"][:19], info["layers"]))
+    return 0
+
+
+def cmd_verify(args, out: Output) -> int:
+    from ._verify import verify
+    if args.sample is not None and args.sample < 0:
+        raise DogestryError("--sample must be 0 or more, got %d" % args.sample)
+    report = verify(repository_from_args(args), args.sample, repair=args.repair, jobs=args.jobs)
+    out.result(report.result(), report.summary())
+    return 1 if report.unrepaired else 0
+
+
+def cmd_prune(args, out: Output) -> int:
+    from ._prune import execute_prune, plan_prune
+    repo = repository_from_args(args)
+    plan = plan_prune(repo, args.grace_period)
+    result = plan.result() if args.dry_run else execute_prune(repo, plan, args.jobs)
+    verb = "would delete" if args.dry_run else "deleted"
+    out.result(result, "%s %d object(s) from %s" % (verb, plan.count, repo.url))
+    return 0
+
+
+def cmd_serve(args, out: Output) -> int:
+    from ._registry_api import RegistryApi
+    from ._server import configure_logging, serve
+    configure_logging()
+    repo = repository_from_args(args)
+    repo.check()    # a wrong path or bucket fails now, with its one-line error
+
+    def ready(host, port):
+        out.result({"listening": "%s:%d" % (host, port), "remote": repo.url},
+                   "dogestry: serving %s on http://%s:%d/v2/" % (repo.url, host, port))
+    from ._metrics import Metrics
+    metrics = Metrics()
+    cache = None
+    if args.cache_dir:
+        from ._blob_cache import BlobCache
+        try:
+            cache = BlobCache(args.cache_dir, args.cache_size, metrics.cache_hit, metrics.cache_miss)
+        except OSError as exc:
+            raise DogestryError("--cache-dir %s: %s" % (args.cache_dir, exc.strerror or exc))
+    serve(RegistryApi(repo, cache, metrics), args.listen, args.threads, ready)
+    return 0
+
+
+COMMANDS = {"push": cmd_push, "pull": cmd_pull, "tags": cmd_tags, "prune": cmd_prune, "verify": cmd_verify,
+            "serve": cmd_serve}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Output(args.json)
+    try:
+        return COMMANDS[args.command](args, out)
+    except DogestryError as exc:
+        out.done()
+        sys.stderr.write("dogestry: error: %s\n" % str(exc).replace("\n", " "))
+        return 1
+    except KeyboardInterrupt:
+        out.done()
+        sys.stderr.write("dogestry: interrupted\n")
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())

@@ -1,0 +1,424 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
+#
+# PRIVATE to the collection: this file may change without notice.
+"""The read side of the OCI distribution API over a dogestry remote: request in, Response out.
+
+No HTTP server here (_server.py is the glue), so every rule is testable without sockets.
+An image is shown as `Manifest.oci_bytes()`; layers are served uncompressed (digest = diff_id),
+decoded from their stored encoding while streaming and verified: the last chunk of a body is
+held back until the whole blob has been verified, so a corrupt blob is never received whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple, Union
+from urllib.parse import quote
+
+from ._docker_archive import LoadLayer, verified_chunks
+from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteError, RemoteNotFoundError
+from ._format import (
+    OCI_MANIFEST_MEDIA_TYPE, VERSION_KEY, ImageRef, Manifest, blob_key, check_version_document, sha256_hex,
+)
+from ._metrics import Metrics
+from ._repository import Repository
+
+# distribution's reference grammar for repository paths (no domain: that is the host we are)
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_ROUTE = re.compile(r"^/v2/(?P<name>%s(?:/%s)*)/(?P<kind>manifests|blobs|tags)/(?P<ref>[^/]+)$"
+                    % (_COMPONENT, _COMPONENT))
+_LOOSE_ROUTE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs|tags)/(?P<ref>[^/]*)$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_SHA256 = re.compile(r"^sha256:([0-9a-f]{64})$")
+_NS = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
+MAX_PAGE = 10000
+PIECE = 256 << 10           # bytes per write to a client
+INDEX_REFRESH_SECONDS = 5.0     # a digest miss re-reads the tags at most this often
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        Exception.__init__(self, message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Response:
+    status: int
+    headers: List[Tuple[str, str]] = field(default_factory=list)
+    body: Union[bytes, Iterator[bytes]] = b""
+    length: int = 0     # bytes the body holds (for logs and metrics)
+
+
+def error_response(exc: ApiError, head: bool = False) -> Response:
+    body = json.dumps({"errors": [{"code": exc.code, "message": exc.message, "detail": None}]}).encode()
+    return Response(exc.status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+                    b"" if head else body, 0 if head else len(body))
+
+
+def parse_range(header: Optional[str], size: int) -> Optional[Tuple[int, int]]:
+    """'bytes=a-b' -> (start, end inclusive) within size; None without a header; ApiError 416 if unsatisfiable."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    bad = ApiError(416, "BLOB_UNKNOWN", "range %r not satisfiable for %d bytes" % (header[:100], size))
+    if not match or (not match.group(1) and not match.group(2)):
+        raise bad
+    first, last = match.group(1), match.group(2)
+    if not first:                       # suffix range: the last N bytes
+        count = int(last)
+        if count == 0 or size == 0:
+            raise bad
+        return max(0, size - count), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        raise bad
+    return start, end
+
+
+def candidate_names(name: str, ns: Optional[str]) -> List[str]:
+    """Stored names a request path may mean: mirrors of Docker Hub ask for library/x, meaning x;
+    containerd mirrors (hosts.toml) add ?ns=<registry> for other registries."""
+    names = []
+    if ns and ns not in DOCKER_HUB:
+        names.append("%s/%s" % (ns, name))
+    names.append(name)
+    if name.startswith("library/") and (not ns or ns in DOCKER_HUB):
+        names.append(name[len("library/"):])
+    return names
+
+
+def accepts_oci(accept: List[str]) -> bool:
+    if not accept:
+        return True
+    types = {part.split(";")[0].strip() for value in accept for part in value.split(",")}
+    return bool(types & {OCI_MANIFEST_MEDIA_TYPE, "*/*", "application/*"})
+
+
+def _held_back(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Yield every chunk but the last until the source has finished without raising."""
+    pending = None
+    for chunk in chunks:
+        if pending is not None:
+            yield pending
+        pending = chunk
+    if pending is not None:
+        yield pending
+
+
+def _pieces(chunks: Iterator[bytes], size: int = PIECE) -> Iterator[bytes]:
+    """Split decoded blocks (lz4 blocks are up to 4 MiB) so a thread holds back little."""
+    for chunk in chunks:
+        if len(chunk) <= size:
+            yield chunk
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(chunk), size):
+            yield bytes(view[start:start + size])
+
+
+def _then(chunks: Iterator[bytes], action) -> Iterator[bytes]:
+    yield from chunks
+    action()
+
+
+def _sliced(chunks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
+    """Bytes start..end (inclusive) of a stream; the stream is still read to its end (verification)."""
+    offset = 0
+    for chunk in chunks:
+        lo, hi = max(start - offset, 0), min(end + 1 - offset, len(chunk))
+        if lo < hi:
+            yield chunk[lo:hi]
+        offset += len(chunk)
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    oid: str
+    size: int
+    encoding: Optional[str]     # None: the image config (stored raw, read whole)
+    manifest: Manifest
+
+
+class RegistryApi:
+    """GET/HEAD of /v2/... over one Repository. Thread-safe: one instance serves every request."""
+
+    MAX_CONFIGS = 1000      # verified image configs kept in memory (kilobytes each)
+
+    def __init__(self, repo: Repository, cache=None, metrics: Optional[Metrics] = None):
+        """`cache`: a _blob_cache.BlobCache for stored layers (None: every read goes to the remote)."""
+        self.repo = repo
+        self.cache = cache
+        self.metrics = metrics or Metrics()
+        self._configs: Dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._manifests: Dict[str, Manifest] = {}       # dogestry manifest oid -> manifest (immutable)
+        self._by_digest: Dict[str, str] = {}            # OCI manifest hex -> dogestry manifest oid
+        self._blobs: Dict[str, BlobInfo] = {}           # blob hex -> what serves it
+        self._refreshed = 0.0
+
+    # -- knowledge of the remote ----------------------------------------------------------
+
+    def _learn(self, manifest_oid: str) -> Tuple[Manifest, bytes, str]:
+        with self._lock:
+            manifest = self._manifests.get(manifest_oid)
+        if manifest is None:
+            manifest = self.repo.read_manifest(manifest_oid)   # verified against its address
+        body = manifest.oci_bytes()
+        digest = sha256_hex(body)
+        with self._lock:
+            self._manifests[manifest_oid] = manifest
+            self._by_digest[digest] = manifest_oid
+            self._blobs.setdefault(manifest.config_oid, BlobInfo(manifest.config_oid, manifest.config_size,
+                                                                 None, manifest))
+            for layer in manifest.layers:
+                self._blobs.setdefault(layer.oid, BlobInfo(layer.oid, layer.size, layer.encoding, manifest))
+        return manifest, body, digest
+
+    def _refresh(self, clock) -> None:
+        """Learn every tagged manifest (digest lookups after a restart, blobs of unseen images).
+
+        The format keeps no map from OCI digest to manifest, so this reads every tag; manifests
+        are immutable, so only new ones are read, and misses re-read the tags at most every
+        INDEX_REFRESH_SECONDS."""
+        now = clock()
+        with self._lock:
+            if now - self._refreshed < INDEX_REFRESH_SECONDS:
+                return
+            self._refreshed = now
+        self.repo.check()
+        for oid in sorted(set(self.repo.list_tags().values())):
+            try:
+                self._learn(oid)
+            except (RemoteNotFoundError, FormatError, BlobCorruptError):
+                continue    # a dangling or broken tag must not hide the others
+
+    def _resolve_tag(self, names: List[str], tag: str) -> Tuple[str, str]:
+        self.repo.check()
+        for name in names:
+            oid = self.repo.read_tag(ImageRef(name, tag))
+            if oid is not None:
+                return name, oid
+        if not any(self._name_exists(name) for name in names):
+            raise ApiError(404, "NAME_UNKNOWN", "repository %s is not on this remote" % names[-1])
+        raise ApiError(404, "MANIFEST_UNKNOWN", "%s:%s is not on this remote" % (names[-1], tag))
+
+    def _name_exists(self, name: str) -> bool:
+        return bool(self.repo.list_tags(name))
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: Dict[str, str], headers: Dict[str, List[str]],
+               clock=None) -> Response:
+        """`headers` keys are lower-case; `query` holds the first value of each parameter."""
+        import time
+        clock = clock or time.monotonic
+        head = method == "HEAD"
+        try:
+            if method not in ("GET", "HEAD"):
+                raise ApiError(405, "UNSUPPORTED", "%s is not supported: this registry is read-only" % method)
+            if path in ("/v2", "/v2/"):
+                return self._json({}, head)
+            if path == "/healthz":
+                return self._health(head)
+            if path == "/metrics":
+                status, body, content_type = self.metrics.render()
+                return Response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+                                b"" if head else body, 0 if head else len(body))
+            if path == "/v2/_catalog":
+                return self._catalog(query, head)
+            match = _ROUTE.match(path)
+            if not match:
+                if _LOOSE_ROUTE.match(path):
+                    raise ApiError(400, "NAME_INVALID", "invalid repository name in %r" % path[:200])
+                raise ApiError(404, "NOT_FOUND", "no such endpoint: %s" % path[:200])
+            names = candidate_names(match.group("name"), self._ns(query))
+            kind, ref = match.group("kind"), match.group("ref")
+            if kind == "tags":
+                if ref != "list":
+                    raise ApiError(404, "NOT_FOUND", "no such endpoint: %s" % path[:200])
+                return self._tags(names, query, head)
+            if kind == "manifests":
+                return self._manifest(names, ref, headers.get("accept", []), head, clock)
+            return self._blob(ref, headers.get("range", [None])[0], head, clock)
+        except ApiError as exc:
+            return error_response(exc, head)
+        except BlobCorruptError as exc:
+            self.metrics.remote_error()
+            return error_response(ApiError(500, "UNKNOWN", str(exc)), head)
+        except DogestryError as exc:
+            self.metrics.remote_error()
+            # The remote is unreachable or refused: say so, and let the client retry.
+            return error_response(ApiError(503, "UNAVAILABLE", str(exc)), head)
+
+    @staticmethod
+    def _ns(query: Dict[str, str]) -> Optional[str]:
+        ns = query.get("ns")
+        if ns is None:
+            return None
+        if not _NS.match(ns) or len(ns) > 255:
+            raise ApiError(400, "NAME_INVALID", "invalid ns parameter %r" % ns[:100])
+        return ns
+
+    @staticmethod
+    def _json(doc, head: bool, status: int = 200, extra=()) -> Response:
+        body = json.dumps(doc).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                   ("Docker-Distribution-API-Version", "registry/2.0")] + list(extra)
+        return Response(status, headers, b"" if head else body, 0 if head else len(body))
+
+    def _health(self, head: bool) -> Response:
+        check_version_document(self.repo.remote.get(VERSION_KEY), self.repo.url)
+        return self._json({"status": "ok", "remote": self.repo.url}, head)
+
+    @staticmethod
+    def _page(items: List[str], query: Dict[str, str]) -> Tuple[List[str], bool]:
+        last = query.get("last")
+        if last:
+            items = [item for item in items if item > last]
+        n = query.get("n")
+        if n is None or n == "":
+            return items, False
+        if not n.isdigit():
+            raise ApiError(400, "PAGINATION_NUMBER_INVALID", "n must be a number, got %r" % n[:50])
+        count = min(int(n), MAX_PAGE)
+        return items[:count], len(items) > count
+
+    def _tags(self, names: List[str], query: Dict[str, str], head: bool) -> Response:
+        self.repo.check()
+        for name in names:
+            tags = sorted(ref.tag for ref in self.repo.list_tags(name))
+            if tags:
+                page, more = self._page(tags, query)
+                extra = []
+                if more and page:
+                    extra.append(("Link", '</v2/%s/tags/list?n=%s&last=%s>; rel="next"'
+                                  % (name, query["n"], quote(page[-1]))))
+                return self._json({"name": name, "tags": page}, head, extra=extra)
+        raise ApiError(404, "NAME_UNKNOWN", "repository %s is not on this remote" % names[-1])
+
+    def _catalog(self, query: Dict[str, str], head: bool) -> Response:
+        self.repo.check()
+        names = sorted({ref.name for ref in self.repo.list_tags()})
+        page, more = self._page(names, query)
+        extra = []
+        if more and page:
+            extra.append(("Link", '</v2/_catalog?n=%s&last=%s>; rel="next"' % (query["n"], quote(page[-1]))))
+        return self._json({"repositories": page}, head, extra=extra)
+
+    def _manifest(self, names: List[str], ref: str, accept: List[str], head: bool, clock) -> Response:
+        if ":" in ref:
+            hexdigest = self._digest(ref)
+            with self._lock:
+                oid = self._by_digest.get(hexdigest)
+            if oid is None:
+                self._refresh(clock)
+                with self._lock:
+                    oid = self._by_digest.get(hexdigest)
+            if oid is None:
+                raise ApiError(404, "MANIFEST_UNKNOWN", "manifest %s is not on this remote" % ref)
+        else:
+            if not _TAG.match(ref):
+                raise ApiError(400, "MANIFEST_INVALID", "invalid tag %r" % ref[:130])
+            _name, oid = self._resolve_tag(names, ref)
+        _manifest, body, digest = self._learn(oid)
+        if not accepts_oci(accept):
+            raise ApiError(404, "MANIFEST_UNKNOWN",
+                           "the image is served only as %s, which the Accept header leaves out" % OCI_MANIFEST_MEDIA_TYPE)
+        headers = [("Content-Type", OCI_MANIFEST_MEDIA_TYPE), ("Content-Length", str(len(body))),
+                   ("Docker-Content-Digest", "sha256:" + digest), ("ETag", '"sha256:%s"' % digest),
+                   ("Docker-Distribution-API-Version", "registry/2.0")]
+        return Response(200, headers, b"" if head else body, 0 if head else len(body))
+
+    @staticmethod
+    def _digest(text: str) -> str:
+        match = _SHA256.match(text)
+        if not match:
+            if _DIGEST.match(text) and not text.startswith("sha256:"):
+                raise ApiError(400, "DIGEST_INVALID", "unsupported digest algorithm in %r: only sha256" % text[:80])
+            raise ApiError(400, "DIGEST_INVALID", "invalid digest %r" % text[:80])
+        return match.group(1)
+
+    def _blob(self, ref: str, range_header: Optional[str], head: bool, clock) -> Response:
+        hexdigest = self._digest(ref)
+        with self._lock:
+            info = self._blobs.get(hexdigest)
+        if info is None:
+            self._refresh(clock)
+            with self._lock:
+                info = self._blobs.get(hexdigest)
+        if info is None:
+            raise ApiError(404, "BLOB_UNKNOWN", "blob %s is not in any image on this remote" % ref)
+        span = parse_range(range_header, info.size)
+        start, end = span if span else (0, info.size - 1)
+        length = end - start + 1 if info.size else 0
+        headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(length)),
+                   ("Docker-Content-Digest", "sha256:" + info.oid), ("Accept-Ranges", "bytes"),
+                   ("ETag", '"sha256:%s"' % info.oid), ("Docker-Distribution-API-Version", "registry/2.0")]
+        status = 200
+        if span:
+            status = 206
+            headers.append(("Content-Range", "bytes %d-%d/%d" % (start, end, info.size)))
+        if head:
+            return Response(status, headers, b"", 0)
+        if info.encoding is None:
+            config = self._config(info.manifest)
+            body = config[start:end + 1] if span else config
+            return Response(status, headers, body, len(body))
+        key = blob_key(info.oid, info.encoding)
+
+        def fetch():
+            return self.repo.remote.open(key, size=self._stored_size(info))
+        try:
+            stored = self.cache.open(key, fetch) if self.cache is not None else fetch()
+        except RemoteNotFoundError:
+            raise ApiError(404, "BLOB_UNKNOWN", "blob %s is missing from the remote" % ref)
+        return Response(status, headers, self._layer_body(stored, info, start, end, span is not None), length)
+
+    @staticmethod
+    def _stored_size(info: BlobInfo) -> Optional[int]:
+        for layer in info.manifest.layers:
+            if layer.oid == info.oid and layer.encoding == info.encoding:
+                return layer.stored_size or None
+        return None
+
+    def _layer_body(self, stored, info: BlobInfo, start: int, end: int, ranged: bool) -> Iterator[bytes]:
+        layer = LoadLayer(info.oid, info.size, info.encoding, None,
+                          "layer sha256:%s on %s" % (info.oid, self.repo.url))
+        commit = getattr(stored, "commit", lambda: None)
+        try:
+            # commit (into the cache) runs once every byte was verified, before the last piece is sent
+            chunks = _then(_pieces(verified_chunks(stored, layer)), commit)
+            if ranged:
+                chunks = _sliced(chunks, start, end)
+            yield from _held_back(chunks)
+        except BlobCorruptError:
+            self.metrics.remote_error()
+            if hasattr(stored, "discard"):
+                stored.discard()        # a cache entry that went bad: the next request refetches
+            raise
+        except RemoteError:
+            self.metrics.remote_error()
+            raise
+        finally:
+            stored.close()
+
+    def _config(self, manifest: Manifest) -> bytes:
+        with self._lock:
+            config = self._configs.get(manifest.config_oid)
+        if config is None:
+            config = self.repo.read_config(manifest)       # verified before a byte is sent
+            with self._lock:
+                if len(self._configs) >= self.MAX_CONFIGS:
+                    self._configs.pop(next(iter(self._configs)))
+                self._configs[manifest.config_oid] = config
+        return config

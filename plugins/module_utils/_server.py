@@ -1,0 +1,162 @@
+# Copyright (c) dogestry developers
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
+#
+# PRIVATE to the collection: this file may change without notice.
+"""`dogestry serve`: the registry API (_registry_api) behind cheroot, a threaded WSGI server.
+
+cheroot (CherryPy's server) was chosen by measurement (benchmarks/serve_bench.py): the engine
+and its remotes are blocking code, so a threaded server streams them without an executor hop,
+keeps memory at one chunk per busy thread, and closes the connection when a body fails
+mid-stream, which is how a blob that fails verification is refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import sys
+import time
+import traceback
+from typing import Dict, List, Tuple
+from urllib.parse import parse_qs
+
+try:
+    from cheroot import wsgi as cheroot_wsgi
+    HAS_CHEROOT = True
+    CHEROOT_IMPORT_ERROR = None
+except ImportError:
+    HAS_CHEROOT = False
+    CHEROOT_IMPORT_ERROR = traceback.format_exc()
+
+from ._errors import DogestryError
+from ._registry_api import RegistryApi, Response
+
+DEFAULT_LISTEN = "127.0.0.1:22375"
+LOG = logging.getLogger("dogestry.serve")
+_REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 416: "Range Not Satisfiable", 500: "Internal Server Error",
+            503: "Service Unavailable"}
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """'127.0.0.1:22375', '[::1]:22375', ':22375' (loopback) -> (host, port)."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DogestryError("--listen %r: write it as HOST:PORT, e.g. 127.0.0.1:22375" % text)
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Body:
+    """The response iterable: logs one line when the server is done with it (sent or aborted)."""
+
+    def __init__(self, response: Response, log_line):
+        self._body = [response.body] if isinstance(response.body, bytes) else response.body
+        self._log_line = log_line
+        self.sent = 0
+        self.failed = None
+
+    def __iter__(self):
+        try:
+            for chunk in self._body:
+                self.sent += len(chunk)
+                yield chunk
+        except Exception as exc:
+            self.failed = exc
+            raise   # the server drops the connection: the client sees a short body and fails
+
+    def close(self):
+        close = getattr(self._body, "close", None)
+        if close:
+            close()
+        self._log_line(self)
+
+
+class WsgiApp:
+    def __init__(self, api: RegistryApi):
+        self.api = api
+
+    def __call__(self, environ, start_response):
+        started = time.monotonic()
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        query = {key: values[0] for key, values in
+                 parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).items()}
+        headers: Dict[str, List[str]] = {}
+        if "HTTP_ACCEPT" in environ:
+            headers["accept"] = [environ["HTTP_ACCEPT"]]
+        if "HTTP_RANGE" in environ:
+            headers["range"] = [environ["HTTP_RANGE"]]
+        try:
+            response = self.api.handle(method, path, query, headers)
+        except Exception:  # a bug, not a remote failure: answer 500 and keep serving
+            LOG.error("internal error on %s %s: %s", method, path, traceback.format_exc())
+            body = b'{"errors":[{"code":"UNKNOWN","message":"internal error"}]}'
+            response = Response(500, [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body)))], body, len(body))
+        client = environ.get("REMOTE_ADDR", "-")
+        target = path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")
+
+        def log_line(body):
+            self.api.metrics.request(method, response.status, body.sent)
+            outcome = "aborted: %s" % body.failed if body.failed else "ok"
+            LOG.info('%s "%s %s" %d %d %.3fs %s', client, method, target[:300], response.status, body.sent,
+                     time.monotonic() - started, outcome)
+
+        start_response("%d %s" % (response.status, _REASONS.get(response.status, "")), response.headers)
+        return _Body(response, log_line)
+
+
+def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, ready=None) -> None:
+    """Serve until SIGTERM/SIGINT. `ready(host, port)` is called once the socket is bound."""
+    if not HAS_CHEROOT:
+        raise DogestryError("the Python package 'cheroot' is required for dogestry serve: pip install cheroot")
+    host, port = parse_listen(listen)
+    if not is_loopback(host):
+        raise DogestryError("--listen %s is not a loopback address: serving other hosts needs TLS and "
+                            "credentials, which this version does not support yet" % listen)
+    server = cheroot_wsgi.Server((host, port), WsgiApp(api), numthreads=threads,
+                                 server_name="dogestry", timeout=30)
+    server.stats["Enabled"] = False
+
+    def stop(signum, _frame):
+        LOG.info("signal %d: shutting down", signum)
+        raise SystemExit(0)     # cheroot's safe_start stops the server on SystemExit
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.prepare()
+    except OSError as exc:
+        raise DogestryError("cannot listen on %s: %s" % (listen, exc.strerror or exc))
+    bound = server.bind_addr
+    LOG.info("serving %s on http://%s:%d/v2/", api.repo.url, bound[0], bound[1])
+    if ready:
+        ready(bound[0], bound[1])
+    try:
+        server.serve()
+    except SystemExit:
+        pass
+    finally:
+        server.stop()
+        LOG.info("stopped")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger("dogestry")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False

@@ -1,0 +1,77 @@
+"""The CLI's argument handling, and the layering rules of the second front end."""
+
+import ast
+import os
+
+import pytest
+
+from ansible_collections.dogestry.dogestry.plugins.module_utils import _cli
+from ansible_collections.dogestry.dogestry.plugins.module_utils._server import is_loopback, parse_listen
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
+
+MODULE_UTILS = os.path.dirname(os.path.abspath(_cli.__file__))
+FRONT_END = {"_cli", "_server", "_registry_api"}
+
+
+def _imports(path):
+    tree = ast.parse(open(path).read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names.add(("." * node.level) + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_engine_never_imports_the_front_end_and_the_front_end_never_imports_ansible():
+    for filename in sorted(os.listdir(MODULE_UTILS)):
+        if not filename.endswith(".py"):
+            continue
+        stem, imports = filename[:-3], _imports(os.path.join(MODULE_UTILS, filename))
+        if stem not in FRONT_END:
+            assert not {".%s" % f for f in FRONT_END} & imports, filename
+        else:
+            assert not [i for i in imports if i.startswith("ansible")], filename
+            assert all(i.startswith(".") or "." not in i or i.split(".")[0] in ("urllib", "cheroot")
+                       for i in imports), (filename, imports)     # relative: installable as package dogestry
+
+
+@pytest.mark.parametrize("argv,attr,value", [
+    (["pull", "/r", "app:1", "--docker-host", "unix:///a", "--docker-host", "tcp://b:2375"], "docker_host",
+     ["unix:///a", "tcp://b:2375"]),
+    (["prune", "/r", "--grace-period", "90m"], "grace_period", 5400),
+    (["tags", "s3://b/p", "app*:1*", "--endpoint-url", "http://x"], "endpoint_url", "http://x"),
+    (["serve", "/r"], "listen", "127.0.0.1:22375"),
+    (["push", "/r", "a:1", "b:2", "--json"], "images", ["a:1", "b:2"]),
+])
+def test_parser(argv, attr, value):
+    assert getattr(_cli.build_parser().parse_args(argv), attr) == value
+
+
+@pytest.mark.parametrize("argv", [["push", "/r"], ["pull", "/r", "a", "--jobs", "0"], ["prune", "/r", "--grace-period", "1y"],
+                                  ["frobnicate"]])
+def test_parser_rejects(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        _cli.build_parser().parse_args(argv)
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("127.0.0.1:22375", ("127.0.0.1", 22375)), (":5000", ("127.0.0.1", 5000)), ("[::1]:80", ("::1", 80)),
+])
+def test_parse_listen(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["22375", "host:0", "host:99999", "a:b"])
+def test_parse_listen_rejects(text):
+    with pytest.raises(DogestryError):
+        parse_listen(text)
+
+
+@pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True),
+                                           ("localhost", True), ("0.0.0.0", False), ("10.0.0.1", False),
+                                           ("example.com", False)])
+def test_is_loopback(host, loopback):
+    assert is_loopback(host) is loopback
