@@ -187,7 +187,7 @@ def test_tags_and_catalog_paginate(api):
 def test_corrupt_layer_never_yields_its_last_chunk(api):
     api, manifest, _c = api
     layer = manifest.layers[0]
-    path = api.repo.remote.local_path(blob_key(layer.oid, "lz4"))
+    path = api.repo.remote._path(blob_key(layer.oid, "lz4"))
     data = bytearray(open(path, "rb").read())
     data[-40] ^= 0xFF
     open(path, "wb").write(bytes(data))
@@ -237,7 +237,7 @@ def test_corrupt_remote_layer_is_not_cached(api, tmp_path):
     from ansible_collections.dogestry.dogestry.plugins.module_utils._blob_cache import BlobCache
     api, manifest, _c = api
     layer = manifest.layers[0]
-    path = api.repo.remote.local_path(blob_key(layer.oid, "lz4"))
+    path = api.repo.remote._path(blob_key(layer.oid, "lz4"))
     data = bytearray(open(path, "rb").read())
     data[-40] ^= 0xFF
     open(path, "wb").write(bytes(data))
