@@ -75,3 +75,21 @@ def test_parse_listen_rejects(text):
                                            ("example.com", False)])
 def test_is_loopback(host, loopback):
     assert is_loopback(host) is loopback
+
+
+def test_verify_reports_then_repairs_and_exits_by_what_remains(tmp_path, capsys):
+    import json
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+    from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
+    remote = str(tmp_path / "remote")
+    repo = Repository(LocalRemote(remote))
+    manifest = store_image(repo, "app:1", [b"base", b"top layer"])[1]
+    repo.remote.put(manifest.layers[1].key, b"TOP LAYER", overwrite=True)      # same size, other bytes
+    assert _cli.main(["verify", remote, "--json"]) == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert [(p["kind"], p["key"]) for p in problems] == [("corrupt", manifest.layers[1].key)]
+    assert _cli.main(["verify", remote, "--repair", "--json"]) == 0          # moved aside: repaired
+    assert list(json.loads(capsys.readouterr().out)["moved"]) == [manifest.layers[1].key]
+    assert _cli.main(["verify", remote]) == 1                                # now missing: push it again
+    assert "missing %s" % manifest.layers[1].key in capsys.readouterr().out
