@@ -125,6 +125,11 @@ def _pid_alive(pid):
     return True
 
 
+def docker_run_dir(version):
+    """Where the extra Docker `version` keeps its socket, pidfile (docker.pid) and logs."""
+    return os.path.join(tempfile.gettempdir(), "dogestry-docker%s-%d" % (version, os.getuid()))
+
+
 class _ExtraDocker:
     """Start/share/stop an extra Docker daemon (26, or 28 with its own containerd) across pytest sessions.
 
@@ -139,7 +144,7 @@ class _ExtraDocker:
 
     def __init__(self, version):
         self.version = version
-        self.run = os.path.join(tempfile.gettempdir(), "dogestry-docker%s-%d" % (version, os.getuid()))
+        self.run = docker_run_dir(version)
         self.host = os.environ.get("DOGESTRY_DOCKER%s_HOST" % version, "unix://%s/docker.sock" % self.run)
         self.users = os.path.join(self.run, "users")
         self.marker = os.path.join(self.run, "started-by-tests")

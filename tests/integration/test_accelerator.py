@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from conftest import DOCKER26_RUN, REPO, free_port
+from conftest import REPO, docker_run_dir, free_port
 
 VENV_BIN = os.path.dirname(sys.executable)
 DOGESTRY = os.path.join(REPO, ".venv", "bin", "dogestry")
@@ -173,7 +173,7 @@ def test_docker26_pulls_through_an_accelerator_in_its_namespace(tmp_path, docker
                                                                 build_image, name, servers):
     remote = str(tmp_path / "remote")
     image_id = pushed_image(docker_host, build_image, remote, name)
-    with open(os.path.join(DOCKER26_RUN, "docker.pid")) as f:
+    with open(os.path.join(docker_run_dir("26"), "docker.pid")) as f:
         pid = int(f.read().strip())
     subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pid, "ip", "link", "set", "lo", "up"], check=True)
     server = servers(remote, tmp_path, netns_pid=pid)
