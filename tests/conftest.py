@@ -24,6 +24,7 @@ import tempfile
 import tarfile
 import time
 import urllib.request
+import uuid
 
 import pytest
 
@@ -123,6 +124,16 @@ def _pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+@pytest.fixture
+def name():
+    return "dogestry-test-%s" % uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def remote(tmp_path):
+    return str(tmp_path / "remote")
 
 
 def docker_run_dir(version):

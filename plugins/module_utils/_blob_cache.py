@@ -20,10 +20,12 @@ import threading
 import uuid
 from typing import Callable, Optional
 
+from ._remote import Reader
+
 WAIT_SECONDS = 600      # a follower waits this long for a leader's fetch before fetching itself
 
 
-class _Tee:
+class _Tee(Reader):
     """Reads the remote object, writing what it reads into the cache's temp file."""
 
     def __init__(self, cache: "BlobCache", key: str, reader, tmp: str):
@@ -54,15 +56,9 @@ class _Tee:
             if not self._done:
                 self._cache._abandon(self._key, self._tmp)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-        return False
 
 
-class _Cached:
+class _Cached(Reader):
     """A cache entry being served; commit() is a no-op, discard() drops a bad entry."""
 
     def __init__(self, cache: "BlobCache", key: str, handle):
@@ -80,12 +76,6 @@ class _Cached:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-        return False
 
 
 class BlobCache:

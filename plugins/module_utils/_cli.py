@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 from ._errors import DogestryError
 from ._repository import Repository
 
-from ._remote import LocalRemote
+from ._remote import LocalRemote, Reader
 from ._remotes import remote_from_url
 
 S3_FLAGS = ("access_key", "secret_key", "session_token", "profile", "region", "endpoint_url")
@@ -148,7 +148,7 @@ def cmd_push(args, out: Output) -> int:
     return 0
 
 
-class _EofCommit:
+class _EofCommit(Reader):
     """A cache reader that keeps what it read once it reached the end (the engine verifies each read)."""
 
     def __init__(self, reader):
@@ -163,12 +163,6 @@ class _EofCommit:
     def close(self):
         self._reader.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-        return False
 
 
 class _SpooledRemote:

@@ -116,7 +116,21 @@ def _whole_range(key: str, url: str, data: bytes, start: int, end: int) -> bytes
     return data
 
 
-class ReadErrors:
+class Reader:
+    """Base of the streaming readers: `with` closes them (subclasses define read and close)."""
+
+    def close(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+
+class ReadErrors(Reader):
     """Wraps a streaming reader so that failures mid-read become one-line RemoteErrors."""
 
     def __init__(self, reader, errors, describe):
@@ -131,12 +145,6 @@ class ReadErrors:
     def close(self):
         self._reader.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-        return False
 
 
 class LocalRemote(Remote):

@@ -27,7 +27,7 @@ from typing import Optional
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from ._errors import RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
-from ._remote import ObjectInfo, ReadErrors, Remote
+from ._remote import ObjectInfo, ReadErrors, Reader, Remote
 from ._transfer import parallel_map
 
 TIMEOUT = 60            # seconds one read may wait for any byte
@@ -93,7 +93,7 @@ class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class RateGuard:
+class RateGuard(Reader):
     """A response reader that is cut off when a transfer averages under MIN_RATE after RATE_GRACE.
 
     The socket timeout alone bounds one read, so a server dripping a byte every few seconds
@@ -118,11 +118,6 @@ class RateGuard:
     def close(self):
         self._response.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
 
 class HttpRemote(Remote):

@@ -52,7 +52,7 @@ except ImportError:
 from ._errors import (
     BlobCorruptError, DogestryError, RemoteAuthError, RemoteError, RemoteMissingError, RemoteNotFoundError, RemoteUnsupportedError,
 )
-from ._remote import ObjectInfo, ReadErrors, Remote
+from ._remote import ObjectInfo, ReadErrors, Reader, Remote
 from ._transfer import parallel_map
 
 MiB = 1 << 20
@@ -487,7 +487,7 @@ def _group_keys(keys: List[str]) -> List[List[str]]:
     return groups
 
 
-class _RangedReader:
+class _RangedReader(Reader):
     """One object as a file-like stream of ranged GETs: `jobs` ranges in flight, bytes returned in order.
 
     Memory stays at most jobs x part_size; the first bytes are readable after one range, so a
@@ -526,9 +526,3 @@ class _RangedReader:
         self._ranges = []
         self._pool.shutdown(wait=False)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-        return False

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 
 import docker
 import pytest
@@ -19,16 +18,6 @@ VERIFY = "dogestry.dogestry.dogestry_verify"
 
 def one_line(result):
     return result.get("failed") and "\n" not in result["msg"] and "Traceback" not in result["msg"]
-
-
-@pytest.fixture
-def name():
-    return "dogestry-test-%s" % uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def remote(tmp_path):
-    return str(tmp_path / "remote")
 
 
 def index_path(remote, image_id):

@@ -47,16 +47,6 @@ def run_output(host, image):
 
 
 @pytest.fixture
-def name():
-    return "dogestry-test-%s" % uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def remote(tmp_path):
-    return str(tmp_path / "remote")
-
-
-@pytest.fixture
 def api(docker_host):
     client = docker.APIClient(base_url=docker_host, version="auto")
     yield client
