@@ -57,7 +57,6 @@ class _Tee(Reader):
                 self._cache._abandon(self._key, self._tmp)
 
 
-
 class _Cached(Reader):
     """A cache entry being served; commit() is a no-op, discard() drops a bad entry."""
 
@@ -75,7 +74,6 @@ class _Cached(Reader):
 
     def close(self) -> None:
         self._handle.close()
-
 
 
 class BlobCache:

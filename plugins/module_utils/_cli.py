@@ -164,7 +164,6 @@ class _EofCommit(Reader):
         self._reader.close()
 
 
-
 class _SpooledRemote:
     """The remote, with layers kept in a spool directory for one `pull` into several daemons:
     each layer is downloaded once, and every daemon's load still decodes and verifies it."""

@@ -146,7 +146,6 @@ class ReadErrors(Reader):
         self._reader.close()
 
 
-
 class LocalRemote(Remote):
     """A directory on this host (or a mounted NFS/CIFS share)."""
 

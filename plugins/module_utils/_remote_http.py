@@ -119,7 +119,6 @@ class RateGuard(Reader):
         self._response.close()
 
 
-
 class HttpRemote(Remote):
     read_only = True
 

@@ -525,4 +525,3 @@ class _RangedReader(Reader):
             future.cancel()
         self._ranges = []
         self._pool.shutdown(wait=False)
-
