@@ -16,24 +16,23 @@ Every plan has a `reason`: a sentence saying what a real run would change, or No
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ._compress import LZ4_ENDS, lz4_frame_ends_intact
 from ._docker import LOADED_BY_DOGESTRY, Daemon, image_layers
-from ._docker_archive import LoadLayer, load_stream, oci_load_stream, read_save_stream, verified_chunks
+from ._docker_archive import LoadLayer, load_stream, oci_load_stream, read_save_stream
 from ._errors import (
     BlobCorruptError, DockerError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError, RemoteNotFoundError,
 )
 from ._format import (
-    ENCODINGS, QUARANTINE_PREFIX, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, looks_like_id_prefix, parse_digest,
+    ENCODINGS, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, looks_like_id_prefix, parse_digest,
     parse_image_ref, sha256_hex,
 )
 from ._prune import drop_lease, push_lease
 from ._remote import temp_dir_for
 from ._repository import READ_JOBS, Repository
 from ._transfer import TransferPool, parallel_map
+from ._verify import damaged_reused_layers, quarantine
 
 
 def _unique(items: List[str]) -> List[str]:
@@ -245,7 +244,7 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         plan.existing = repo.manifest_for_image(plan.config_oid)
         if plan.existing and _stored_whole(repo, plan.existing) and not plan.missing:
             return _tag_existing(repo, plan, result)
-    damaged = _damaged_reused_layers(repo, plan, saved.sizes)
+    damaged = damaged_reused_layers(repo, plan.present, saved.sizes)
     if damaged:
         # Stored copies that cannot be this layer: move them aside and upload the layer again
         # (a second pass over `docker save`, in this rare case only).
@@ -293,58 +292,6 @@ def _save_and_upload(daemon: Daemon, repo: Repository, plan: PushPlan, wanted, c
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     return saved
-
-
-LZ4_WORST_RATIO = 255           # an lz4 frame cannot shrink data by more than about this factor
-SMALL_REUSE = 1 << 20           # reused blobs up to this stored size are read and verified whole
-
-
-def _damaged_reused_layers(repo: Repository, plan: PushPlan, sizes: Dict[str, int]) -> List[str]:
-    """Layers the plan reuses whose stored copy cannot be that layer (now that `docker save` gave sizes).
-
-    A raw blob must have the layer's exact size; an lz4 one a size an lz4 frame of it can have, and
-    the two ends of a whole frame (a truncated copy has a plausible size); small ones are read and
-    verified whole (cheap, and a few bytes of junk can look plausible).
-    """
-    damaged = []
-    for oid, entry in sorted(plan.present.items()):
-        size, stored = sizes[oid], entry.stored_size
-        if entry.encoding == "none":
-            ok = stored == size
-        else:
-            ok = size // LZ4_WORST_RATIO <= stored <= size + size // LZ4_WORST_RATIO + 64 + 4 * (size >> 22)
-        if ok and stored <= SMALL_REUSE:
-            ok = _verifies(repo, LayerEntry(oid, size, entry.encoding, stored))
-        elif ok and entry.encoding == "lz4":
-            ok = _lz4_ends_intact(repo, entry.key, stored)
-        if not ok:
-            damaged.append(oid)
-    return damaged
-
-
-def _verifies(repo: Repository, layer: LayerEntry) -> bool:
-    try:
-        with repo.remote.open(layer.key, layer.stored_size) as stored:
-            for _chunk in verified_chunks(stored, LoadLayer(layer.oid, layer.size, layer.encoding, None, layer.key)):
-                pass
-        return True
-    except (BlobCorruptError, RemoteNotFoundError):
-        return False
-
-
-def _lz4_ends_intact(repo: Repository, key: str, stored_size: int) -> bool:
-    try:
-        return lz4_frame_ends_intact(repo.remote.get_range(key, 0, LZ4_ENDS - 1),
-                                     repo.remote.get_range(key, stored_size - LZ4_ENDS, stored_size - 1))
-    except (BlobCorruptError, RemoteNotFoundError):
-        return False
-
-
-def quarantine(repo: Repository, key: str) -> str:
-    """Move a damaged object aside, so that the next push stores it anew; returns where it went."""
-    target = "%s%s/%s" % (QUARANTINE_PREFIX, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), key)
-    repo.remote.move(key, target)
-    return target
 
 
 # ---- pull -----------------------------------------------------------------------------------

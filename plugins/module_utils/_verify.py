@@ -11,6 +11,8 @@ layer blob a manifest names: its size must be the stored size the manifest gives
 must decode and hash to the layer's digest (all of them, or `sample` of them chosen at random; the
 others are checked by size). Tags naming a missing or damaged manifest are reported.
 
+The checks a push makes before it reuses stored layers live here too (damaged_reused_layers).
+
 Repair moves damaged objects (corrupt blobs and manifests, wrong index entries) aside under
 quarantine/<time>/<key>: nothing is deleted, and the next push of an affected image finds the
 object absent and stores it again. Missing objects and broken tags cannot be repaired here: push
@@ -20,13 +22,16 @@ the image again, or move or remove the tag.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ._compress import LZ4_ENDS, lz4_frame_ends_intact
 from ._docker_archive import LoadLayer, verified_chunks
-from ._engine import quarantine
 from ._errors import BlobCorruptError, FormatError, RemoteNotFoundError
-from ._format import LayerEntry, Manifest, image_index_prefix, manifest_key, parse_digest, tag_key
+from ._format import (
+    QUARANTINE_PREFIX, LayerEntry, Manifest, image_index_prefix, manifest_key, parse_digest, tag_key,
+)
 from ._repository import READ_JOBS, Repository
 from ._transfer import parallel_map
 
@@ -159,10 +164,7 @@ def _check_layers(repo: Repository, manifests: Dict[str, Manifest], report: Veri
         if key not in read:
             return None, 0
         try:
-            with repo.remote.open(key, layer.stored_size) as stored:
-                for _chunk in verified_chunks(stored, LoadLayer(layer.oid, layer.size, layer.encoding, None,
-                                                                "layer blob %s" % key)):
-                    pass
+            read_verified(repo, layer, "layer blob %s" % key)
         except BlobCorruptError as exc:
             return Problem(key, "corrupt", str(exc), True), layer.stored_size
         return None, layer.stored_size
@@ -212,3 +214,63 @@ def _check_tags(repo: Repository, manifests: Dict[str, Manifest], report: Verify
             report.problems.append(Problem(tag_key(ref.name, ref.tag), "broken",
                                            "tag %s names manifest sha256:%s, which is missing or damaged: push the "
                                            "image again, or move or remove the tag" % (ref, oid), False))
+
+
+# ---- checks a push makes before it reuses stored layers --------------------------------------
+
+LZ4_WORST_RATIO = 255           # an lz4 frame cannot shrink data by more than about this factor
+SMALL_REUSE = 1 << 20           # reused blobs up to this stored size are read and verified whole
+
+
+def damaged_reused_layers(repo: Repository, present: Dict[str, LayerEntry], sizes: Dict[str, int]) -> List[str]:
+    """Of the stored layers a push would reuse (`present`, by oid), those whose stored copy cannot be
+    that layer, now that `docker save` gave the layers' sizes.
+
+    A raw blob must have the layer's exact size; an lz4 one a size an lz4 frame of it can have, and
+    the two ends of a whole frame (a truncated copy has a plausible size); small ones are read and
+    verified whole (cheap, and a few bytes of junk can look plausible).
+    """
+    damaged = []
+    for oid, entry in sorted(present.items()):
+        size, stored = sizes[oid], entry.stored_size
+        if entry.encoding == "none":
+            ok = stored == size
+        else:
+            ok = size // LZ4_WORST_RATIO <= stored <= size + size // LZ4_WORST_RATIO + 64 + 4 * (size >> 22)
+        if ok and stored <= SMALL_REUSE:
+            ok = _verifies(repo, LayerEntry(oid, size, entry.encoding, stored))
+        elif ok and entry.encoding == "lz4":
+            ok = _lz4_ends_intact(repo, entry.key, stored)
+        if not ok:
+            damaged.append(oid)
+    return damaged
+
+
+def read_verified(repo: Repository, layer: LayerEntry, what: str) -> None:
+    """Read a stored layer whole, decoding and hashing it; BlobCorruptError on any mismatch."""
+    with repo.remote.open(layer.key, layer.stored_size) as stored:
+        for _chunk in verified_chunks(stored, LoadLayer(layer.oid, layer.size, layer.encoding, None, what)):
+            pass
+
+
+def _verifies(repo: Repository, layer: LayerEntry) -> bool:
+    try:
+        read_verified(repo, layer, layer.key)
+        return True
+    except (BlobCorruptError, RemoteNotFoundError):
+        return False
+
+
+def _lz4_ends_intact(repo: Repository, key: str, stored_size: int) -> bool:
+    try:
+        return lz4_frame_ends_intact(repo.remote.get_range(key, 0, LZ4_ENDS - 1),
+                                     repo.remote.get_range(key, stored_size - LZ4_ENDS, stored_size - 1))
+    except (BlobCorruptError, RemoteNotFoundError):
+        return False
+
+
+def quarantine(repo: Repository, key: str) -> str:
+    """Move a damaged object aside, so that the next push stores it anew; returns where it went."""
+    target = "%s%s/%s" % (QUARANTINE_PREFIX, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), key)
+    repo.remote.move(key, target)
+    return target
