@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import BinaryIO, Dict, Iterable, Iterator, Optional
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, Optional
 
 from ._errors import BlobCorruptError, FormatError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
 
@@ -46,17 +46,9 @@ class Remote:
 
         Bounded by MAX_SMALL_OBJECT, so a hostile remote cannot make a reader hold gigabytes.
         """
-        chunks, total = [], 0
         with self.open(key) as body:
-            while True:
-                chunk = body.read(1 << 20)
-                if not chunk:
-                    return b"".join(chunks)
-                total += len(chunk)
-                if total > MAX_SMALL_OBJECT:
-                    raise FormatError("%s on %s is over %d MiB: not a dogestry metadata object"
-                                      % (key, self.url, MAX_SMALL_OBJECT >> 20))
-                chunks.append(chunk)
+            return read_bounded(body, MAX_SMALL_OBJECT, lambda: FormatError(
+                "%s on %s is over %d MiB: not a dogestry metadata object" % (key, self.url, MAX_SMALL_OBJECT >> 20)))
 
     def open(self, key: str, size: Optional[int] = None) -> BinaryIO:
         """A streaming reader (a context manager); RemoteNotFoundError if absent.
@@ -114,6 +106,19 @@ def _whole_range(key: str, url: str, data: bytes, start: int, end: int) -> bytes
         raise BlobCorruptError("%s on %s is shorter than its manifest says (%d bytes from %d, expected %d)"
                                % (key, url, len(data), start, end - start + 1))
     return data
+
+
+def read_bounded(body, limit: int, too_big: Callable[[], Exception]) -> bytes:
+    """All of a reader's bytes, raising too_big() as soon as they pass `limit` (nothing more is held)."""
+    chunks, total = [], 0
+    while True:
+        chunk = body.read(1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            raise too_big()
+        chunks.append(chunk)
 
 
 class Reader:

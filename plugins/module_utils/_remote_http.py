@@ -27,7 +27,7 @@ from typing import Optional
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from ._errors import RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
-from ._remote import ObjectInfo, ReadErrors, Reader, Remote
+from ._remote import ObjectInfo, ReadErrors, Reader, Remote, read_bounded
 from ._transfer import parallel_map
 
 TIMEOUT = 60            # seconds one read may wait for any byte
@@ -196,16 +196,9 @@ class HttpRemote(Remote):
 
     def get_url(self, url: str, what: str, limit: int = 1 << 24) -> bytes:
         """A whole small document at a full URL (a signed URL's ticket), bounded in size and time."""
-        chunks, total = [], 0
         with self._open_url(url, "%s %s" % (what, display_url(url))) as body:
-            while True:
-                chunk = body.read(1 << 20)
-                if not chunk:
-                    return b"".join(chunks)
-                total += len(chunk)
-                if total > limit:
-                    raise RemoteError("%s %s: over %d MiB, not a dogestry document" % (what, display_url(url), limit >> 20))
-                chunks.append(chunk)
+            return read_bounded(body, limit, lambda: RemoteError(
+                "%s %s: over %d MiB, not a dogestry document" % (what, display_url(url), limit >> 20)))
 
     def head(self, key: str) -> Optional[ObjectInfo]:
         try:
