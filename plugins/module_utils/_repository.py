@@ -19,6 +19,7 @@ from ._format import (
 from ._remote import Remote
 from ._transfer import parallel_map
 
+MANIFEST_MEMO = 1024   # verified manifests kept per Repository
 READ_JOBS = 8       # small metadata reads in flight at once (tags, manifests, index entries)
 
 
@@ -27,6 +28,9 @@ class Repository:
         self.remote = remote
         self.url = remote.url
         self._checked = False
+        # Verified manifests by oid: content-addressed, so never stale. A push plan looks at the
+        # same manifest up to three times (tag, index, completeness); this saves those round trips.
+        self._manifests: Dict[str, Manifest] = {}
 
     # -- version ------------------------------------------------------------------------------
 
@@ -80,12 +84,18 @@ class Repository:
     # -- manifests and configs ----------------------------------------------------------------
 
     def read_manifest(self, oid: str) -> Manifest:
+        if oid in self._manifests:
+            return self._manifests[oid]
         key = manifest_key(oid)
         data = self.remote.get(key)
         if sha256_hex(data) != oid:
             raise BlobCorruptError("manifest %s on %s is corrupt: its content hashes to sha256:%s"
                                    % (oid, self.url, sha256_hex(data)))
-        return Manifest.from_bytes(data, "%s on %s" % (key, self.url))
+        manifest = Manifest.from_bytes(data, "%s on %s" % (key, self.url))
+        if len(self._manifests) >= MANIFEST_MEMO:
+            self._manifests.clear()     # bounded: a long-running reader sees many
+        self._manifests[oid] = manifest
+        return manifest
 
     def read_manifests(self, oids, missing_ok: bool = False) -> Dict[str, Manifest]:
         """Several manifests in parallel; with missing_ok, absent ones are left out instead of raising."""
