@@ -184,6 +184,16 @@ class RegistryApi:
                 self._blobs.setdefault(layer.oid, BlobInfo(layer.oid, layer.size, layer.encoding, manifest))
         return manifest, body, digest
 
+    def _known(self, table: Dict, hexdigest: str, clock):
+        """table[hexdigest], re-reading the tags once (rate-limited) when it is not known yet."""
+        with self._lock:
+            found = table.get(hexdigest)
+        if found is None:
+            self._refresh(clock)
+            with self._lock:
+                found = table.get(hexdigest)
+        return found
+
     def _refresh(self, clock) -> None:
         """Learn every tagged manifest (digest lookups after a restart, blobs of unseen images).
 
@@ -317,13 +327,7 @@ class RegistryApi:
 
     def _manifest(self, names: List[str], ref: str, accept: List[str], head: bool, clock) -> Response:
         if ":" in ref:
-            hexdigest = self._digest(ref)
-            with self._lock:
-                oid = self._by_digest.get(hexdigest)
-            if oid is None:
-                self._refresh(clock)
-                with self._lock:
-                    oid = self._by_digest.get(hexdigest)
+            oid = self._known(self._by_digest, self._digest(ref), clock)
             if oid is None:
                 raise ApiError(404, "MANIFEST_UNKNOWN", "manifest %s is not on this remote" % ref)
         else:
@@ -349,13 +353,7 @@ class RegistryApi:
         return match.group(1)
 
     def _blob(self, ref: str, range_header: Optional[str], head: bool, clock) -> Response:
-        hexdigest = self._digest(ref)
-        with self._lock:
-            info = self._blobs.get(hexdigest)
-        if info is None:
-            self._refresh(clock)
-            with self._lock:
-                info = self._blobs.get(hexdigest)
+        info = self._known(self._blobs, self._digest(ref), clock)
         if info is None:
             raise ApiError(404, "BLOB_UNKNOWN", "blob %s is not in any image on this remote" % ref)
         span = parse_range(range_header, info.size)

@@ -184,13 +184,16 @@ def test_tags_and_catalog_paginate(api):
     assert get(api, "/v2/_catalog", query={"n": "x"})[0].status == 400
 
 
-def test_corrupt_layer_never_yields_its_last_chunk(api):
-    api, manifest, _c = api
-    layer = manifest.layers[0]
-    path = api.repo.remote._path(blob_key(layer.oid, "lz4"))
+def flip_byte_near_end(path):
     data = bytearray(open(path, "rb").read())
     data[-40] ^= 0xFF
     open(path, "wb").write(bytes(data))
+
+
+def test_corrupt_layer_never_yields_its_last_chunk(api):
+    api, manifest, _c = api
+    layer = manifest.layers[0]
+    flip_byte_near_end(api.repo.remote._path(blob_key(layer.oid, "lz4")))
     response = api.handle("GET", "/v2/team/app/blobs/sha256:" + layer.oid, {}, {})
     assert response.status == 200     # headers go out before the bytes are known to be bad
     sent = 0
@@ -221,9 +224,7 @@ def test_cache_serves_verified_layers_and_drops_a_corrupted_entry(api, tmp_path)
     path = "/v2/team/app/blobs/sha256:" + layer.oid
     assert get(cached, path)[2] == LAYER and blob_key(layer.oid, "lz4") in cached.cache
     entry = tmp_path / "cache" / (layer.oid + ".lz4")
-    data = bytearray(entry.read_bytes())
-    data[-40] ^= 0xFF
-    entry.write_bytes(bytes(data))
+    flip_byte_near_end(str(entry))
     with pytest.raises(BlobCorruptError):
         get(cached, path)
     assert blob_key(layer.oid, "lz4") not in cached.cache and not entry.exists()
@@ -237,10 +238,7 @@ def test_corrupt_remote_layer_is_not_cached(api, tmp_path):
     from ansible_collections.dogestry.dogestry.plugins.module_utils._blob_cache import BlobCache
     api, manifest, _c = api
     layer = manifest.layers[0]
-    path = api.repo.remote._path(blob_key(layer.oid, "lz4"))
-    data = bytearray(open(path, "rb").read())
-    data[-40] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    flip_byte_near_end(api.repo.remote._path(blob_key(layer.oid, "lz4")))
     cached = RegistryApi(api.repo, BlobCache(str(tmp_path / "cache"), 10 << 20))
     with pytest.raises(BlobCorruptError):
         get(cached, "/v2/team/app/blobs/sha256:" + layer.oid)
