@@ -32,7 +32,7 @@ except ImportError:
 
 from ._compress import decoder, encoder
 from ._errors import BlobCorruptError, FormatError
-from ._format import diff_ids_of_config, sha256_hex
+from ._format import diff_ids_of_config, full_name, sha256_hex
 
 CHUNK = 1 << 20
 SMALL_MEMBER = 1 << 20      # members up to this size (JSON, tiny layers) are kept in memory
@@ -392,7 +392,7 @@ def oci_load_stream(oci_manifest: bytes, config_oid: str, config_bytes: bytes, r
     annotations = {annotation: "uncompressed"}
     if repo_tags:
         name, _sep, tag = repo_tags[0].rpartition(":")
-        annotations.update({"io.containerd.image.name": _full_name(name) + ":" + tag,
+        annotations.update({"io.containerd.image.name": full_name(name) + ":" + tag,
                             "org.opencontainers.image.ref.name": tag})
     index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
              "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -402,13 +402,3 @@ def oci_load_stream(oci_manifest: bytes, config_oid: str, config_bytes: bytes, r
     yield _member("manifest.json", _docker_manifest(blob % config_oid, repo_tags,
                                                     [blob % layer.oid for layer in layers]))
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
-
-
-def _full_name(name: str) -> str:
-    """redis -> docker.io/library/redis, team/app -> docker.io/team/app, as containerd names images."""
-    first = name.split("/", 1)[0]
-    if "/" not in name:
-        return "docker.io/library/" + name
-    if "." in first or ":" in first or first == "localhost":
-        return name
-    return "docker.io/" + name

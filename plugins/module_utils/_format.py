@@ -162,6 +162,17 @@ def familiar_name(name: str) -> str:
     return name
 
 
+def full_name(name: str) -> str:
+    """The inverse of familiar_name, as containerd names images: redis -> docker.io/library/redis,
+    team/app -> docker.io/team/app; a name with a registry host is already full."""
+    first = name.split("/", 1)[0]
+    if "/" not in name:
+        return "docker.io/library/" + name
+    if "." in first or ":" in first or first == "localhost":
+        return name
+    return "docker.io/" + name
+
+
 def parse_image_ref(text: str, default_tag: Optional[str] = "latest") -> ImageRef:
     """'registry:5000/team/app:1.2' -> ImageRef('registry:5000/team/app', '1.2')."""
     text = str(text).strip()

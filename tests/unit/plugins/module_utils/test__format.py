@@ -108,3 +108,14 @@ def test_hostile_json_is_a_one_line_format_error(data):
         check_version_document(data, "remote")
     with pytest.raises(FormatError, match=r"^manifest m is malformed \("):
         Manifest.from_bytes(data, "m")
+
+
+@pytest.mark.parametrize("name, full", [
+    ("redis", "docker.io/library/redis"),
+    ("team/app", "docker.io/team/app"),
+    ("registry.example.com:5000/team/app", "registry.example.com:5000/team/app"),
+    ("localhost/app", "localhost/app"),
+])
+def test_full_name_is_the_inverse_of_familiar_name(name, full):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._format import familiar_name, full_name
+    assert full_name(name) == full and familiar_name(full) == name
