@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
 from typing import Dict, List, Optional
 
-from ._errors import DogestryError
+from ._errors import DogestryError, RemoteMissingError, RemoteNotFoundError
 from ._repository import Repository
 
 from ._remote import LocalRemote, Reader
@@ -253,7 +254,13 @@ def cmd_serve(args, out: Output) -> int:
     from ._server import configure_logging, serve
     configure_logging()
     repo = repository_from_args(args)
-    repo.check()    # a wrong path or bucket fails now, with its one-line error
+    try:
+        repo.check()    # a wrong path or bucket fails now, with its one-line error
+    except RemoteMissingError:
+        raise
+    except RemoteNotFoundError as exc:
+        # an accelerator installed before the first publish: serve, answering 503 until an image arrives
+        logging.getLogger("dogestry.serve").warning("%s", exc)
 
     def ready(host, port):
         out.result({"listening": "%s:%d" % (host, port), "remote": repo.url},

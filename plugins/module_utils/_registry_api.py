@@ -22,9 +22,7 @@ from urllib.parse import quote
 
 from ._docker_archive import LoadLayer, verified_chunks
 from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteError, RemoteNotFoundError
-from ._format import (
-    OCI_MANIFEST_MEDIA_TYPE, VERSION_KEY, ImageRef, Manifest, blob_key, check_version_document, sha256_hex,
-)
+from ._format import OCI_MANIFEST_MEDIA_TYPE, ImageRef, Manifest, blob_key, sha256_hex
 from ._metrics import Metrics
 from ._repository import Repository
 
@@ -287,7 +285,7 @@ class RegistryApi:
         return Response(status, headers, b"" if head else body, 0 if head else len(body))
 
     def _health(self, head: bool) -> Response:
-        check_version_document(self.repo.remote.get(VERSION_KEY), self.repo.url)
+        Repository(self.repo.remote).check()     # read afresh: the remote may have gone away, or arrived
         return self._json({"status": "ok", "remote": self.repo.url}, head)
 
     @staticmethod

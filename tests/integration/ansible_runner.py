@@ -48,17 +48,23 @@ def run_tasks(tmp_path, tasks, extra_vars=None, check=False, diff=False, module_
     return results
 
 
-def run_playbook(tmp_path, playbook, extra_vars=None, check=False, diff=False, env=None):
-    """ansible-playbook on localhost with this checkout's collection; returns (process, output)."""
-    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
-           "-e", "ansible_python_interpreter=%s" % sys.executable, playbook]
+def run_playbook(tmp_path, playbook, extra_vars=None, check=False, diff=False, env=None, inventory=None):
+    """ansible-playbook with this checkout's collection, on localhost or on `inventory` (a path);
+    returns (process, output)."""
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), playbook]
+    if inventory:
+        cmd += ["-i", inventory]
+    else:
+        cmd += ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable]
     if check:
         cmd.append("--check")
     if diff:
         cmd.append("--diff")
-    for key, value in (extra_vars or {}).items():
-        cmd += ["-e", "%s=%s" % (key, value)]
-    run_env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path(), ANSIBLE_NOCOLOR="1",
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]     # JSON keeps lists and strings as they are
+    # this checkout's collection, then the ones setup.sh installs (community.docker for the playbooks)
+    paths = [collections_path(), os.path.join(os.path.dirname(os.path.dirname(sys.executable)), "collections")]
+    run_env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.pathsep.join(paths), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_HOST_KEY_CHECKING="0")
     run_env.update(env or {})
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=run_env, cwd=str(tmp_path),

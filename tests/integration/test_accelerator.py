@@ -55,8 +55,8 @@ def dogestry(*args, env=None, check=True, timeout=300):
 class Server:
     """`dogestry serve REMOTE` in a subprocess (optionally inside another network namespace)."""
 
-    def __init__(self, remote, tmp_path, args=(), env=None, netns_pid=None):
-        self.port = free_port()
+    def __init__(self, remote, tmp_path, args=(), env=None, netns_pid=None, port=None):
+        self.port = port or free_port()
         self.log_path = str(tmp_path / ("serve-%d.log" % self.port))
         self.cmd = [DOGESTRY, "serve", remote, "--listen", "127.0.0.1:%d" % self.port] + list(args)
         if netns_pid:

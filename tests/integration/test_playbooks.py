@@ -11,22 +11,24 @@ from test_modules_local import BASE
 PLAYBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "playbooks")
 
 
-def test_push_then_deploy_all_or_nothing(tmp_path, docker_host, build_image):
-    app = "dogestry-test-%s" % uuid.uuid4().hex[:8]
-    image_id = build_image(docker_host, app + ":20131210", [BASE, {"/release": b"20131210"}])
-    common = {"app_name": app, "tag": "20131210", "dogestry_remote": str(tmp_path / "remote")}
-    proc, output = run_playbook(tmp_path, os.path.join(PLAYBOOKS, "push.yml"), common)
-    assert proc.returncode == 0, output[-3000:]
-    docker.APIClient(base_url=docker_host).remove_image(app + ":20131210", force=True)
-
-    proc, output = run_playbook(tmp_path, os.path.join(PLAYBOOKS, "deploy.yml"), dict(common, deploy_hosts="localhost"))
-    assert proc.returncode == 0 and "pulled %s:20131210" % app in output, output[-3000:]
-    assert docker.APIClient(base_url=docker_host).inspect_image(app + ":20131210")["Id"] == image_id
-    proc, output = run_playbook(tmp_path, os.path.join(PLAYBOOKS, "deploy.yml"), dict(common, deploy_hosts="localhost"))
-    assert proc.returncode == 0 and "already in the Docker daemon" in output, output[-3000:]
+def test_publish_and_deploy_refuse_incomplete_requests(tmp_path, docker_host, build_image, name):
+    """The whole fleet path is in test_fleet.py; here, what an operator gets wrong."""
+    remote = str(tmp_path / "remote")
+    common = {"app_name": name, "dogestry_remote": remote, "publish_group": "all", "deploy_group": "all",
+              "dogestry_docker_host": docker_host}
+    proc, output = run_playbook(tmp_path, os.path.join(PLAYBOOKS, "publish.yml"), common)
+    assert proc.returncode != 0 and "run it as: ansible-playbook -i INVENTORY publish.yml -e tag=TAG" in output
     proc, output = run_playbook(tmp_path, os.path.join(PLAYBOOKS, "deploy.yml"),
-                                dict(common, deploy_hosts="localhost", tag="19990101"))
-    assert proc.returncode != 0 and "no such tag" in output, output[-3000:]
+                                dict(common, tag="1", deploy_group="nosuchgroup"))
+    assert proc.returncode != 0 and "with the hosts in group nosuchgroup (found 0)" in output, output[-3000:]
+
+    build_image(docker_host, name + ":1", [BASE, {"/release": b"1"}])
+    proc, output = run_playbook(tmp_path, os.path.join(PLAYBOOKS, "publish.yml"), dict(common, tag="1"))
+    assert proc.returncode == 0, output[-3000:]
+    proc, output = run_playbook(tmp_path, os.path.join(PLAYBOOKS, "deploy.yml"), dict(common, tag="19990101"))
+    assert proc.returncode != 0 and "no such tag" in output and "PLAY [Phase two" not in output, output[-3000:]
+    client = docker.APIClient(base_url=docker_host)
+    assert not client.containers(all=True, filters={"name": name}), "a refused deploy must not create the container"
 
 
 def test_demo_playbook_runs_end_to_end(tmp_path, docker_host):
