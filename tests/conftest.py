@@ -127,6 +127,16 @@ def _pid_alive(pid):
 
 
 @pytest.fixture
+def servers():
+    """servers(remote, tmp_path, ...) starts `dogestry serve` (dogestry_cli.Server); all stop at the test's end."""
+    from dogestry_cli import Server     # tests/integration is on sys.path once its tests are collected
+    started = []
+    yield lambda *a, **kw: started.append(Server(*a, **kw)) or started[-1]
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
 def name():
     return "dogestry-test-%s" % uuid.uuid4().hex[:8]
 

@@ -92,12 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("remote")
     verify.add_argument("--sample", type=int, metavar="N", help="read only N random layers in full (default: all)")
     verify.add_argument("--repair", action="store_true", help="move damaged objects to quarantine/ on the remote")
-    serve = commands.add_parser("serve", parents=[common], help="serve REMOTE as a read-only registry")
+    serve = commands.add_parser("serve", parents=[common], help="serve REMOTE as a registry (pull and push)")
     serve.add_argument("remote")
     serve.add_argument("--listen", default="127.0.0.1:22375", help="HOST:PORT (default 127.0.0.1:22375)")
     serve.add_argument("--threads", type=_positive, default=16)
     serve.add_argument("--cache-dir", help="keep fetched blobs here (default: no cache)")
     serve.add_argument("--cache-size", type=_size, default=10 << 30, help="cache bound, e.g. 500M, 20G (default 10G)")
+    serve.add_argument("--read-only", action="store_true", help="refuse pushes (405)")
+    serve.add_argument("--spool-dir", help="where pushed blobs are received (default: the system temp dir)")
+    serve.add_argument("--max-blob-size", type=_size, default=64 << 30, help="largest blob a push may send (default 64G)")
     return parser
 
 
@@ -259,7 +262,7 @@ def cmd_serve(args, out: Output) -> int:
     except RemoteMissingError:
         raise
     except RemoteNotFoundError as exc:
-        # an accelerator installed before the first publish: serve, answering 503 until an image arrives
+        # an accelerator set up before the first push: serve (images are unknown until one arrives)
         logging.getLogger("dogestry.serve").warning("%s", exc)
 
     def ready(host, port):
@@ -274,7 +277,18 @@ def cmd_serve(args, out: Output) -> int:
             cache = BlobCache(args.cache_dir, args.cache_size, metrics.cache_hit, metrics.cache_miss)
         except OSError as exc:
             raise DogestryError("--cache-dir %s: %s" % (args.cache_dir, exc.strerror or exc))
-    serve(RegistryApi(repo, cache, metrics), args.listen, args.threads, ready)
+    writer = None
+    if not args.read_only:
+        from ._registry_push import RegistryWriter
+        try:
+            writer = RegistryWriter(repo, args.spool_dir, args.max_blob_size)
+        except OSError as exc:
+            raise DogestryError("--spool-dir %s: %s" % (args.spool_dir, exc.strerror or exc))
+    try:
+        serve(RegistryApi(repo, cache, metrics, writer), args.listen, args.threads, ready)
+    finally:
+        if writer is not None:
+            writer.close()
     return 0
 
 

@@ -14,6 +14,7 @@ Keys, relative to the remote's root::
     images/sha256/<config-hex>             "sha256:<manifest-hex>": finds a manifest by image ID (prefix)
     sources/sha256/<daemon-id-hex>         "sha256:<manifest-hex>": what a push from a containerd image
                                            store stored for that daemon image ID (a checked hint)
+    pushed/sha256/<blob-hex>               what a layer pushed through the registry API became (a hint)
     repositories/<name>/_tags/<tag>        "sha256:<manifest-hex>": the only objects ever rewritten
 
 Everything but a tag is immutable and written create-only, in the order blobs, config,
@@ -116,6 +117,14 @@ def image_index_key(config_oid: str) -> str:
 def source_key(daemon_id_hex: str) -> str:
     """Containerd image store: the daemon's image ID (its manifest digest) -> the manifest a push stored."""
     return "sources/sha256/%s" % daemon_id_hex
+
+
+PUSHED_PREFIX = "pushed/sha256/"
+
+
+def pushed_key(blob_hex: str) -> str:
+    """The record of a layer blob pushed compressed through the registry API (see _registry_push)."""
+    return PUSHED_PREFIX + blob_hex
 
 
 def tag_key(name: str, tag: str) -> str:

@@ -14,6 +14,7 @@ held back until the whole blob has been verified, so a corrupt blob is never rec
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -21,15 +22,17 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 from ._docker_archive import LoadLayer, verified_chunks
-from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteError, RemoteNotFoundError
+from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteError, RemoteMissingError, RemoteNotFoundError
 from ._format import OCI_MANIFEST_MEDIA_TYPE, ImageRef, Manifest, blob_key, sha256_hex
 from ._metrics import Metrics
+from ._registry_push import ApiError, RegistryWriter
 from ._repository import Repository
 
 # distribution's reference grammar for repository paths (no domain: that is the host we are)
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _ROUTE = re.compile(r"^/v2/(?P<name>%s(?:/%s)*)/(?P<kind>manifests|blobs|tags)/(?P<ref>[^/]+)$"
                     % (_COMPONENT, _COMPONENT))
+_UPLOAD_ROUTE = re.compile(r"^/v2/(?P<name>%s(?:/%s)*)/blobs/uploads/(?P<session>[0-9a-f]{0,64})$" % (_COMPONENT, _COMPONENT))
 _LOOSE_ROUTE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs|tags)/(?P<ref>[^/]*)$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
@@ -42,12 +45,6 @@ PIECE = 256 << 10           # bytes per write to a client
 INDEX_REFRESH_SECONDS = 5.0     # a digest miss re-reads the tags at most this often
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        Exception.__init__(self, message)
-        self.status, self.code, self.message = status, code, message
-
-
 @dataclass
 class Response:
     status: int
@@ -58,8 +55,13 @@ class Response:
 
 def error_response(exc: ApiError, head: bool = False) -> Response:
     body = json.dumps({"errors": [{"code": exc.code, "message": exc.message, "detail": None}]}).encode()
-    return Response(exc.status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-                    b"" if head else body, 0 if head else len(body))
+    return Response(exc.status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+                    + exc.headers, b"" if head else body, 0 if head else len(body))
+
+
+def _header(headers: Dict[str, List[str]], name: str) -> Optional[str]:
+    values = headers.get(name)
+    return values[0] if values else None
 
 
 def parse_range(header: Optional[str], size: int) -> Optional[Tuple[int, int]]:
@@ -152,10 +154,13 @@ class RegistryApi:
 
     MAX_CONFIGS = 1000      # verified image configs kept in memory (kilobytes each)
 
-    def __init__(self, repo: Repository, cache=None, metrics: Optional[Metrics] = None):
-        """`cache`: a _blob_cache.BlobCache for stored layers (None: every read goes to the remote)."""
+    def __init__(self, repo: Repository, cache=None, metrics: Optional[Metrics] = None,
+                 writer: Optional[RegistryWriter] = None):
+        """`cache`: a _blob_cache.BlobCache for stored layers (None: every read goes to the remote);
+        `writer`: takes pushes (None: the registry is read-only)."""
         self.repo = repo
         self.cache = cache
+        self.writer = writer
         self.metrics = metrics or Metrics()
         self._configs: Dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -203,16 +208,26 @@ class RegistryApi:
             if now - self._refreshed < INDEX_REFRESH_SECONDS:
                 return
             self._refreshed = now
-        self.repo.check()
+        if not self._holds_images():
+            return
         for oid in sorted(set(self.repo.list_tags().values())):
             try:
                 self._learn(oid)
             except (RemoteNotFoundError, FormatError, BlobCorruptError):
                 continue    # a dangling or broken tag must not hide the others
 
+    def _holds_images(self) -> bool:
+        """False while the remote is not a dogestry remote yet (an accelerator set up before the first
+        push): every image is then unknown (404), while /healthz says why. A missing bucket raises."""
+        try:
+            return self.repo.check()
+        except RemoteMissingError:
+            raise
+        except RemoteNotFoundError:
+            return False
+
     def _resolve_tag(self, names: List[str], tag: str) -> Tuple[str, str]:
-        self.repo.check()
-        for name in names:
+        for name in names if self._holds_images() else ():
             oid = self.repo.read_tag(ImageRef(name, tag))
             if oid is not None:
                 return name, oid
@@ -221,19 +236,20 @@ class RegistryApi:
         raise ApiError(404, "MANIFEST_UNKNOWN", "%s:%s is not on this remote" % (names[-1], tag))
 
     def _name_exists(self, name: str) -> bool:
-        return bool(self.repo.list_tags(name))
+        return self._holds_images() and bool(self.repo.list_tags(name))
 
     # -- routing ----------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: Dict[str, str], headers: Dict[str, List[str]],
-               clock=None) -> Response:
-        """`headers` keys are lower-case; `query` holds the first value of each parameter."""
+               clock=None, body=None) -> Response:
+        """`headers` keys are lower-case; `query` holds the first value of each parameter; `body` is
+        the request body (a file-like object) of writes, of the length in its content-length header."""
         import time
         clock = clock or time.monotonic
         head = method == "HEAD"
         try:
-            if method not in ("GET", "HEAD"):
-                raise ApiError(405, "UNSUPPORTED", "%s is not supported: this registry is read-only" % method)
+            if method not in ("GET", "HEAD") or _UPLOAD_ROUTE.match(path):
+                return self._write(method, path, query, headers, body)
             if path in ("/v2", "/v2/"):
                 return self._json({}, head)
             if path == "/healthz":
@@ -267,6 +283,104 @@ class RegistryApi:
             self.metrics.remote_error()
             # The remote is unreachable or refused: say so, and let the client retry.
             return error_response(ApiError(503, "UNAVAILABLE", str(exc)), head)
+
+    # -- writes (pushes) ----------------------------------------------------------------------
+
+    def _write(self, method: str, path: str, query: Dict[str, str], headers: Dict[str, List[str]], body) -> Response:
+        writer = self.writer
+        if writer is None:
+            raise ApiError(405, "UNSUPPORTED", "%s is not supported: this accelerator is read-only" % method)
+        length = _header(headers, "content-length")
+        length = int(length) if length and length.isdigit() else None
+        upload = _UPLOAD_ROUTE.match(path)
+        if upload:
+            name, session = upload.group("name"), upload.group("session")
+            if method == "POST" and not session:
+                return self._start_upload(name, query, body, length)
+            if not session:
+                raise ApiError(405, "UNSUPPORTED", "%s of %s: start an upload with POST" % (method, path[:200]))
+            if method == "GET":
+                return self._empty(204, writer.range_headers(name, session, writer.status(name, session)))
+            if method == "PATCH":
+                size = writer.append(name, session, body, length, _header(headers, "content-range"))
+                return self._empty(202, writer.range_headers(name, session, size))
+            if method == "PUT":
+                return self._blob_created(name, writer.finish(name, session, query.get("digest"), body, length))
+            if method == "DELETE":
+                writer.cancel(name, session)
+                return self._empty(204)
+            raise ApiError(405, "UNSUPPORTED", "%s is not supported on uploads" % method)
+        match = _ROUTE.match(path)
+        if not match:
+            raise ApiError(404 if not _LOOSE_ROUTE.match(path) else 400, "NAME_INVALID",
+                           "no such endpoint for %s: %s" % (method, path[:200]))
+        name, kind, ref = match.group("name"), match.group("kind"), match.group("ref")
+        if kind == "manifests" and method == "PUT":
+            if ":" not in ref and not _TAG.match(ref):
+                raise ApiError(400, "TAG_INVALID", "invalid tag %r" % ref[:130])
+            oid, pushed = writer.put_manifest(name, ref, _header(headers, "content-type"), body)
+            self._learn(oid)
+            return self._empty(201, [("Location", "/v2/%s/manifests/sha256:%s" % (name, pushed)),
+                                     ("Docker-Content-Digest", "sha256:" + pushed)])
+        if kind == "manifests" and method == "DELETE" and _TAG.match(ref):
+            if not self._holds_images() or self.repo.read_tag(ImageRef(name, ref)) is None:
+                raise ApiError(404, "MANIFEST_UNKNOWN", "%s:%s is not on this remote" % (name, ref))
+            self.repo.delete_tag(ImageRef(name, ref))
+            return self._empty(202)
+        raise ApiError(405, "UNSUPPORTED", "%s of %s is not supported: tags are deleted by name, and data by "
+                       "dogestry prune" % (method, kind))
+
+    def _start_upload(self, name: str, query: Dict[str, str], body, length: Optional[int]) -> Response:
+        writer = self.writer
+        mount = query.get("mount")
+        if mount and self._blob_size(writer.digest_hex(mount)) is not None:
+            return self._blob_created(name, writer.digest_hex(mount))
+        session = writer.start(name)
+        if query.get("digest") is not None:         # monolithic: the whole blob in the POST
+            return self._blob_created(name, writer.finish(name, session, query["digest"], body, length))
+        return self._empty(202, writer.range_headers(name, session, 0))
+
+    def _blob_created(self, name: str, hexdigest: str) -> Response:
+        return self._empty(201, [("Location", "/v2/%s/blobs/sha256:%s" % (name, hexdigest)),
+                                 ("Docker-Content-Digest", "sha256:" + hexdigest)])
+
+    @staticmethod
+    def _empty(status: int, extra=()) -> Response:
+        return Response(status, [("Content-Length", "0"), ("Docker-Distribution-API-Version", "registry/2.0")]
+                        + list(extra), b"", 0)
+
+    def _blob_size(self, hexdigest: str) -> Optional[int]:
+        """Size of a blob this registry can vouch for: in an image, uploaded, or pushed earlier."""
+        with self._lock:
+            info = self._blobs.get(hexdigest)
+        if info is not None:
+            return info.size
+        if self.writer is not None:
+            staged = self.writer.staged(hexdigest)
+            if staged is not None:
+                return os.path.getsize(staged)
+            pushed = self.writer.pushed_layer(hexdigest)
+            if pushed is not None:
+                return pushed.blob_size
+        return None
+
+    def _written_blob(self, hexdigest: str, head: bool) -> Optional[Response]:
+        """HEAD/GET of a blob pushed here but not (yet) part of an image: a staged config is served;
+        a pushed layer is stored decoded, so only its existence (HEAD) can be answered."""
+        staged = self.writer.staged(hexdigest)
+        pushed = None if staged else self.writer.pushed_layer(hexdigest)
+        if staged is None and pushed is None:
+            return None
+        if staged is not None:
+            with open(staged, "rb") as f:
+                data = f.read()
+        elif not head:
+            raise ApiError(404, "BLOB_UNKNOWN", "sha256:%s was pushed compressed and is stored decoded, as sha256:%s"
+                           % (hexdigest, pushed.layer.oid))
+        size = len(data) if staged is not None else pushed.blob_size
+        headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(size)),
+                   ("Docker-Content-Digest", "sha256:" + hexdigest), ("Docker-Distribution-API-Version", "registry/2.0")]
+        return Response(200, headers, b"" if head else data, 0 if head else size)
 
     @staticmethod
     def _ns(query: Dict[str, str]) -> Optional[str]:
@@ -302,8 +416,7 @@ class RegistryApi:
         return items[:count], len(items) > count
 
     def _tags(self, names: List[str], query: Dict[str, str], head: bool) -> Response:
-        self.repo.check()
-        for name in names:
+        for name in names if self._holds_images() else ():
             tags = sorted(ref.tag for ref in self.repo.list_tags(name))
             if tags:
                 page, more = self._page(tags, query)
@@ -315,8 +428,7 @@ class RegistryApi:
         raise ApiError(404, "NAME_UNKNOWN", "repository %s is not on this remote" % names[-1])
 
     def _catalog(self, query: Dict[str, str], head: bool) -> Response:
-        self.repo.check()
-        names = sorted({ref.name for ref in self.repo.list_tags()})
+        names = sorted({ref.name for ref in self.repo.list_tags()}) if self._holds_images() else []
         page, more = self._page(names, query)
         extra = []
         if more and page:
@@ -351,7 +463,14 @@ class RegistryApi:
         return match.group(1)
 
     def _blob(self, ref: str, range_header: Optional[str], head: bool, clock) -> Response:
-        info = self._known(self._blobs, self._digest(ref), clock)
+        hexdigest = self._digest(ref)
+        with self._lock:
+            info = self._blobs.get(hexdigest)
+        if info is None and self.writer is not None:
+            written = self._written_blob(hexdigest, head)
+            if written is not None:
+                return written
+        info = info or self._known(self._blobs, hexdigest, clock)
         if info is None:
             raise ApiError(404, "BLOB_UNKNOWN", "blob %s is not in any image on this remote" % ref)
         span = parse_range(range_header, info.size)

@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""`dogestry serve`: the registry API (_registry_api) behind cheroot, a threaded WSGI server.
+"""`dogestry serve`: the registry API (_registry_api, _registry_push) behind cheroot, a threaded WSGI server.
 
 cheroot (CherryPy's server) was chosen by measurement (benchmarks/serve_bench.py): the engine
 and its remotes are blocking code, so a threaded server streams them without an executor hop,
@@ -35,9 +35,13 @@ from ._registry_api import RegistryApi, Response
 
 DEFAULT_LISTEN = "127.0.0.1:22375"
 LOG = logging.getLogger("dogestry.serve")
-_REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 416: "Range Not Satisfiable", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
+            400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+            413: "Payload Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+            500: "Internal Server Error", 503: "Service Unavailable", 507: "Insufficient Storage"}
+# Request headers the API reads, by their WSGI names.
+_HEADERS = {"HTTP_ACCEPT": "accept", "HTTP_RANGE": "range", "CONTENT_TYPE": "content-type",
+            "CONTENT_LENGTH": "content-length", "HTTP_CONTENT_RANGE": "content-range"}
 
 
 def parse_listen(text: str) -> Tuple[str, int]:
@@ -93,13 +97,9 @@ class WsgiApp:
         path = environ.get("PATH_INFO", "")
         query = {key: values[0] for key, values in
                  parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).items()}
-        headers: Dict[str, List[str]] = {}
-        if "HTTP_ACCEPT" in environ:
-            headers["accept"] = [environ["HTTP_ACCEPT"]]
-        if "HTTP_RANGE" in environ:
-            headers["range"] = [environ["HTTP_RANGE"]]
+        headers: Dict[str, List[str]] = {name: [environ[key]] for key, name in _HEADERS.items() if environ.get(key)}
         try:
-            response = self.api.handle(method, path, query, headers)
+            response = self.api.handle(method, path, query, headers, body=environ.get("wsgi.input"))
         except Exception:  # a bug, not a remote failure: answer 500 and keep serving
             LOG.error("internal error on %s %s: %s", method, path, traceback.format_exc())
             body = b'{"errors":[{"code":"UNKNOWN","message":"internal error"}]}'

@@ -19,8 +19,8 @@ import yaml
 
 from ansible_runner import run_playbook
 from conftest import REPO, _start, _stop, wait_for
-from test_accelerator import Server, dogestry
-from test_accelerator import docker as docker_cli
+from dogestry_cli import Server, dogestry
+from dogestry_cli import docker as docker_cli
 
 PLAYBOOKS = os.path.join(REPO, "playbooks")
 MIRROR_PORT = 22375

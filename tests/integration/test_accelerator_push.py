@@ -1,0 +1,92 @@
+"""Pushes through the accelerator by clients none of us wrote: `docker push` from the classic and
+the containerd image store, and `skopeo copy`; stored in the remote's own format, pulled back
+anywhere, and an incremental push after a restart sends only the new layer."""
+
+import json
+import os
+import subprocess
+
+import docker as docker_sdk
+
+from conftest import docker_run_dir
+from dogestry_cli import MiB, docker, dogestry, skopeo
+
+
+def _stored_layers(remote):
+    found = set()
+    for dirpath, _dirs, files in os.walk(os.path.join(remote, "blobs")):
+        found.update(os.path.join(dirpath, f) for f in files if f.endswith(".lz4"))
+    return found
+
+
+def _in_netns_of(version):
+    """The pid of an extra dockerd, whose network namespace an accelerator must share to be its 127.0.0.1."""
+    with open(os.path.join(docker_run_dir(version), "docker.pid")) as f:
+        pid = int(f.read().strip())
+    subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pid, "ip", "link", "set", "lo", "up"], check=True)
+    return pid
+
+
+def test_docker_push_then_incremental_push_after_restart_then_pull(tmp_path, engine, build_image, name, servers):
+    host, client, _env, containerd = engine
+    remote = str(tmp_path / "remote")
+    server = servers(remote, tmp_path, netns_pid=_in_netns_of("28") if containerd else None)
+    first = "%s/%s:1" % (server.host, name)
+    image_id = build_image(host, first, [{"/big.bin": os.urandom(3 * MiB)}, {"/name.txt": name}],
+                           cmd=["/bin/busybox", "cat", "/name.txt"], isolated=True)
+    docker(host, "push", first)
+    tags = json.loads(dogestry("tags", remote, "--json").stdout)["tags"]
+    assert tags[name + ":1"]["layers"] == 3
+    if not containerd:      # the classic store's image ID is the config digest the remote keys the image by
+        assert tags[name + ":1"]["image_id"] == image_id
+    stored = _stored_layers(remote)
+    assert len(stored) == 3
+
+    # A restart forgets everything in memory: the remote's records answer the existence checks.
+    server.stop()
+    server.start()
+    mark = len(server.output())
+    second = "%s/%s:2" % (server.host, name)
+    ctx = tmp_path / "ctx2"
+    ctx.mkdir()
+    (ctx / "v2.txt").write_text("2")
+    (ctx / "Dockerfile").write_text("FROM %s\nCOPY v2.txt /v2.txt\n" % first)
+    list(client.build(path=str(ctx), tag=second, network_mode="none", rm=True, decode=True))
+    try:
+        docker(host, "push", second)
+        log = server.output()[mark:]
+        uploads = log.count('"PUT /v2/%s/blobs/uploads/' % name) + log.count('"POST /v2/%s/blobs/uploads/?digest' % name)
+        assert uploads == 2, log          # the new layer and the new config, nothing else
+        added = _stored_layers(remote) - stored
+        assert len(added) == 1, added     # bytes stored: one new layer
+
+        # Pulled back from the remote by Docker through the accelerator, it runs.
+        docker(host, "rmi", first, second)
+        docker(host, "pull", second)
+        assert docker(host, "run", "--rm", "--network", "none", second, "/bin/busybox", "cat", "/v2.txt").stdout == "2"
+    finally:
+        docker(host, "rmi", "-f", second, check=False)
+
+
+def test_skopeo_copies_into_the_accelerator_and_dogestry_pulls_it(tmp_path, docker_host, build_image, name,
+                                                                 servers):
+    remote = str(tmp_path / "remote")
+    server = servers(remote, tmp_path)
+    image_id = build_image(docker_host, name + ":1", [{"/big.bin": os.urandom(2 * MiB)}, {"/name.txt": name}],
+                           cmd=["/bin/busybox", "cat", "/name.txt"], isolated=True)
+    archive = str(tmp_path / "image.tar")
+    with open(archive, "wb") as f:
+        for chunk in docker_sdk.APIClient(base_url=docker_host, version="auto").get_image(name + ":1"):
+            f.write(chunk)
+    dest = "docker://%s/%s:sk" % (server.host, name)
+    skopeo("copy", "--dest-tls-verify=false", "docker-archive:%s" % archive, dest)
+    inspected = json.loads(skopeo("inspect", "--tls-verify=false", "--config", dest).stdout)
+    assert inspected["rootfs"]["diff_ids"] and len(inspected["rootfs"]["diff_ids"]) == 3
+    # The engine's own pull reads what skopeo pushed: same image ID, and it runs.
+    docker(docker_host, "rmi", "-f", name + ":1")
+    result = json.loads(dogestry("pull", remote, name + ":sk", "--json", "--docker-host", docker_host).stdout)
+    assert result["image_id"] == image_id
+    try:
+        assert docker(docker_host, "run", "--rm", "--network", "none", name + ":sk").stdout == name
+    finally:
+        docker(docker_host, "rmi", "-f", name + ":sk", check=False)
