@@ -21,6 +21,7 @@ import pytest
 from conftest import docker_run_dir, free_port
 from dogestry_cli import MiB, docker, dogestry, skopeo
 
+
 @pytest.fixture
 def name():
     return "dogestry-acc-%s" % uuid.uuid4().hex[:8]

@@ -68,8 +68,8 @@ def test_docker_push_then_incremental_push_after_restart_then_pull(tmp_path, eng
         docker(host, "rmi", "-f", second, check=False)
 
 
-def test_skopeo_copies_into_the_accelerator_and_dogestry_pulls_it(tmp_path, docker_host, build_image, name,
-                                                                 servers):
+def test_skopeo_copies_into_the_accelerator_and_dogestry_pulls_it(
+        tmp_path, docker_host, build_image, name, servers):
     remote = str(tmp_path / "remote")
     server = servers(remote, tmp_path)
     image_id = build_image(docker_host, name + ":1", [{"/big.bin": os.urandom(2 * MiB)}, {"/name.txt": name}],

@@ -1,19 +1,22 @@
 """A registry-free fleet: three Docker daemons that share nothing (own data root, exec root and
 containerd namespace), each in a network namespace with nothing but loopback, so Docker Hub is
-unreachable by construction, and each with a dogestry accelerator in that namespace as its
-registry mirror. The collection's playbooks run against them as an operator runs them: publish,
-deploy, roll out, a deploy that must stop before any host switches, a bad release put back, a
-rollback; and plain `docker pull` / `docker run` served by each host's accelerator."""
+unreachable by construction, and each with a dogestry accelerator in that namespace, made its
+registry mirror by the registry_block role (then a reload, as the role's handler does). The
+collection's playbooks run against them as an operator runs them: publish, deploy, roll out, a
+deploy that must stop before any host switches, a bad release put back, a rollback; and plain
+`docker pull` / `docker run` served by each host's accelerator."""
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import uuid
 
 import docker
+import docker.errors
 import pytest
 import yaml
 
@@ -40,8 +43,11 @@ class FleetHost:
         self.proc = self.accelerator = None
 
     def start_docker(self):
+        # A setting of the host's own, which the registry_block role must keep.
         with open(os.path.join(self.dir, "daemon.json"), "w") as f:
-            json.dump({"registry-mirrors": ["http://127.0.0.1:%d" % MIRROR_PORT]}, f)
+            json.dump({"log-level": "info"}, f)
+        with open(os.path.join(self.dir, "hosts"), "w") as f:
+            f.write("127.0.0.1 localhost\n")
         namespace = "dogestry-%s-%d" % (self.name, os.getpid())
         self.proc = _start(["unshare", "--net", "--", "dockerd", "--config-file", os.path.join(self.dir, "daemon.json"),
                             "-H", self.host, "--data-root", os.path.join(self.dir, "data"),
@@ -64,10 +70,50 @@ class FleetHost:
     def api(self):
         return docker.APIClient(base_url=self.host, version="auto", timeout=120)
 
+    def role_vars(self):
+        """registry_block's paths pointed at this host's files (its reload is ours: a SIGHUP)."""
+        return {"ansible_connection": "local", "registry_block_daemon_json": os.path.join(self.dir, "daemon.json"),
+                "registry_block_hosts_file": os.path.join(self.dir, "hosts"),
+                "registry_block_certs_dir": os.path.join(self.dir, "certs.d"),
+                "registry_block_mirror": "http://127.0.0.1:%d" % MIRROR_PORT, "registry_block_reload_docker": False}
+
+    def reload_docker(self):
+        os.kill(self.proc.pid, signal.SIGHUP)
+        wait_for(lambda: self.api().info()["RegistryConfig"]["Mirrors"] == ["http://127.0.0.1:%d/" % MIRROR_PORT],
+                 30, "dockerd of %s to take its mirror" % self.name)
+
     def stop(self):
         if self.accelerator:
             self.accelerator.stop()
+        if self.proc and self.proc.poll() is None:
+            try:    # live-restore (set by registry_block) would leave them running past dockerd
+                for container in self.api().containers(all=True):
+                    self.api().remove_container(container["Id"], force=True)
+            except docker.errors.APIError:
+                pass
         _stop(self.proc)
+
+
+def make_registry_free(hosts, work):
+    """The registry_block role, run by ansible-playbook on each host's files, then Docker reloaded."""
+    inventory = os.path.join(work, "role-inventory.yml")
+    with open(inventory, "w") as f:
+        yaml.safe_dump({"all": {"vars": {"ansible_python_interpreter": sys.executable}},
+                        "dogestry_fleet": {"hosts": {host.name: host.role_vars() for host in hosts}}}, f)
+    playbook = os.path.join(work, "registry-free.yml")
+    with open(playbook, "w") as f:
+        yaml.safe_dump([{"hosts": "dogestry_fleet", "gather_facts": False,
+                         "roles": ["dogestry.dogestry.registry_block"]}], f)
+    proc, output = run_playbook(work, playbook, inventory=inventory)
+    assert proc.returncode == 0, output[-3000:]
+    for host in hosts:
+        host.reload_docker()
+        with open(os.path.join(host.dir, "daemon.json")) as f:
+            config = json.load(f)
+        assert config == {"log-level": "info", "live-restore": True,
+                          "registry-mirrors": ["http://127.0.0.1:%d" % MIRROR_PORT]}, config
+        with open(os.path.join(host.dir, "hosts")) as f:
+            assert "0.0.0.0 registry-1.docker.io" in f.read()
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +132,7 @@ def fleet(tmp_path_factory, docker_host):
             host.start_docker()
         for host in hosts:
             host.start_accelerator()
+        make_registry_free(hosts, base)
         yield hosts, remote, base
     finally:
         for host in hosts:

@@ -73,14 +73,14 @@ def call(api, method, path, body=b"", query=None, headers=None):
 
 
 def upload(api, name, blob, chunks=1):
-    status, headers, _ = call(api, "POST", "/v2/%s/blobs/uploads/" % name)
+    status, headers, _body = call(api, "POST", "/v2/%s/blobs/uploads/" % name)
     assert status == 202 and headers["Range"] == "0-0"
     location = headers["Location"]
     step = max(1, -(-len(blob) // chunks))
     for start in range(0, len(blob), step):
         piece = blob[start:start + step]
-        status, headers, _ = call(api, "PATCH", location, piece,
-                                  headers={"Content-Range": "%d-%d" % (start, start + len(piece) - 1)})
+        status, headers, _body = call(api, "PATCH", location, piece,
+                                      headers={"Content-Range": "%d-%d" % (start, start + len(piece) - 1)})
         assert status == 202 and headers["Range"] == "0-%d" % (start + len(piece) - 1)
     status, headers, body = call(api, "PUT", location, b"", query={"digest": sha(blob)})
     assert status == 201, body
@@ -97,7 +97,7 @@ def push(api, name, tag, image):
 
 def test_push_stores_layers_decoded_and_the_image_pulls_back_with_its_config_digest(api):
     image = Image()
-    status, headers, _ = push(api, "app", "1", image)
+    status, headers, _body = push(api, "app", "1", image)
     assert status == 201
     repo = api.repo
     oid = repo.read_tag(parse_image_ref("app:1"))
@@ -120,7 +120,7 @@ def test_existence_checks_of_pushed_blobs_are_answered_after_a_restart(api, tmp_
     assert push(api, "app", "1", image)[0] == 201
     again = RegistryApi(api.repo, writer=RegistryWriter(Repository(api.repo.remote), str(tmp_path)))
     for blob in image.blobs:
-        status, headers, _ = call(again, "HEAD", "/v2/app/blobs/" + sha(blob), None)
+        status, headers, _body = call(again, "HEAD", "/v2/app/blobs/" + sha(blob), None)
         assert status == 200 and headers["Content-Length"] == str(len(blob))
         # the compressed bytes are not kept: a GET says where the layer is instead
         status, _h, body = call(again, "GET", "/v2/app/blobs/" + sha(blob), None)
@@ -131,8 +131,8 @@ def test_existence_checks_of_pushed_blobs_are_answered_after_a_restart(api, tmp_
     upload(again, "app", update.config)
     assert call(again, "PUT", "/v2/app/manifests/2", update.manifest())[0] == 201
     # a cross-repository mount of a pushed layer is answered without an upload
-    status, headers, _ = call(again, "POST", "/v2/other/blobs/uploads/", None,
-                              query={"mount": sha(image.blobs[0]), "from": "app"})
+    status, headers, _body = call(again, "POST", "/v2/other/blobs/uploads/", None,
+                                  query={"mount": sha(image.blobs[0]), "from": "app"})
     assert status == 201 and headers["Location"] == "/v2/other/blobs/" + sha(image.blobs[0])
     again.writer.close()
 
@@ -140,9 +140,9 @@ def test_existence_checks_of_pushed_blobs_are_answered_after_a_restart(api, tmp_
 def test_chunked_monolithic_and_streamed_uploads(api):
     blob = os.urandom(3000)
     upload(api, "app", blob, chunks=3)
-    status, headers, _ = call(api, "POST", "/v2/app/blobs/uploads/", blob, query={"digest": sha(blob)})
+    status, headers, _body = call(api, "POST", "/v2/app/blobs/uploads/", blob, query={"digest": sha(blob)})
     assert status == 201
-    status, headers, _ = call(api, "POST", "/v2/app/blobs/uploads/")
+    status, headers, _body = call(api, "POST", "/v2/app/blobs/uploads/")
     location = headers["Location"]
     assert call(api, "PATCH", location, blob[:1000])[0] == 202        # streamed: no Content-Range
     assert call(api, "GET", location, None)[1]["Range"] == "0-999"
@@ -154,7 +154,7 @@ def test_chunked_monolithic_and_streamed_uploads(api):
 @pytest.mark.parametrize("case", ["digest", "order", "unknown", "algorithm", "cancelled", "size"])
 def test_bad_uploads_are_refused(api, case):
     blob = b"x" * 100
-    status, headers, _ = call(api, "POST", "/v2/app/blobs/uploads/")
+    status, headers, _body = call(api, "POST", "/v2/app/blobs/uploads/")
     location = headers["Location"]
     if case == "digest":
         status, _h, body = call(api, "PUT", location, blob, query={"digest": sha(b"other")})
@@ -237,7 +237,7 @@ def test_bad_manifests_are_refused_and_no_tag_is_written(api, case):
 
 def test_a_blob_that_claims_to_be_gzip_but_is_not_is_refused(api):
     blob = b"\x1f\x8b" + os.urandom(200)
-    status, headers, _ = call(api, "POST", "/v2/app/blobs/uploads/")
+    status, headers, _body = call(api, "POST", "/v2/app/blobs/uploads/")
     status, _h, body = call(api, "PUT", headers["Location"], blob, query={"digest": sha(blob)})
     assert status == 400 and json.loads(body)["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
     assert not any(key.startswith(PUSHED_PREFIX) for key in (info.key for info in api.repo.remote.list("")))
