@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-dir", help="keep fetched blobs here (default: no cache)")
     serve.add_argument("--cache-size", type=_size, default=10 << 30, help="cache bound, e.g. 500M, 20G (default 10G)")
     serve.add_argument("--read-only", action="store_true", help="refuse pushes (405)")
+    serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (chain) file")
+    serve.add_argument("--tls-key", help="... and this private key file")
+    serve.add_argument("--htpasswd", help="require Basic auth by a user of this bcrypt htpasswd file (htpasswd -B)")
     serve.add_argument("--spool-dir", help="where pushed blobs are received (default: the system temp dir)")
     serve.add_argument("--max-blob-size", type=_size, default=64 << 30, help="largest blob a push may send (default 64G)")
     return parser
@@ -267,7 +270,10 @@ def cmd_serve(args, out: Output) -> int:
 
     def ready(host, port):
         out.result({"listening": "%s:%d" % (host, port), "remote": repo.url},
-                   "dogestry: serving %s on http://%s:%d/v2/" % (repo.url, host, port))
+                   "dogestry: serving %s on %s://%s:%d/v2/" % (repo.url, "https" if tls else "http", host, port))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise DogestryError("--tls-cert and --tls-key go together")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     from ._metrics import Metrics
     metrics = Metrics()
     cache = None
@@ -285,7 +291,7 @@ def cmd_serve(args, out: Output) -> int:
         except OSError as exc:
             raise DogestryError("--spool-dir %s: %s" % (args.spool_dir, exc.strerror or exc))
     try:
-        serve(RegistryApi(repo, cache, metrics, writer), args.listen, args.threads, ready)
+        serve(RegistryApi(repo, cache, metrics, writer), args.listen, args.threads, ready, tls, args.htpasswd)
     finally:
         if writer is not None:
             writer.close()

@@ -13,22 +13,32 @@ mid-stream, which is how a blob that fails verification is refused.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import time
 import traceback
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 from urllib.parse import parse_qs
 
 try:
     from cheroot import wsgi as cheroot_wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
     HAS_CHEROOT = True
     CHEROOT_IMPORT_ERROR = None
 except ImportError:
     HAS_CHEROOT = False
     CHEROOT_IMPORT_ERROR = traceback.format_exc()
+
+try:
+    import bcrypt
+    HAS_BCRYPT = True
+except ImportError:
+    HAS_BCRYPT = False
 
 from ._errors import DogestryError
 from ._registry_api import RegistryApi, Response
@@ -87,9 +97,53 @@ class _Body:
         self._log_line(self)
 
 
+class Htpasswd:
+    """Users of a Docker registry htpasswd file (`user:bcrypt-hash` lines, as `htpasswd -B` writes)."""
+
+    def __init__(self, path: str):
+        if not HAS_BCRYPT:
+            raise DogestryError("--htpasswd needs the Python package 'bcrypt': pip install bcrypt")
+        self.users: Dict[str, bytes] = {}
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().splitlines()
+        except OSError as exc:
+            raise DogestryError("--htpasswd %s: %s" % (path, exc.strerror or exc))
+        for number, line in enumerate(lines, 1):
+            if not line.strip() or line.startswith(b"#"):
+                continue
+            user, sep, hashed = line.partition(b":")
+            if not sep or not hashed.startswith((b"$2y$", b"$2b$", b"$2a$")):
+                raise DogestryError("--htpasswd %s line %d: expected user:bcrypt-hash (htpasswd -B)" % (path, number))
+            self.users[user.decode("utf-8", "replace")] = hashed
+        if not self.users:
+            raise DogestryError("--htpasswd %s names no user" % path)
+        self._good: Dict[str, bool] = {}   # sha256 of accepted credentials: bcrypt costs milliseconds a check
+
+    def check(self, authorization: Optional[str]) -> bool:
+        if not authorization or not authorization.startswith("Basic "):
+            return False
+        key = hashlib.sha256(authorization.encode("utf-8", "replace")).hexdigest()
+        if key in self._good:
+            return True
+        try:
+            user, _sep, password = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        hashed = self.users.get(user)
+        if hashed is None or not bcrypt.checkpw(password.encode(), hashed.replace(b"$2y$", b"$2b$", 1)):
+            return False
+        self._good[key] = True
+        return True
+
+
+_UNAUTHORIZED = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}'
+
+
 class WsgiApp:
-    def __init__(self, api: RegistryApi):
+    def __init__(self, api: RegistryApi, users: Optional[Htpasswd] = None):
         self.api = api
+        self.users = users
 
     def __call__(self, environ, start_response):
         started = time.monotonic()
@@ -99,7 +153,14 @@ class WsgiApp:
                  parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).items()}
         headers: Dict[str, List[str]] = {name: [environ[key]] for key, name in _HEADERS.items() if environ.get(key)}
         try:
-            response = self.api.handle(method, path, query, headers, body=environ.get("wsgi.input"))
+            if self.users is not None and path != "/healthz" and not self.users.check(environ.get("HTTP_AUTHORIZATION")):
+                response = Response(401, [("Content-Type", "application/json"),
+                                          ("Content-Length", str(len(_UNAUTHORIZED))),
+                                          ("WWW-Authenticate", 'Basic realm="dogestry"'),
+                                          ("Docker-Distribution-API-Version", "registry/2.0")],
+                                    _UNAUTHORIZED, len(_UNAUTHORIZED))
+            else:
+                response = self.api.handle(method, path, query, headers, body=environ.get("wsgi.input"))
         except Exception:  # a bug, not a remote failure: answer 500 and keep serving
             LOG.error("internal error on %s %s: %s", method, path, traceback.format_exc())
             body = b'{"errors":[{"code":"UNKNOWN","message":"internal error"}]}'
@@ -118,17 +179,30 @@ class WsgiApp:
         return _Body(response, log_line)
 
 
-def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, ready=None) -> None:
-    """Serve until SIGTERM/SIGINT. `ready(host, port)` is called once the socket is bound."""
+def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, ready=None,
+          tls: Optional[Tuple[str, str]] = None, htpasswd: Optional[str] = None) -> None:
+    """Serve until SIGTERM/SIGINT. `ready(host, port)` is called once the socket is bound.
+
+    `tls`: (certificate chain file, private key file); `htpasswd`: a bcrypt htpasswd file whose
+    users alone may use it (Basic auth). Both are required to listen on anything but loopback."""
     if not HAS_CHEROOT:
         raise DogestryError("the Python package 'cheroot' is required for dogestry serve: pip install cheroot")
     host, port = parse_listen(listen)
-    if not is_loopback(host):
-        raise DogestryError("--listen %s is not a loopback address: serving other hosts needs TLS and "
-                            "credentials, which this version does not support yet" % listen)
-    server = cheroot_wsgi.Server((host, port), WsgiApp(api), numthreads=threads,
+    if not is_loopback(host) and not (tls and htpasswd):
+        raise DogestryError("--listen %s is not a loopback address: serving other hosts needs TLS (--tls-cert, "
+                            "--tls-key) and credentials (--htpasswd)" % listen)
+    users = Htpasswd(htpasswd) if htpasswd else None
+    server = cheroot_wsgi.Server((host, port), WsgiApp(api, users), numthreads=threads,
                                  server_name="dogestry", timeout=30)
     server.stats["Enabled"] = False
+    if tls:
+        for path in tls:
+            if not os.path.isfile(path):
+                raise DogestryError("TLS file %s does not exist" % path)
+        try:
+            server.ssl_adapter = BuiltinSSLAdapter(tls[0], tls[1])
+        except (OSError, ValueError) as exc:      # ssl.SSLError is an OSError
+            raise DogestryError("cannot use the TLS certificate %s and key %s: %s" % (tls[0], tls[1], exc))
 
     def stop(signum, _frame):
         LOG.info("signal %d: shutting down", signum)
@@ -141,7 +215,8 @@ def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, rea
     except OSError as exc:
         raise DogestryError("cannot listen on %s: %s" % (listen, exc.strerror or exc))
     bound = server.bind_addr
-    LOG.info("serving %s on http://%s:%d/v2/", api.repo.url, bound[0], bound[1])
+    LOG.info("serving %s on %s://%s:%d/v2/%s", api.repo.url, "https" if tls else "http", bound[0], bound[1],
+             " (Basic auth: %d user(s))" % len(users.users) if users else "")
     if ready:
         ready(bound[0], bound[1])
     try:

@@ -2,13 +2,18 @@
 the containerd image store, and `skopeo copy`; stored in the remote's own format, pulled back
 anywhere, and an incremental push after a restart sends only the new layer."""
 
+import base64
 import json
 import os
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 
+import bcrypt
 import docker as docker_sdk
 
-from conftest import docker_run_dir
+from conftest import docker_run_dir, free_port
 from dogestry_cli import MiB, docker, dogestry, skopeo
 
 
@@ -90,3 +95,46 @@ def test_skopeo_copies_into_the_accelerator_and_dogestry_pulls_it(
         assert docker(docker_host, "run", "--rm", "--network", "none", name + ":sk").stdout == name
     finally:
         docker(docker_host, "rmi", "-f", name + ":sk", check=False)
+
+
+def test_beyond_loopback_tls_and_credentials_with_docker_login(tmp_path, docker_host, build_image, name, servers):
+    remote = str(tmp_path / "remote")
+    refused = dogestry("serve", remote, "--listen", "0.0.0.0:%d" % free_port(), check=False, timeout=30)
+    assert refused.returncode == 1 and "--tls-cert" in refused.stderr and "--htpasswd" in refused.stderr
+    cert, key, users = (str(tmp_path / f) for f in ("cert.pem", "key.pem", "htpasswd"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(users, "wb") as f:
+        f.write(b"ci:" + bcrypt.hashpw(b"s3cret pass", bcrypt.gensalt(rounds=5)) + b"\n")
+    port = free_port()
+    server = servers(remote, tmp_path, port=port, args=["--listen", "0.0.0.0:%d" % port, "--tls-cert", cert,
+                                                         "--tls-key", key, "--htpasswd", users])
+    trusted = ssl.create_default_context(cafile=cert)
+
+    def status(path, auth=None):
+        request = urllib.request.Request("https://127.0.0.1:%d%s" % (port, path))
+        if auth:
+            request.add_header("Authorization", "Basic " + base64.b64encode(auth).decode())
+        try:
+            return urllib.request.urlopen(request, context=trusted, timeout=30).status, None
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers.get("WWW-Authenticate")
+
+    assert status("/v2/") == (401, 'Basic realm="dogestry"')
+    assert status("/v2/", b"ci:wrong")[0] == 401
+    assert status("/v2/", b"ci:s3cret pass") == (200, None)
+    assert status("/healthz")[0] in (200, 503)      # health needs no credentials
+    # Docker itself: refused without a login, pushes and pulls after `docker login` (its own config dir).
+    ref = "127.0.0.1:%d/%s:1" % (port, name)
+    build_image(docker_host, ref, [{"/name.txt": name}], cmd=["/bin/busybox", "cat", "/name.txt"])
+    config = str(tmp_path / "docker-config")
+    anonymous = docker(docker_host, "--config", str(tmp_path / "none"), "push", ref, check=False)
+    assert anonymous.returncode != 0 and "auth" in (anonymous.stdout + anonymous.stderr).lower()
+    docker(docker_host, "--config", config, "login", "127.0.0.1:%d" % port, "-u", "ci", "-p", "s3cret pass")
+    docker(docker_host, "--config", config, "push", ref)
+    docker(docker_host, "rmi", ref)
+    docker(docker_host, "--config", config, "pull", ref)
+    assert docker(docker_host, "run", "--rm", "--network", "none", ref).stdout == name
+    docker(docker_host, "rmi", ref)
+    assert "https://0.0.0.0:%d/v2/ (Basic auth: 1 user(s))" % port in server.output()

@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""dogestry against a registry, on the same image in the same run: what a user would pick instead.
+
+Columns (each with a fresh store every repeat):
+  registry     `docker push` / `docker pull` through Debian's docker-registry (CNCF distribution
+               2.8, filesystem storage) on loopback
+  accelerator  `docker push` / `docker pull` through `dogestry serve` over a directory remote
+  dogestry     the modules' engine (dogestry_push / dogestry_pull) into / from a directory remote
+  floor        `docker save` to a file and `docker load` from it
+Rows: cold push, one-layer update push, cold pull (the daemon lacks every layer), one-layer update
+pull (the daemon has the previous release). The image is bench.py's (six layers of text, random,
+sparse and mixed data; :v2 differs only in its top layer). Prints medians (min-max), ratios to the
+registry and to the floor, bytes stored, and the servers' peak RSS; exits non-zero if a target
+of issue 8 is missed:
+  - docker pull through the accelerator, cold and update: at most the registry's time
+  - one-layer update push, through the accelerator and through dogestry: at most the registry's time
+  - cold push through dogestry: at most 0.7x the registry's
+Ratios over 1.0 within the spread of repeats are noise: judge with --repeat 3 or more.
+
+    python3 benchmarks/registry_bench.py [--size-mb 220] [--repeat 3] [--docker-host unix:///...]
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import MiB, REPO, Engine, docker_build, free_port, log, make_context, run  # noqa: E402
+
+VENV_DOGESTRY = os.path.join(REPO, ".venv", "bin", "dogestry")
+ROWS = ("cold push", "update push", "cold pull", "update pull")
+COLUMNS = ("registry", "accelerator", "dogestry", "floor")
+
+
+def du(path):
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)
+    return total
+
+
+def peak_rss(pid):
+    with open("/proc/%d/status" % pid) as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Server:
+    """A registry-API server on a free loopback port, stopped by stop()."""
+
+    def __init__(self, cmd, store, log_path, env=None, port=None):
+        self.port = port or free_port()
+        self.store = store
+        self.host = "127.0.0.1:%d" % self.port
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen([c.replace("{PORT}", str(self.port)) for c in cmd], stdout=self.log,
+                                     stderr=self.log, stdin=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen("http://%s/v2/" % self.host, timeout=2).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        sys.exit("%s did not start (log %s)" % (cmd[0], log_path))
+
+    def stop(self):
+        rss = peak_rss(self.proc.pid) if self.proc.poll() is None else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        return rss
+
+
+def start_registry(tmp):
+    exe = shutil.which("docker-registry")
+    if not exe:
+        sys.exit("docker-registry is not installed (scripts/setup.sh installs Debian's docker-registry)")
+    store = os.path.join(tmp, "registry-store-%s" % uuid.uuid4().hex[:6])
+    port = free_port()
+    config = os.path.join(tmp, "registry.yml")
+    with open(config, "w") as fh:
+        fh.write("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n"
+                 "  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%d\n" % (store, port))
+    return Server([exe, "serve", config], store, os.path.join(tmp, "registry.log"), port=port)
+
+
+def start_accelerator(tmp):
+    store = os.path.join(tmp, "accelerator-remote-%s" % uuid.uuid4().hex[:6])
+    env = dict(os.environ, PYTHONPATH=os.path.join(tmp, "shim"))
+    return Server([VENV_DOGESTRY, "serve", store, "--listen", "127.0.0.1:{PORT}", "--spool-dir", tmp], store,
+                  os.path.join(tmp, "accelerator.log"), env)
+
+
+class RegistryBench:
+    def __init__(self, args, engine, tmp):
+        self.args, self.e, self.tmp = args, engine, tmp
+        self.daemon = engine.Daemon(args.docker_host)
+        self.samples = defaultdict(lambda: defaultdict(list))
+        self.stored = defaultdict(list)
+        self.rss = defaultdict(list)
+        self.nonce = uuid.uuid4().hex[:12]
+        self.name = "dogestry-regbench-%s" % self.nonce
+
+    def docker(self, *cmd):
+        run(["docker", "-H", self.args.docker_host] + list(cmd))
+
+    def timed(self, column, row, fn):
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        self.samples[column][row].append(elapsed)
+        log("%-12s %-12s %.2fs" % (column, row, elapsed))
+
+    def build(self):
+        ctx = os.path.join(self.tmp, "ctx")
+        make_context(ctx, self.args.size_mb, self.nonce)
+        for version in ("v1", "v2"):
+            docker_build(ctx, "Dockerfile.app-" + version, "%s:%s" % (self.name, version))
+        self.layers = {v: [d.split(":", 1)[1] for d in self.daemon.inspect("%s:%s" % (self.name, v))["RootFS"]["Layers"]]
+                       for v in ("v1", "v2")}
+        self.archive = os.path.join(self.tmp, "images.tar")
+        self.docker("save", "-o", self.archive, self.name + ":v1", self.name + ":v2")
+        shutil.rmtree(ctx)
+
+    def forget(self):
+        """Remove every tag of the bench images, so that the daemon holds none of their layers."""
+        for image in self.daemon.api.images(name=None):
+            for tag in image.get("RepoTags") or []:
+                if self.name in tag:
+                    self.daemon.api.remove_image(tag, force=True)
+        present = self.daemon.present_chain_ids()
+        if any(c in present for c in self.e.chain_ids(self.layers["v1"])):
+            sys.exit("the daemon still holds layers of the bench image: the cold pulls would not be cold")
+
+    def restore(self):
+        self.forget()
+        self.docker("load", "-i", self.archive)
+
+    def repeat(self):
+        registry, accelerator = start_registry(self.tmp), start_accelerator(self.tmp)
+        remote_dir = os.path.join(self.tmp, "dogestry-remote-%s" % uuid.uuid4().hex[:6])
+        repo = self.e.Repository(self.e.remote_from_url(remote_dir))
+        try:
+            # pushes, the images present
+            for column, server in (("registry", registry), ("accelerator", accelerator)):
+                for row, version in (("cold push", "v1"), ("update push", "v2")):
+                    ref = "%s/%s:%s" % (server.host, self.name, version)
+                    self.docker("tag", "%s:%s" % (self.name, version), ref)
+                    self.timed(column, row, lambda ref=ref: self.docker("push", ref))
+            for row, version in (("cold push", "v1"), ("update push", "v2")):
+                source = "%s:%s" % (self.name, version)
+
+                def push(source=source):
+                    plan = self.e.plan_push(self.daemon, repo, source)
+                    self.e.execute_push(self.daemon, repo, plan, "lz4", self.args.jobs)
+                self.timed("dogestry", row, push)
+            # the floor: save, then load into a daemon without the image
+            self.timed("floor", "cold push", lambda: self.docker("save", "-o", os.path.join(self.tmp, "floor.tar"),
+                                                              self.name + ":v1"))
+            # pulls
+            for column, server in (("registry", registry), ("accelerator", accelerator)):
+                self.forget()
+                for row, version in (("cold pull", "v1"), ("update pull", "v2")):
+                    ref = "%s/%s:%s" % (server.host, self.name, version)
+                    self.timed(column, row, lambda ref=ref: self.docker("pull", ref))
+            self.forget()
+            for row, version in (("cold pull", "v1"), ("update pull", "v2")):
+                def pull(version=version):
+                    plan = self.e.plan_pull(self.daemon, repo, "%s:%s" % (self.name, version))
+                    self.e.execute_pull(self.daemon, repo, plan)
+                self.timed("dogestry", row, pull)
+            self.forget()
+            self.timed("floor", "cold pull", lambda: self.docker("load", "-i", os.path.join(self.tmp, "floor.tar")))
+            os.unlink(os.path.join(self.tmp, "floor.tar"))
+            self.stored["registry"].append(du(registry.store))
+            self.stored["accelerator"].append(du(accelerator.store))
+            self.stored["dogestry"].append(du(remote_dir))
+        finally:
+            self.rss["registry"].append(registry.stop())
+            self.rss["accelerator"].append(accelerator.stop())
+            for path in (registry.store, accelerator.store, remote_dir):
+                shutil.rmtree(path, ignore_errors=True)
+            self.restore()
+
+    def report(self):
+        def med(values):
+            values = sorted(values)
+            return values[len(values) // 2] if values else None
+
+        def cell(column, row):
+            values = self.samples[column].get(row)
+            if not values:
+                return "-"
+            text = "%.2f s" % med(values)
+            if len(values) > 1:
+                text += " (%.2f-%.2f)" % (min(values), max(values))
+            reg = med(self.samples["registry"].get(row, []))
+            if column not in ("registry", "floor") and reg:
+                text += " %.2fx reg" % (med(values) / reg)
+            floor_row = "cold push" if "push" in row else "cold pull"
+            floor = med(self.samples["floor"].get(floor_row, []))
+            if column != "floor" and floor and row.startswith("cold"):
+                text += " %.2fx floor" % (med(values) / floor)
+            return text
+
+        print("\n| %d MB image, %d repeat(s) | %s |" % (self.args.size_mb, self.args.repeat, " | ".join(COLUMNS)))
+        print("|---|%s" % ("---|" * len(COLUMNS)))
+        for row in ROWS:
+            print("| %s | %s |" % (row, " | ".join(cell(c, row) for c in COLUMNS)))
+        print("| bytes stored (v1+v2) | %s |" % " | ".join(
+            "%.1f MB" % (med(self.stored[c]) / 1e6) if self.stored[c] else "-" for c in COLUMNS))
+        print("| server peak RSS | %s |" % " | ".join(
+            "%.0f MB" % (max(self.rss[c]) / 1e6) if self.rss[c] else "-" for c in COLUMNS))
+        print("(floor: `docker save` in the cold push row, `docker load` in the cold pull row)")
+
+        targets = []
+
+        def target(name, column, row, limit, against="registry"):
+            got, base = med(self.samples[column][row]), med(self.samples[against][row])
+            ok = got <= limit * base
+            targets.append(ok)
+            print("%s  %-62s %.2fs vs %.2fs (%.2fx, limit %.1fx)" % ("PASS" if ok else "FAIL", name, got, base,
+                                                                     got / base, limit))
+        print()
+        target("docker pull through the accelerator, cold", "accelerator", "cold pull", 1.0)
+        target("docker pull through the accelerator, update", "accelerator", "update pull", 1.0)
+        target("one-layer update push through the accelerator", "accelerator", "update push", 1.0)
+        target("one-layer update push through dogestry", "dogestry", "update push", 1.0)
+        target("cold push through dogestry", "dogestry", "cold push", 0.7)
+        return all(targets)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mb", type=int, default=220)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    parser.add_argument("--tmpdir", default=None)
+    args = parser.parse_args()
+    if not os.path.exists(VENV_DOGESTRY):
+        sys.exit("%s is missing: run bash scripts/setup.sh" % VENV_DOGESTRY)
+    tmp = tempfile.mkdtemp(prefix="dogestry-regbench-", dir=args.tmpdir)
+    os.makedirs(os.path.join(tmp, "shim"))
+    os.symlink(os.path.join(REPO, "plugins", "module_utils"), os.path.join(tmp, "shim", "dogestry"))
+    bench = RegistryBench(args, Engine(tmp), tmp)
+    try:
+        log("building the %d MB image (v1, v2)" % args.size_mb)
+        bench.build()
+        for i in range(args.repeat):
+            log("repeat %d/%d" % (i + 1, args.repeat))
+            bench.repeat()
+        ok = bench.report()
+    finally:
+        bench.forget()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\nmachine: %d cores, load %.1f at the end; %s" % (os.cpu_count(), os.getloadavg()[0], time.strftime("%Y-%m-%d")))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
