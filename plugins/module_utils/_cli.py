@@ -18,6 +18,8 @@ import logging
 import os
 import re
 import sys
+import threading
+import time
 from typing import Dict, List, Optional
 
 from ._errors import DogestryError, RemoteMissingError, RemoteNotFoundError
@@ -96,9 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("remote")
     serve.add_argument("--listen", default="127.0.0.1:22375", help="HOST:PORT (default 127.0.0.1:22375)")
     serve.add_argument("--threads", type=_positive, default=16)
+    serve.add_argument("--docker-timeout", dest="timeout_docker", type=_positive, default=300,
+                       help="seconds for Docker API calls of --pull-into (default 300)")
     serve.add_argument("--cache-dir", help="keep fetched blobs here (default: no cache)")
     serve.add_argument("--cache-size", type=_size, default=10 << 30, help="cache bound, e.g. 500M, 20G (default 10G)")
     serve.add_argument("--read-only", action="store_true", help="refuse pushes (405)")
+    serve.add_argument("--pull-into", metavar="DOCKER_HOST",
+                       help="enable POST /dogestry/pull?image=NAME:TAG, which loads the image into this Docker daemon")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (chain) file")
     serve.add_argument("--tls-key", help="... and this private key file")
     serve.add_argument("--htpasswd", help="require Basic auth by a user of this bcrypt htpasswd file (htpasswd -B)")
@@ -134,6 +140,54 @@ class Output:
             sys.stderr.flush()
 
 
+class Progress:
+    """A progress bar on stderr (a terminal only): layers done of the total, bytes, rate, ETA.
+
+    advance() may be called from transfer threads."""
+
+    WIDTH = 24
+
+    def __init__(self, out: Output, label: str, layers: int, total_bytes: int, clock=time.monotonic):
+        self.out, self.label, self.layers, self.total = out, label, layers, total_bytes
+        self.clock = clock
+        self.started = clock()
+        self.done_layers = self.done_bytes = 0
+        self._lock = threading.Lock()
+        self.render()
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:
+            self.done_layers += 1
+            self.done_bytes += nbytes
+            self.render()
+
+    def line(self) -> str:
+        elapsed = max(self.clock() - self.started, 1e-6)
+        rate = self.done_bytes / elapsed
+        share = self.done_bytes / self.total if self.total else (self.done_layers / self.layers if self.layers else 1)
+        filled = int(self.WIDTH * min(share, 1.0))
+        left = None
+        if self.total and rate > 0:
+            left = max(self.total - self.done_bytes, 0) / rate
+        elif not self.total and self.done_layers:       # sizes unknown ahead: by layers
+            left = (self.layers - self.done_layers) * elapsed / self.done_layers
+        eta = "%d:%02d" % (left // 60, left % 60) if left is not None else "--:--"
+        return "%s [%s%s] %d/%d layers %s%s %s/s ETA %s" % (
+            self.label, "#" * filled, "." * (self.WIDTH - filled), self.done_layers, self.layers,
+            _human(self.done_bytes), " of " + _human(self.total) if self.total else "", _human(rate), eta)
+
+    def render(self) -> None:
+        self.out.step(self.line())
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return ("%.0f %s" if unit == "B" else "%.1f %s") % (size, unit)
+        size /= 1000.0
+    return "%.1f GB" % size
+
+
 def _daemons(args) -> List:
     from ._docker import Daemon
     hosts = args.docker_host or [None]
@@ -145,8 +199,10 @@ def cmd_push(args, out: Output) -> int:
     repo = repository_from_args(args)
     daemon = _daemons(args)[0]
     for plan in plan_pushes(daemon, repo, args.images):
-        out.step("pushing %s" % plan.ref)
-        result = execute_push(daemon, repo, plan, args.compression, args.jobs)
+        # a layer's size is known once `docker save` has streamed it: the bar goes by layers
+        bar = Progress(out, "pushing %s" % plan.ref, len(plan.missing), 0)
+        result = execute_push(daemon, repo, plan, args.compression, args.jobs,
+                              lambda oid, stored_size: bar.advance(stored_size))
         out.done()
         line = result.get("reason") or "%s: already on %s" % (plan.ref, repo.url)
         if result.get("bytes_transferred") is not None:
@@ -206,10 +262,11 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
     from ._engine import execute_pull, human_size, plan_pull
     for daemon in daemons:
         plan = plan_pull(daemon, repo, args.image)
-
-        def progress(layer, host=daemon.host):
-            out.step("%s: layer %s loaded" % (host, layer.oid[:12]))
-        result = execute_pull(daemon, repo, plan, progress)
+        stored = {layer.oid: layer.stored_size for layer in plan.missing}
+        bar = Progress(out, "pulling %s into %s" % (plan.ref or args.image, daemon.host), len(stored),
+                       sum(stored.values()))
+        result = execute_pull(daemon, repo, plan, lambda layer: bar.advance(stored.get(layer.oid, 0))
+                              if layer.oid in stored else None)
         out.done()
         if result.get("reason"):
             line = "%s on %s: %s (%s downloaded)" % (plan.ref or args.image, daemon.host, result["reason"],
@@ -290,12 +347,25 @@ def cmd_serve(args, out: Output) -> int:
             writer = RegistryWriter(repo, args.spool_dir, args.max_blob_size)
         except OSError as exc:
             raise DogestryError("--spool-dir %s: %s" % (args.spool_dir, exc.strerror or exc))
+    puller = _puller(repo, args.pull_into, args.timeout_docker) if args.pull_into else None
     try:
-        serve(RegistryApi(repo, cache, metrics, writer), args.listen, args.threads, ready, tls, args.htpasswd)
+        serve(RegistryApi(repo, cache, metrics, writer, puller), args.listen, args.threads, ready, tls, args.htpasswd)
     finally:
         if writer is not None:
             writer.close()
     return 0
+
+
+def _puller(repo, docker_host: str, timeout: int):
+    """The server-side pull: the engine's pull into one daemon, as `dogestry pull` does it."""
+    from ._docker import Daemon
+    from ._engine import execute_pull, plan_pull
+
+    def pull(image: str) -> Dict:
+        daemon = Daemon(docker_host, timeout)
+        result = execute_pull(daemon, repo, plan_pull(daemon, repo, image))
+        return dict(result, docker_host=daemon.host)
+    return pull
 
 
 COMMANDS = {"push": cmd_push, "pull": cmd_pull, "tags": cmd_tags, "prune": cmd_prune, "verify": cmd_verify,

@@ -200,7 +200,9 @@ def _remote_exists(repo: Repository) -> bool:
         return False
 
 
-def execute_push(daemon: Daemon, repo: Repository, plan: PushPlan, compression: str, jobs: int) -> Dict:
+def execute_push(daemon: Daemon, repo: Repository, plan: PushPlan, compression: str, jobs: int,
+                 progress: Callable[[str, int], None] = lambda oid, stored_size: None) -> Dict:
+    """`progress(layer oid, stored bytes)` is called, from transfer threads, as each layer is stored."""
     result = plan.result()
     if plan.up_to_date:
         result["manifest"] = "sha256:" + (plan.current or "")
@@ -216,7 +218,7 @@ def execute_push(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         plan.image_id = result["image_id"] = repo.read_manifest(plan.existing).image_id
     lease = push_lease(repo, plan)      # prune spares what this push references until the tag is written
     try:
-        return _write_image(daemon, repo, plan, compression, jobs, result)
+        return _write_image(daemon, repo, plan, compression, jobs, result, progress)
     finally:
         drop_lease(repo, lease)
 
@@ -231,11 +233,12 @@ def _tag_existing(repo: Repository, plan: PushPlan, result: Dict) -> Dict:
     return result
 
 
-def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: str, jobs: int, result: Dict) -> Dict:
+def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: str, jobs: int, result: Dict,
+                 progress: Callable[[str, int], None]) -> Dict:
     if plan.existing:
         return _tag_existing(repo, plan, result)
     uploaded: Dict[str, int] = {}
-    saved = _save_and_upload(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded)
+    saved = _save_and_upload(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded, progress)
     if saved.diff_ids != plan.diff_ids or plan.image_id not in (None, "sha256:" + saved.config_oid):
         raise DockerError("image %s changed while it was being pushed (now sha256:%s): run the push again"
                           % (plan.source, saved.config_oid))
@@ -250,7 +253,7 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         # (a second pass over `docker save`, in this rare case only).
         for oid in damaged:
             quarantine(repo, plan.present.pop(oid).key)
-        again = _save_and_upload(daemon, repo, plan, set(damaged), compression, jobs, uploaded)
+        again = _save_and_upload(daemon, repo, plan, set(damaged), compression, jobs, uploaded, progress)
         saved.layers.update(again.layers)
         plan.missing.extend(damaged)
         result.update(plan.result(), layers_repaired=["sha256:" + oid for oid in damaged])
@@ -274,7 +277,7 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
 
 
 def _save_and_upload(daemon: Daemon, repo: Repository, plan: PushPlan, wanted, compression: str, jobs: int,
-                     uploaded: Dict[str, int]):
+                     uploaded: Dict[str, int], progress: Callable[[str, int], None]):
     """One pass over `docker save`: spool each wanted layer and upload it while the stream goes on."""
     spool = temp_dir_for(repo.remote)
     try:
@@ -282,6 +285,7 @@ def _save_and_upload(daemon: Daemon, repo: Repository, plan: PushPlan, wanted, c
             def upload(layer):
                 if repo.remote.put_file(blob_key(layer.oid, layer.encoding), layer.path):
                     uploaded[layer.oid] = layer.stored_size     # not when a concurrent push stored it first
+                progress(layer.oid, layer.stored_size)
 
             saved = read_save_stream(daemon.save(plan.source), wanted, set(plan.diff_ids),
                                      compression, spool, lambda layer: pool.submit(upload, layer))

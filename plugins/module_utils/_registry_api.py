@@ -22,7 +22,10 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 from ._docker_archive import LoadLayer, verified_chunks
-from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteError, RemoteMissingError, RemoteNotFoundError
+from ._errors import (
+    BlobCorruptError, DockerError, DogestryError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError,
+    RemoteNotFoundError,
+)
 from ._format import OCI_MANIFEST_MEDIA_TYPE, ImageRef, Manifest, blob_key, sha256_hex
 from ._metrics import Metrics
 from ._registry_push import ApiError, RegistryWriter
@@ -155,12 +158,16 @@ class RegistryApi:
     MAX_CONFIGS = 1000      # verified image configs kept in memory (kilobytes each)
 
     def __init__(self, repo: Repository, cache=None, metrics: Optional[Metrics] = None,
-                 writer: Optional[RegistryWriter] = None):
+                 writer: Optional[RegistryWriter] = None, puller=None):
         """`cache`: a _blob_cache.BlobCache for stored layers (None: every read goes to the remote);
-        `writer`: takes pushes (None: the registry is read-only)."""
+        `writer`: takes pushes (None: the registry is read-only); `puller(image) -> result dict`:
+        loads an image from the remote into the local Docker (POST /dogestry/pull?image=NAME:TAG,
+        the original's server-side pulls; None: no such endpoint)."""
         self.repo = repo
         self.cache = cache
         self.writer = writer
+        self.puller = puller
+        self._pulling: Dict[str, threading.Lock] = {}
         self.metrics = metrics or Metrics()
         self._configs: Dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -248,6 +255,8 @@ class RegistryApi:
         clock = clock or time.monotonic
         head = method == "HEAD"
         try:
+            if path == "/dogestry/pull" and self.puller is not None:
+                return self._server_side_pull(method, query)
             if method not in ("GET", "HEAD") or _UPLOAD_ROUTE.match(path):
                 return self._write(method, path, query, headers, body)
             if path in ("/v2", "/v2/"):
@@ -283,6 +292,25 @@ class RegistryApi:
             self.metrics.remote_error()
             # The remote is unreachable or refused: say so, and let the client retry.
             return error_response(ApiError(503, "UNAVAILABLE", str(exc)), head)
+
+    # -- server-side pulls --------------------------------------------------------------------
+
+    def _server_side_pull(self, method: str, query: Dict[str, str]) -> Response:
+        if method != "POST":
+            raise ApiError(405, "UNSUPPORTED", "POST /dogestry/pull?image=NAME:TAG loads an image into Docker")
+        image = query.get("image")
+        if not image or len(image) > 300:
+            raise ApiError(400, "NAME_INVALID", "the image query parameter (NAME:TAG or an image ID prefix) is missing")
+        with self._lock:
+            lock = self._pulling.setdefault(image, threading.Lock())
+        with lock:          # one load of an image at a time; a second request then finds it there
+            try:
+                result = self.puller(image)
+            except ImageReferenceError as exc:
+                raise ApiError(404, "MANIFEST_UNKNOWN", str(exc))
+            except DockerError as exc:
+                raise ApiError(502, "UNKNOWN", str(exc))
+        return self._json(result, False)
 
     # -- writes (pushes) ----------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ LOG = logging.getLogger("dogestry.serve")
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
             400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             413: "Payload Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
-            500: "Internal Server Error", 503: "Service Unavailable", 507: "Insufficient Storage"}
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 507: "Insufficient Storage"}
 # Request headers the API reads, by their WSGI names.
 _HEADERS = {"HTTP_ACCEPT": "accept", "HTTP_RANGE": "range", "CONTENT_TYPE": "content-type",
             "CONTENT_LENGTH": "content-length", "HTTP_CONTENT_RANGE": "content-range"}

@@ -24,7 +24,7 @@ SHIM = os.path.join(tempfile.gettempdir(), "dogestry-cli-shim-%s" % hashlib.sha2
 MiB = 1 << 20
 
 
-def _env(extra=None):
+def cli_env(extra=None):
     """This checkout's engine as package `dogestry`, whichever checkout the shared venv installed."""
     os.makedirs(SHIM, exist_ok=True)
     link = os.path.join(SHIM, "dogestry")
@@ -39,7 +39,7 @@ def _env(extra=None):
 
 def dogestry(*args, env=None, check=True, timeout=300):
     proc = subprocess.run([DOGESTRY] + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, universal_newlines=True, env=_env(env), timeout=timeout,
+                          stdin=subprocess.DEVNULL, universal_newlines=True, env=cli_env(env), timeout=timeout,
                           check=False)
     if check and proc.returncode != 0:
         raise AssertionError("dogestry %s: exit %d\n%s%s" % (" ".join(map(str, args)), proc.returncode,
@@ -56,7 +56,7 @@ class Server:
         self.cmd = [DOGESTRY, "serve", remote, "--listen", "127.0.0.1:%d" % self.port] + list(args)
         if netns_pid:
             self.cmd = ["nsenter", "--net=/proc/%d/ns/net" % netns_pid, "--"] + self.cmd
-        self.env = _env(env)
+        self.env = cli_env(env)
         self.proc = None
         self.start()
 

@@ -9,6 +9,7 @@ none of us wrote: Docker 20.10, Docker 26 (in its own network namespace) and sko
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -122,6 +123,27 @@ def test_skopeo_inspects_and_copies_and_bad_requests_are_refused(tmp_path, docke
         slow.close()
 
 
+def test_server_side_pull_loads_into_the_daemon(tmp_path, docker_host, build_image, name, servers):
+    remote = str(tmp_path / "remote")
+    image_id = pushed_image(docker_host, build_image, remote, name)
+    plain = servers(remote, tmp_path)
+    assert plain.request("POST", "/dogestry/pull?image=%s:1" % name)[0] == 404     # off unless asked for
+    server = servers(remote, tmp_path, args=["--pull-into", docker_host])
+    try:
+        status, _h, body = server.request("POST", "/dogestry/pull?image=%s:1" % name)
+        result = json.loads(body)
+        assert status == 200 and result["changed"] and result["image_id"] == image_id, body
+        assert docker(docker_host, "image", "inspect", "-f", "{{.Id}}", name + ":1").stdout.strip() == image_id
+        status, _h, body = server.request("POST", "/dogestry/pull?image=%s:1" % name)
+        assert status == 200 and json.loads(body)["changed"] is False
+        status, _h, body = server.request("POST", "/dogestry/pull?image=%s:404" % name)
+        assert status == 404 and b"no such tag" in body, body
+        assert server.request("GET", "/dogestry/pull?image=%s:1" % name)[0] == 405
+        assert server.request("POST", "/dogestry/pull")[0] == 400
+    finally:
+        docker(docker_host, "rmi", "-f", name + ":1", check=False)
+
+
 def test_corrupt_stored_layer_is_never_served_as_good(tmp_path, docker_host, build_image, name, servers):
     remote = str(tmp_path / "remote")
     pushed_image(docker_host, build_image, remote, name)
@@ -195,6 +217,29 @@ def test_cli_usage_and_errors():
     assert proc.returncode == 1 and "relative path" in proc.stderr and proc.stderr.count("\n") == 1
     proc = dogestry("prune", "/x", "--grace-period", "soon", check=False)
     assert proc.returncode == 2
+
+
+def test_cli_shows_a_progress_bar_on_a_terminal_only(tmp_path, docker_host, build_image, name):
+    import pty
+    from dogestry_cli import DOGESTRY, cli_env
+    remote = str(tmp_path / "remote")
+    pushed_image(docker_host, build_image, remote, name)
+    main, terminal = pty.openpty()
+    try:
+        proc = subprocess.run([DOGESTRY, "pull", remote, name + ":1", "--docker-host", docker_host],
+                              stdout=subprocess.PIPE, stderr=terminal, stdin=subprocess.DEVNULL, env=cli_env(),
+                              universal_newlines=True, timeout=300, check=False)
+        os.set_blocking(main, False)
+        shown = os.read(main, 1 << 16).decode("utf-8", "replace")
+    finally:
+        os.close(main)
+        os.close(terminal)
+        docker(docker_host, "rmi", "-f", name + ":1", check=False)
+    assert proc.returncode == 0 and "on %s" % docker_host in proc.stdout      # the result, on stdout
+    assert re.search(r"\[#{24}\] 3/3 layers [0-9.]+ MB of [0-9.]+ MB [0-9.]+ [KMG]?B/s ETA 0:00", shown), shown
+    piped = dogestry("pull", remote, name + ":1", "--docker-host", docker_host)       # stderr is a pipe: quiet
+    docker(docker_host, "rmi", "-f", name + ":1", check=False)
+    assert piped.stderr == ""
 
 
 def test_cli_serve_refuses_non_loopback_and_busy_ports(tmp_path, servers):

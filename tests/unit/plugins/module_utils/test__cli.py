@@ -8,9 +8,10 @@ import pytest
 from ansible_collections.dogestry.dogestry.plugins.module_utils import _cli
 from ansible_collections.dogestry.dogestry.plugins.module_utils._server import is_loopback, parse_listen
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._cli import Output, Progress
 
 MODULE_UTILS = os.path.dirname(os.path.abspath(_cli.__file__))
-FRONT_END = {"_cli", "_server", "_registry_api"}
+FRONT_END = {"_cli", "_server", "_registry_api", "_registry_push"}
 
 
 def _imports(path):
@@ -93,3 +94,38 @@ def test_verify_reports_then_repairs_and_exits_by_what_remains(tmp_path, capsys)
     assert list(json.loads(capsys.readouterr().out)["moved"]) == [manifest.layers[1].key]
     assert _cli.main(["verify", remote]) == 1                                # now missing: push it again
     assert "missing %s" % manifest.layers[1].key in capsys.readouterr().out
+
+
+class _Recorder(Output):
+    def __init__(self):
+        Output.__init__(self, False)
+        self.progress, self.lines = True, []
+
+    def step(self, text):
+        self.lines.append(text)
+
+
+def test_progress_bar_shows_bytes_rate_and_eta():
+    now = [0.0]
+    out = _Recorder()
+    bar = Progress(out, "pulling app:1", 3, 30000000, clock=lambda: now[0])
+    now[0] = 1.0
+    bar.advance(10000000)
+    now[0] = 2.0
+    bar.advance(10000000)
+    assert out.lines[0] == "pulling app:1 [........................] 0/3 layers 0 B of 30.0 MB 0 B/s ETA --:--"
+    assert out.lines[-1] == "pulling app:1 [################........] 2/3 layers 20.0 MB of 30.0 MB 10.0 MB/s ETA 0:01"
+
+
+def test_progress_bar_without_sizes_estimates_by_layers():
+    now = [0.0]
+    out = _Recorder()
+    bar = Progress(out, "pushing app:1", 4, 0, clock=lambda: now[0])
+    now[0] = 2.0
+    bar.advance(5000000)
+    assert out.lines[-1] == "pushing app:1 [######..................] 1/4 layers 5.0 MB 2.5 MB/s ETA 0:06"
+
+
+def test_no_progress_bar_in_a_pipe_or_with_json(capsys):
+    Progress(Output(True), "pulling", 1, 10).advance(10)
+    assert capsys.readouterr().err == ""
