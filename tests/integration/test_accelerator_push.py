@@ -138,3 +138,51 @@ def test_beyond_loopback_tls_and_credentials_with_docker_login(tmp_path, docker_
     assert docker(docker_host, "run", "--rm", "--network", "none", ref).stdout == name
     docker(docker_host, "rmi", ref)
     assert "https://0.0.0.0:%d/v2/ (Basic auth: 1 user(s))" % port in server.output()
+
+
+def _ctr(address, namespace, *args, check=True):
+    proc = subprocess.run(["ctr", "--address", address, "-n", namespace] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, universal_newlines=True, timeout=300,
+                          check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError("ctr %s: exit %d\n%s%s" % (" ".join(args), proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def test_containerd_ctr_pulls_and_pushes_through_the_accelerator(tmp_path, docker_host, build_image, name, servers):
+    """containerd's own client: an image pulled, then a new one (uncompressed OCI layers) pushed."""
+    address = next((a for a in ("/run/containerd/containerd.sock", "/var/run/docker/containerd/containerd.sock")
+                    if os.path.exists(a)), None)
+    assert address, "no containerd socket: the docker_host fixture's dockerd runs one"
+    namespace = "dogestry-test-%s" % name[-8:]
+    remote = str(tmp_path / "remote")
+    image_id = build_image(docker_host, name + ":1", [{"/name.txt": name}], cmd=["/bin/busybox", "cat", "/name.txt"],
+                           isolated=True)
+    dogestry("push", remote, name + ":1", "--docker-host", docker_host)
+    second = build_image(docker_host, name + ":2", [{"/name.txt": name}, {"/two.txt": "2"}],
+                         cmd=["/bin/busybox", "cat", "/two.txt"], isolated=True)
+    archive = str(tmp_path / "second.tar")
+    with open(archive, "wb") as f:
+        for chunk in docker_sdk.APIClient(base_url=docker_host, version="auto").get_image(name + ":2"):
+            f.write(chunk)
+    server = servers(remote, tmp_path)
+    try:
+        _ctr(address, namespace, "images", "pull", "--plain-http", "%s/%s:1" % (server.host, name))
+        listed = _ctr(address, namespace, "images", "ls", "-q").stdout.split()
+        assert "%s/%s:1" % (server.host, name) in listed
+        _ctr(address, namespace, "images", "import", archive)
+        imported = [ref for ref in _ctr(address, namespace, "images", "ls", "-q").stdout.split() if ref.endswith(":2")]
+        assert imported, "ctr import named nothing :2"
+        target = "%s/%s:2" % (server.host, name)
+        _ctr(address, namespace, "images", "tag", imported[0], target)
+        _ctr(address, namespace, "images", "push", "--plain-http", target)
+        assert server.output().count('"PUT /v2/%s/manifests/2" 201' % name) == 1
+    finally:
+        for ref in _ctr(address, namespace, "images", "ls", "-q", check=False).stdout.split():
+            _ctr(address, namespace, "images", "rm", "--sync", ref, check=False)
+        _ctr(address, namespace, "namespaces", "rm", namespace, check=False)
+    # What ctr pushed is a whole image on the remote: dogestry pulls it into Docker, same image ID, and it runs.
+    docker(docker_host, "rmi", "-f", name + ":2")
+    result = json.loads(dogestry("pull", remote, name + ":2", "--json", "--docker-host", docker_host).stdout)
+    assert result["image_id"] == second and result["image_id"] != image_id
+    assert docker(docker_host, "run", "--rm", "--network", "none", name + ":2").stdout == "2"
