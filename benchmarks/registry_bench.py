@@ -1,4 +1,6 @@
-#!/usr/bin/env python3
+# Copyright (c) dogestry developers
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 """dogestry against a registry, on the same image in the same run: what a user would pick instead.
 
 Columns (each with a fresh store every repeat):
@@ -33,7 +35,7 @@ import uuid
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import MiB, REPO, Engine, docker_build, free_port, log, make_context, run  # noqa: E402
+from bench import REPO, Engine, docker_build, free_port, log, make_context, run  # noqa: E402
 
 VENV_DOGESTRY = os.path.join(REPO, ".venv", "bin", "dogestry")
 ROWS = ("cold push", "update push", "cold pull", "update pull")
@@ -172,8 +174,8 @@ class RegistryBench:
                     self.e.execute_push(self.daemon, repo, plan, "lz4", self.args.jobs)
                 self.timed("dogestry", row, push)
             # the floor: save, then load into a daemon without the image
-            self.timed("floor", "cold push", lambda: self.docker("save", "-o", os.path.join(self.tmp, "floor.tar"),
-                                                              self.name + ":v1"))
+            floor_tar = os.path.join(self.tmp, "floor.tar")
+            self.timed("floor", "cold push", lambda: self.docker("save", "-o", floor_tar, self.name + ":v1"))
             # pulls
             for column, server in (("registry", registry), ("accelerator", accelerator)):
                 self.forget()
@@ -248,7 +250,7 @@ class RegistryBench:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--size-mb", type=int, default=220)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=4)

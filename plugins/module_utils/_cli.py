@@ -200,9 +200,9 @@ def cmd_push(args, out: Output) -> int:
     daemon = _daemons(args)[0]
     for plan in plan_pushes(daemon, repo, args.images):
         # a layer's size is known once `docker save` has streamed it: the bar goes by layers
-        bar = Progress(out, "pushing %s" % plan.ref, len(plan.missing), 0)
+        progress_bar = Progress(out, "pushing %s" % plan.ref, len(plan.missing), 0)
         result = execute_push(daemon, repo, plan, args.compression, args.jobs,
-                              lambda oid, stored_size: bar.advance(stored_size))
+                              lambda oid, stored_size: progress_bar.advance(stored_size))
         out.done()
         line = result.get("reason") or "%s: already on %s" % (plan.ref, repo.url)
         if result.get("bytes_transferred") is not None:
@@ -263,9 +263,9 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
     for daemon in daemons:
         plan = plan_pull(daemon, repo, args.image)
         stored = {layer.oid: layer.stored_size for layer in plan.missing}
-        bar = Progress(out, "pulling %s into %s" % (plan.ref or args.image, daemon.host), len(stored),
-                       sum(stored.values()))
-        result = execute_pull(daemon, repo, plan, lambda layer: bar.advance(stored.get(layer.oid, 0))
+        progress_bar = Progress(out, "pulling %s into %s" % (plan.ref or args.image, daemon.host),
+                                len(stored), sum(stored.values()))
+        result = execute_pull(daemon, repo, plan, lambda layer: progress_bar.advance(stored.get(layer.oid, 0))
                               if layer.oid in stored else None)
         out.done()
         if result.get("reason"):

@@ -108,8 +108,8 @@ def test_beyond_loopback_tls_and_credentials_with_docker_login(tmp_path, docker_
     with open(users, "wb") as f:
         f.write(b"ci:" + bcrypt.hashpw(b"s3cret pass", bcrypt.gensalt(rounds=5)) + b"\n")
     port = free_port()
-    server = servers(remote, tmp_path, port=port, args=["--listen", "0.0.0.0:%d" % port, "--tls-cert", cert,
-                                                         "--tls-key", key, "--htpasswd", users])
+    server = servers(remote, tmp_path, port=port,
+                     args=["--listen", "0.0.0.0:%d" % port, "--tls-cert", cert, "--tls-key", key, "--htpasswd", users])
     trusted = ssl.create_default_context(cafile=cert)
 
     def status(path, auth=None):

@@ -108,11 +108,11 @@ class _Recorder(Output):
 def test_progress_bar_shows_bytes_rate_and_eta():
     now = [0.0]
     out = _Recorder()
-    bar = Progress(out, "pulling app:1", 3, 30000000, clock=lambda: now[0])
+    progress_bar = Progress(out, "pulling app:1", 3, 30000000, clock=lambda: now[0])
     now[0] = 1.0
-    bar.advance(10000000)
+    progress_bar.advance(10000000)
     now[0] = 2.0
-    bar.advance(10000000)
+    progress_bar.advance(10000000)
     assert out.lines[0] == "pulling app:1 [........................] 0/3 layers 0 B of 30.0 MB 0 B/s ETA --:--"
     assert out.lines[-1] == "pulling app:1 [################........] 2/3 layers 20.0 MB of 30.0 MB 10.0 MB/s ETA 0:01"
 
@@ -120,9 +120,9 @@ def test_progress_bar_shows_bytes_rate_and_eta():
 def test_progress_bar_without_sizes_estimates_by_layers():
     now = [0.0]
     out = _Recorder()
-    bar = Progress(out, "pushing app:1", 4, 0, clock=lambda: now[0])
+    progress_bar = Progress(out, "pushing app:1", 4, 0, clock=lambda: now[0])
     now[0] = 2.0
-    bar.advance(5000000)
+    progress_bar.advance(5000000)
     assert out.lines[-1] == "pushing app:1 [######..................] 1/4 layers 5.0 MB 2.5 MB/s ETA 0:06"
 
 
