@@ -52,7 +52,7 @@ except ImportError:
 from ._errors import (
     BlobCorruptError, DogestryError, RemoteAuthError, RemoteError, RemoteMissingError, RemoteNotFoundError, RemoteUnsupportedError,
 )
-from ._remote import ObjectInfo, ReadErrors, Reader, Remote
+from ._remote import ObjectInfo, Reader, Remote
 from ._transfer import parallel_map
 
 MiB = 1 << 20
@@ -190,24 +190,38 @@ class S3Remote(Remote):
     # -- reads --------------------------------------------------------------------------------
 
     def open(self, key, size=None):
-        """With `size`, parallel ranged GETs of `part_size`, `jobs` in flight, read back in order."""
+        """With `size`, parallel ranged GETs of `part_size`, `jobs` in flight, read back in order;
+        otherwise one GET, resumed where it broke if the connection fails mid-body."""
         if size is not None and size > self.part_size:
             return _RangedReader(self, key, size)
+        return _ResumingReader(self, key)
+
+    def get_body(self, key: str, offset: int = 0, etag: Optional[str] = None):
+        """(streaming body, ETag, length) of `key` from byte `offset`; with `etag`, only that version of it."""
+        extra = {"Range": "bytes=%d-" % offset, "IfMatch": etag} if offset else {}
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
         except (BotoCoreError, ClientError) as exc:
             raise self._error(exc, "reading", key)
-        return ReadErrors(response["Body"], (BotoCoreError, OSError), lambda exc: str(self._error(exc, "reading", key)))
+        return response["Body"], response.get("ETag"), int(response.get("ContentLength") or 0)
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
-        """Bytes start..end (inclusive) of `key`; fewer than asked means the object is not the size we were told."""
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range="bytes=%d-%d" % (start, end))
-            data = response["Body"].read()
-        except (BotoCoreError, ClientError, OSError) as exc:
-            if self._code(exc) == "InvalidRange":
-                raise BlobCorruptError("%s on %s is shorter than its manifest says (no byte %d)" % (key, self.url, start))
-            raise self._error(exc, "reading", key)
+        """Bytes start..end (inclusive) of `key`; fewer than asked means the object is not the size we were told.
+
+        botocore retries a request until its headers arrive; a body cut short is retried here."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                                  Range="bytes=%d-%d" % (start, end))
+                data = response["Body"].read()
+                break
+            except (BotoCoreError, ClientError, OSError) as exc:
+                if self._code(exc) == "InvalidRange":
+                    raise BlobCorruptError("%s on %s is shorter than its manifest says (no byte %d)"
+                                           % (key, self.url, start))
+                if isinstance(exc, ClientError) or attempt == MAX_ATTEMPTS:
+                    raise self._error(exc, "reading", key)
+                time.sleep(_backoff(attempt))
         if len(data) != end - start + 1:
             raise BlobCorruptError("%s on %s is shorter than its manifest says (%d bytes from %d, expected %d)"
                                    % (key, self.url, len(data), start, end - start + 1))
@@ -485,6 +499,40 @@ def _group_keys(keys: List[str]) -> List[List[str]]:
         else:
             groups.append([key])
     return groups
+
+
+def _backoff(attempt: int) -> float:
+    return min(0.1 * 2 ** attempt, 2.0)
+
+
+class _ResumingReader(Reader):
+    """One GET as a stream that survives a connection broken mid-body (botocore's retries end when
+    the headers arrive): it resumes with a ranged GET from the byte it stopped at, of the same
+    version of the object (If-Match on its ETag), up to MAX_ATTEMPTS times."""
+
+    def __init__(self, remote: "S3Remote", key: str):
+        self._remote, self._key = remote, key
+        self._offset, self._attempt = 0, 0
+        self._body, self._etag, self._size = remote.get_body(key)
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            if self._attempt and self._offset >= self._size:
+                return b""      # it broke after the last byte
+            try:
+                data = self._body.read(size) if size is not None and size >= 0 else self._body.read()
+                self._offset += len(data)
+                return data
+            except (BotoCoreError, OSError) as exc:
+                self._attempt += 1
+                if self._attempt >= MAX_ATTEMPTS or not self._etag:
+                    raise self._remote._error(exc, "reading", self._key)
+                self._body.close()
+                time.sleep(_backoff(self._attempt))
+                self._body = self._remote.get_body(self._key, self._offset, self._etag)[0]
+
+    def close(self):
+        self._body.close()
 
 
 class _RangedReader(Reader):

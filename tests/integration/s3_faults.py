@@ -1,0 +1,124 @@
+"""A fault-injecting HTTP proxy for S3 tests: between boto3 and moto_server, it answers some requests
+with 503 SlowDown or 500, drops some connections before or after forwarding them (so an applied
+write looks failed to the client), delays some, and cuts some response bodies short.
+
+Faults are drawn from a seeded generator; `injected` counts them by kind."""
+
+import http.client
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+FAULTS = {"slowdown": 0.10, "error500": 0.05, "drop_before": 0.05, "drop_after": 0.05, "slow": 0.08, "truncate": 0.04}
+_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "expect"}
+_ERROR = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s</Message>'
+          '<RequestId>fault</RequestId></Error>')
+
+
+class FaultProxy:
+    def __init__(self, upstream, seed, faults=None):
+        self.upstream = urlsplit(upstream).netloc
+        self.rng = random.Random(seed)
+        self.faults = dict(FAULTS if faults is None else faults)
+        self.injected = Counter()
+        self.forwarded = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self):
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(parts)
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _send(self, status, headers, body, cut=False):
+                self.send_response(status)
+                head = self.command == "HEAD"       # keeps the object's Content-Length, sends no body
+                for key, value in headers:
+                    if key.lower() not in _HOP and (head or key.lower() != "content-length"):
+                        self.send_header(key, value)
+                if not head:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:len(body) // 2] if cut else body)
+                if cut:
+                    self.close_connection = True
+
+            def _handle(self):
+                body = self._body()
+                fault = proxy.draw()
+                if fault in ("slowdown", "error500"):
+                    code, message = (("SlowDown", "Please reduce your request rate.") if fault == "slowdown"
+                                     else ("InternalError", "We encountered an internal error. Please try again."))
+                    self._send(503 if fault == "slowdown" else 500, [("Content-Type", "application/xml")],
+                               (_ERROR % (code, message)).encode())
+                    return
+                if fault == "drop_before":
+                    self._drop()
+                    return
+                if fault == "slow":
+                    time.sleep(proxy.rng.uniform(0.2, 1.0))
+                status, headers, payload = proxy.forward(self.command, self.path, self.headers, body)
+                if fault == "drop_after":       # the write happened; the client cannot know
+                    self._drop()
+                    return
+                self._send(status, headers, payload, cut=(fault == "truncate" and len(payload) > 1))
+
+            def _drop(self):
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def draw(self):
+        with self.lock:
+            roll = self.rng.random()
+            for fault, rate in self.faults.items():
+                if roll < rate:
+                    self.injected[fault] += 1
+                    return fault
+                roll -= rate
+            return None
+
+    def forward(self, method, path, headers, body):
+        conn = http.client.HTTPConnection(self.upstream, timeout=120)
+        try:
+            conn.request(method, path, body=body if method not in ("GET", "HEAD") or body else None,
+                         headers={k: v for k, v in headers.items() if k.lower() not in _HOP})
+            response = conn.getresponse()
+            payload = b"" if method == "HEAD" else response.read()
+            with self.lock:
+                self.forwarded += 1
+            return response.status, response.getheaders(), payload
+        finally:
+            conn.close()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
