@@ -23,7 +23,7 @@ options:
     required: true
   jobs:
     description:
-      - How many transfers run at the same time (blobs on push; parts of a layer on S3 pulls).
+      - How many transfers run at the same time (blobs on push; parts of a layer on S3 pulls), from 1 to 64.
     type: int
     default: 4
 """

@@ -27,6 +27,7 @@ from ._repository import Repository
 
 from ._remote import LocalRemote, Reader
 from ._remotes import remote_from_url
+from ._transfer import MAX_JOBS
 
 S3_FLAGS = ("access_key", "secret_key", "session_token", "profile", "region", "endpoint_url")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -56,10 +57,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _jobs(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_JOBS:
+        raise argparse.ArgumentTypeError("%d is more than %d parallel transfers" % (value, MAX_JOBS))
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print results as JSON (for scripts)")
-    common.add_argument("--jobs", type=_positive, default=4, help="parallel transfers (default 4)")
+    common.add_argument("--jobs", type=_jobs, default=4, help="parallel transfers (default 4, at most %d)" % MAX_JOBS)
     s3 = common.add_argument_group("S3 remotes (default: boto3's chain: AWS_* variables, ~/.aws, instance role)")
     s3.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
     s3.add_argument("--region", default=None)

@@ -40,6 +40,9 @@ def _one_line(exc: Exception) -> str:
     return " ".join(text.split())
 
 
+DOCKER_HOST_SCHEMES = ("unix", "tcp", "http", "https", "ssh", "npipe")
+
+
 class Daemon:
     """One Docker daemon. `host` is for messages."""
 
@@ -49,6 +52,10 @@ class Daemon:
         self.host = docker_host or DEFAULT_DOCKER_HOST
         if "\0" in self.host:
             raise DockerError("docker_host %r contains a NUL byte" % self.host)
+        scheme, sep, rest = self.host.partition("://")
+        if not sep or scheme not in DOCKER_HOST_SCHEMES or not rest.strip("/"):
+            raise DockerError("docker_host %r is not a Docker daemon address: use unix:///path/docker.sock, "
+                              "tcp://host:2375 or ssh://user@host" % self.host[:200])
         try:
             self.api = docker.APIClient(base_url=self.host, version="auto", timeout=timeout)
         except (DockerException, ValueError) as exc:     # ValueError: a malformed URL or port

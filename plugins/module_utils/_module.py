@@ -17,6 +17,7 @@ from ._docker import DEFAULT_DOCKER_HOST, DOCKER_IMPORT_ERROR, HAS_DOCKER, Daemo
 from ._errors import DogestryError
 from ._remotes import remote_from_url
 from ._repository import Repository
+from ._transfer import MAX_JOBS
 from ._version import MINIMUM_VERSIONS
 
 REMOTE_ARGSPEC = dict(
@@ -60,8 +61,8 @@ def too_old(versions, names):
 
 def _repository_from_params(params) -> Repository:
     """Pure: params -> Repository; raises DogestryError."""
-    if params["jobs"] is not None and params["jobs"] < 1:
-        raise DogestryError("jobs must be at least 1, got %d" % params["jobs"])
+    if params["jobs"] is not None and not 1 <= params["jobs"] <= MAX_JOBS:
+        raise DogestryError("jobs must be between 1 and %d, got %d" % (MAX_JOBS, params["jobs"]))
     options = {name: params.get(name) for name in S3_OPTIONS}
     options["jobs"] = params["jobs"]
     return Repository(remote_from_url(params.get("signed_url") or params["remote"], **options))

@@ -10,6 +10,10 @@ from __future__ import annotations
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, List, Set
 
+# Transfers in flight at once: each holds a connection, a thread and up to a part in memory;
+# beyond this a store or the host gives out before throughput grows.
+MAX_JOBS = 64
+
 
 class TransferPool:
     """Submit transfers while the producer goes on; `join()` re-raises the first failure.

@@ -3,6 +3,7 @@ the containerd image store, and `skopeo copy`; stored in the remote's own format
 anywhere, and an incremental push after a restart sends only the new layer."""
 
 import base64
+import http.client
 import json
 import os
 import ssl
@@ -186,3 +187,44 @@ def test_containerd_ctr_pulls_and_pushes_through_the_accelerator(tmp_path, docke
     result = json.loads(dogestry("pull", remote, name + ":2", "--json", "--docker-host", docker_host).stdout)
     assert result["image_id"] == second and result["image_id"] != image_id
     assert docker(docker_host, "run", "--rm", "--network", "none", name + ":2").stdout == "2"
+
+
+def test_hostile_writes_and_many_clients_leave_the_accelerator_serving(tmp_path, servers):
+    import concurrent.futures
+    import hashlib
+    import socket
+    remote = str(tmp_path / "remote")
+    server = servers(remote, tmp_path, args=["--max-blob-size", "1M", "--threads", "8"])
+
+    def upload(blob):
+        status, headers, _body = server.request("POST", "/v2/app/blobs/uploads/")
+        assert status == 202
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            conn.request("PUT", headers["Location"] + "?digest=sha256:" + hashlib.sha256(blob).hexdigest(), body=blob)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    assert upload(os.urandom(2 * MiB)) == 413                    # oversized
+    for method, path in [("PUT", "/v2/../etc/manifests/1"), ("POST", "/v2/app/blobs/uploads/../../etc"),
+                         ("PATCH", "/v2/app/blobs/uploads/..%2f..%2fetc%2fpasswd"), ("PUT", "/v2/app/manifests/..%2f1"),
+                         ("PUT", "/v2/app/blobs/uploads/%s?digest=sha256:%s" % ("0" * 32, "0" * 64))]:
+        status = server.request(method, path)[0]
+        assert status in (400, 404, 405), (method, path, status)
+    # A client that announces a body and stalls holds one thread; 40 others are served meanwhile,
+    # uploads among them.
+    slow = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        slow.sendall(b"PATCH /v2/app/blobs/uploads/" + b"1" * 32 + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
+        blobs = [os.urandom(1000 + i) for i in range(8)]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            heads = list(pool.map(lambda _i: server.request("GET", "/v2/")[0], range(32)))
+            uploads = list(pool.map(upload, blobs))
+        assert heads == [200] * 32 and uploads == [201] * 8
+        for blob in blobs:      # each served back whole (a blob that is not a layer waits for its manifest)
+            status, _h, body = server.request("GET", "/v2/app/blobs/sha256:" + hashlib.sha256(blob).hexdigest())
+            assert (status, body) == (200, blob)
+    finally:
+        slow.close()
+    assert server.request("GET", "/v2/")[0] == 200
