@@ -381,7 +381,7 @@ class RegistryApi:
         """Size of a blob this registry can vouch for: in an image, uploaded, or pushed earlier."""
         with self._lock:
             info = self._blobs.get(hexdigest)
-        if info is not None:
+        if info is not None and self._stored(info):
             return info.size
         if self.writer is not None:
             staged = self.writer.staged(hexdigest)
@@ -501,6 +501,8 @@ class RegistryApi:
         info = info or self._known(self._blobs, hexdigest, clock)
         if info is None:
             raise ApiError(404, "BLOB_UNKNOWN", "blob %s is not in any image on this remote" % ref)
+        if head and not self._stored(info):
+            raise ApiError(404, "BLOB_UNKNOWN", "blob %s is missing from the remote" % ref)
         span = parse_range(range_header, info.size)
         start, end = span if span else (0, info.size - 1)
         length = end - start + 1 if info.size else 0
@@ -526,6 +528,12 @@ class RegistryApi:
         except RemoteNotFoundError:
             raise ApiError(404, "BLOB_UNKNOWN", "blob %s is missing from the remote" % ref)
         return Response(status, headers, self._layer_body(stored, info, start, end, span is not None), length)
+
+    def _stored(self, info: BlobInfo) -> bool:
+        """The remote still holds the blob. A HEAD answers what a push will rely on (a blob it need not
+        send), so it is checked, not taken from memory: a prune may have removed an untagged image's blobs."""
+        key = blob_key(info.oid, info.encoding or "none")
+        return key in self.repo.remote.stat([key])
 
     @staticmethod
     def _stored_size(info: BlobInfo) -> Optional[int]:

@@ -263,3 +263,19 @@ def test_tags_are_deleted_by_name_and_writes_are_refused_when_read_only(api):
     read_only = RegistryApi(api.repo)
     status, _h, body = call(read_only, "POST", "/v2/app/blobs/uploads/")
     assert status == 405 and b"read-only" in body
+
+
+def test_a_blob_gone_from_the_remote_is_not_vouched_for_to_a_push(api):
+    """A pull taught the API the image's blobs; a prune then removed them. A push's existence check
+    must say 404, so the client sends the blob again, instead of a manifest naming a missing layer."""
+    image = Image()
+    assert push(api, "app", "1", image)[0] == 201
+    manifest = api.repo.read_manifest(api.repo.read_tag(parse_image_ref("app:1")))
+    layer = manifest.layers[0]
+    assert call(api, "GET", "/v2/app/manifests/1", None)[0] == 200          # learnt
+    assert call(api, "HEAD", "/v2/app/blobs/sha256:" + layer.oid, None)[0] == 200
+    os.unlink(os.path.join(api.repo.remote.root, layer.key))
+    assert call(api, "HEAD", "/v2/app/blobs/sha256:" + layer.oid, None)[0] == 404
+    status, _h, _body = call(api, "POST", "/v2/other/blobs/uploads/", None,
+                             query={"mount": "sha256:" + layer.oid, "from": "app"})
+    assert status == 202        # not mounted: an upload starts instead
