@@ -121,21 +121,22 @@ def main():
                     time.sleep(0.1)
             return server, Peak(server), "127.0.0.1:%d/%s" % (port, name)
 
-        server, watch, ref = serve(remote)
-        start = time.perf_counter()
-        docker(host, "pull", ref + ":1")
-        seconds = time.perf_counter() - start
-        server.terminate()
-        results["accelerator serving a docker pull"] = (seconds, watch.wait())
-        log("docker pull through the accelerator: %.1fs" % seconds)
-        server, watch, target = serve(os.path.join(tmp, "pushed-remote"))     # empty: the layer is sent
-        docker(host, "tag", ref + ":1", target + ":1")
-        start = time.perf_counter()
-        docker(host, "push", target + ":1")
-        seconds = time.perf_counter() - start
-        server.terminate()
-        results["accelerator taking a docker push"] = (seconds, watch.wait())
-        log("docker push through the accelerator: %.1fs" % seconds)
+        def through(store, what, *docker_args):
+            """Time `docker ARGS` against an accelerator over `store`; record the server's peak."""
+            server, watch, ref = serve(store)
+            start = time.perf_counter()
+            if docker_args[0] == "push":
+                docker(host, "tag", name + ":1", ref + ":1")
+            docker(host, *docker_args, ref + ":1")
+            seconds = time.perf_counter() - start
+            server.terminate()
+            results[what] = (seconds, watch.wait())
+            log("%s: %.1fs" % (what, seconds))
+            return ref
+
+        ref = through(remote, "accelerator serving a docker pull", "pull")
+        docker(host, "tag", ref + ":1", name + ":1")
+        target = through(os.path.join(tmp, "pushed-remote"), "accelerator taking a docker push", "push")   # empty
         for tag in (ref + ":1", target + ":1"):
             docker(host, "rmi", tag)
     finally:
