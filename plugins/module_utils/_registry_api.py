@@ -3,7 +3,9 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""The read side of the OCI distribution API over a dogestry remote: request in, Response out.
+"""The OCI distribution API over a dogestry remote: request in, Response out. This file routes and
+serves reads; pushes are _registry_push's (RegistryWriter), and POST /dogestry/pull loads an
+image into the local Docker through a callable the front end passes in.
 
 No HTTP server here (_server.py is the glue), so every rule is testable without sockets.
 An image is shown as `Manifest.oci_bytes()`; layers are served uncompressed (digest = diff_id),
@@ -167,7 +169,7 @@ class RegistryApi:
         self.cache = cache
         self.writer = writer
         self.puller = puller
-        self._pulling: Dict[str, threading.Lock] = {}
+        self._pulling = [threading.Lock() for _lock in range(16)]     # striped by image: bounded memory
         self.metrics = metrics or Metrics()
         self._configs: Dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -301,9 +303,8 @@ class RegistryApi:
         image = query.get("image")
         if not image or len(image) > 300:
             raise ApiError(400, "NAME_INVALID", "the image query parameter (NAME:TAG or an image ID prefix) is missing")
-        with self._lock:
-            lock = self._pulling.setdefault(image, threading.Lock())
-        with lock:          # one load of an image at a time; a second request then finds it there
+        # one load of an image at a time: a second request then finds it there
+        with self._pulling[hash(image) % len(self._pulling)]:
             try:
                 result = self.puller(image)
             except ImageReferenceError as exc:

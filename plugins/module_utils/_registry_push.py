@@ -40,7 +40,8 @@ from ._repository import Repository
 
 CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20          # the spec's suggested limit for a manifest body
-SESSION_TTL = 3600.0            # an upload untouched this long is dropped
+SESSION_TTL = 3600.0            # an upload untouched this long, or a blob no manifest claimed, is dropped
+MAX_UPLOADS = 1000              # uploads in progress at once (each holds a spool file)
 # Manifests this version takes: single-platform images (indexes and artifacts are refused).
 IMAGE_MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
                         "application/vnd.oci.image.manifest.v1+json")
@@ -89,6 +90,13 @@ class _Upload:
         self.lock = threading.Lock()
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _looks_like_layer(head: bytes) -> bool:
     """gzip, zstd, or a tar (ustar magic at 257): a layer; anything else (JSON config...) is not."""
     return head.startswith(b"\x1f\x8b") or head.startswith(b"\x28\xb5\x2f\xfd") or head[257:262] == b"ustar"
@@ -105,7 +113,7 @@ class RegistryWriter:
         self.clock = clock
         self.spool = tempfile.mkdtemp(prefix="dogestry-uploads-", dir=spool_dir)
         self._uploads: Dict[str, _Upload] = {}
-        self._staged: Dict[str, str] = {}                # hex -> path of a finished blob that is not a layer
+        self._staged: Dict[str, Tuple[str, float]] = {}  # hex -> (path, when) of a finished blob that is not a layer
         self._pushed: Dict[str, PushedLayer] = {}        # hex of a pushed blob -> what it became
         self._leases: Dict[str, str] = {}                # diff_id -> lease key protecting it until its manifest
         self._lock = threading.Lock()
@@ -117,6 +125,9 @@ class RegistryWriter:
 
     def start(self, name: str) -> str:
         self._expire()
+        with self._lock:
+            if len(self._uploads) >= MAX_UPLOADS:
+                raise ApiError(429, "TOOMANYREQUESTS", "%d uploads are in progress: finish or cancel some" % MAX_UPLOADS)
         session = uuid.uuid4().hex
         upload = _Upload(name, os.path.join(self.spool, "upload-" + session), self.clock())
         open(upload.path, "wb").close()
@@ -197,17 +208,18 @@ class RegistryWriter:
             for session, found in list(self._uploads.items()):
                 if found is upload:
                     del self._uploads[session]
-        try:
-            os.unlink(upload.path)
-        except FileNotFoundError:
-            pass
+        _unlink(upload.path)
 
     def _expire(self) -> None:
         now = self.clock()
         with self._lock:
             stale = [u for u in self._uploads.values() if now - u.touched > SESSION_TTL]
+            unclaimed = [h for h, (_path, when) in self._staged.items() if now - when > SESSION_TTL]
+            paths = [self._staged.pop(h)[0] for h in unclaimed]
         for upload in stale:
             self._drop(upload)
+        for path in paths:
+            _unlink(path)
 
     @staticmethod
     def range_headers(name: str, session: str, size: int):
@@ -234,7 +246,7 @@ class RegistryWriter:
             target = os.path.join(self.spool, "blob-" + hexdigest)
             os.replace(path, target)
             with self._lock:
-                self._staged[hexdigest] = target
+                self._staged[hexdigest] = (target, self.clock())
             return
         try:
             self._store_layer(hexdigest, path, size)
@@ -289,7 +301,8 @@ class RegistryWriter:
 
     def staged(self, hexdigest: str) -> Optional[str]:
         with self._lock:
-            return self._staged.get(hexdigest)
+            found = self._staged.get(hexdigest)
+        return found[0] if found else None
 
     # -- manifests ------------------------------------------------------------------------------
 
@@ -371,12 +384,9 @@ class RegistryWriter:
     def _release(self, config_hex: str, diff_ids) -> None:
         """The manifest now references these: drop their leases and the staged config."""
         with self._lock:
-            path = self._staged.pop(config_hex, None)
+            staged = self._staged.pop(config_hex, None)
             leases = [self._leases.pop(oid) for oid in diff_ids if oid in self._leases]
-        if path:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        if staged:
+            _unlink(staged[0])
         for lease in leases:
             drop_lease(self.repo, lease)

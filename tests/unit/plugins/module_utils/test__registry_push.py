@@ -279,3 +279,21 @@ def test_a_blob_gone_from_the_remote_is_not_vouched_for_to_a_push(api):
     status, _h, _body = call(api, "POST", "/v2/other/blobs/uploads/", None,
                              query={"mount": "sha256:" + layer.oid, "from": "app"})
     assert status == 202        # not mounted: an upload starts instead
+
+
+def test_uploads_in_progress_are_bounded_and_unclaimed_blobs_expire(api, monkeypatch):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils import _registry_push
+    monkeypatch.setattr(_registry_push, "MAX_UPLOADS", 3)
+    locations = [call(api, "POST", "/v2/app/blobs/uploads/")[1]["Location"] for _i in range(3)]
+    status, _h, body = call(api, "POST", "/v2/app/blobs/uploads/")
+    assert status == 429 and json.loads(body)["errors"][0]["code"] == "TOOMANYREQUESTS"
+    for location in locations:
+        assert call(api, "DELETE", location, None)[0] == 204
+    blob = b'{"not": "a layer"}'
+    now = [0.0]
+    api.writer.clock = lambda: now[0]
+    assert call(api, "POST", "/v2/app/blobs/uploads/", blob, query={"digest": sha(blob)})[0] == 201
+    assert call(api, "HEAD", "/v2/app/blobs/" + sha(blob), None)[0] == 200
+    now[0] = 2 * 3600.0             # an hour past: no manifest claimed it
+    assert call(api, "POST", "/v2/app/blobs/uploads/")[0] == 202
+    assert call(api, "HEAD", "/v2/app/blobs/" + sha(blob), None)[0] == 404
