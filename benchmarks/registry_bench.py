@@ -20,6 +20,13 @@ of issue 8 is missed:
 Ratios over 1.0 within the spread of repeats are noise: judge with --repeat 3 or more.
 
     python3 benchmarks/registry_bench.py [--size-mb 220] [--repeat 3] [--docker-host unix:///...]
+                                         [--s3 raw|shaped]
+
+With --s3, three more columns store into S3 (moto_server on loopback): the registry with its S3
+storage driver, the accelerator and the engine with an s3:// remote. moto serves every ranged GET
+by reading the whole object and shares the cores, so `shaped` puts a proxy in front of it
+(tests/integration/s3_faults.py, without faults) with a delay per request and a bandwidth cap per
+connection (--s3-delay-ms 30, --s3-mbps 60), closer to S3 as seen from EC2; `raw` talks to moto.
 """
 
 import argparse
@@ -35,11 +42,12 @@ import uuid
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import REPO, Engine, docker_build, free_port, log, make_context, run  # noqa: E402
+from bench import REPO, Engine, Moto, docker_build, free_port, log, make_context, run  # noqa: E402
 
 VENV_DOGESTRY = os.path.join(REPO, ".venv", "bin", "dogestry")
 ROWS = ("cold push", "update push", "cold pull", "update pull")
 COLUMNS = ("registry", "accelerator", "dogestry", "floor")
+S3_COLUMNS = ("registry s3", "accelerator s3", "dogestry s3")
 
 
 def du(path):
@@ -90,23 +98,37 @@ class Server:
         return rss
 
 
-def start_registry(tmp):
+def start_registry(tmp, s3=None):
+    """docker-registry on a free port, storing in a new directory, or under a new prefix of S3
+    (`s3`: (endpoint URL, bucket))."""
     exe = shutil.which("docker-registry")
     if not exe:
         sys.exit("docker-registry is not installed (scripts/setup.sh installs Debian's docker-registry)")
     store = os.path.join(tmp, "registry-store-%s" % uuid.uuid4().hex[:6])
+    if s3:
+        store = "reg-%s" % uuid.uuid4().hex[:6]
+        storage = ("  s3:\n    accesskey: bench\n    secretkey: bench\n    region: us-east-1\n"
+                   "    regionendpoint: %s\n    bucket: %s\n    secure: false\n    v4auth: true\n"
+                   "    rootdirectory: /%s\n" % (s3[0], s3[1], store))
+    else:
+        storage = "  filesystem:\n    rootdirectory: %s\n" % store
     port = free_port()
-    config = os.path.join(tmp, "registry.yml")
+    config = os.path.join(tmp, "registry-%d.yml" % port)
     with open(config, "w") as fh:
-        fh.write("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n"
-                 "  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%d\n" % (store, port))
+        fh.write("version: 0.1\nlog:\n  level: error\nstorage:\n%s  delete:\n    enabled: true\n"
+                 "http:\n  addr: 127.0.0.1:%d\n" % (storage, port))
     return Server([exe, "serve", config], store, os.path.join(tmp, "registry.log"), port=port)
 
 
-def start_accelerator(tmp):
+def start_accelerator(tmp, s3=None):
+    """dogestry serve over a new directory remote, or a new prefix of S3 (`s3`: (endpoint, bucket))."""
     store = os.path.join(tmp, "accelerator-remote-%s" % uuid.uuid4().hex[:6])
+    extra = []
+    if s3:
+        store = "s3://%s/acc-%s/" % (s3[1], uuid.uuid4().hex[:6])
+        extra = ["--endpoint-url", s3[0]]
     env = dict(os.environ, PYTHONPATH=os.path.join(tmp, "shim"))
-    return Server([VENV_DOGESTRY, "serve", store, "--listen", "127.0.0.1:{PORT}", "--spool-dir", tmp], store,
+    return Server([VENV_DOGESTRY, "serve", store, "--listen", "127.0.0.1:{PORT}", "--spool-dir", tmp] + extra, store,
                   os.path.join(tmp, "accelerator.log"), env)
 
 
@@ -155,50 +177,76 @@ class RegistryBench:
         self.forget()
         self.docker("load", "-i", self.archive)
 
-    def repeat(self):
-        registry, accelerator = start_registry(self.tmp), start_accelerator(self.tmp)
-        remote_dir = os.path.join(self.tmp, "dogestry-remote-%s" % uuid.uuid4().hex[:6])
-        repo = self.e.Repository(self.e.remote_from_url(remote_dir))
-        try:
-            # pushes, the images present
-            for column, server in (("registry", registry), ("accelerator", accelerator)):
-                for row, version in (("cold push", "v1"), ("update push", "v2")):
-                    ref = "%s/%s:%s" % (server.host, self.name, version)
-                    self.docker("tag", "%s:%s" % (self.name, version), ref)
-                    self.timed(column, row, lambda ref=ref: self.docker("push", ref))
-            for row, version in (("cold push", "v1"), ("update push", "v2")):
-                source = "%s:%s" % (self.name, version)
+    def stores(self):
+        """(column suffix, S3 (endpoint, bucket) or None) of each store this run compares."""
+        return [("", None)] + ([(" s3", (self.s3_url, "bench"))] if self.args.s3 else [])
 
-                def push(source=source):
-                    plan = self.e.plan_push(self.daemon, repo, source)
-                    self.e.execute_push(self.daemon, repo, plan, "lz4", self.args.jobs)
-                self.timed("dogestry", row, push)
+    def stored_bytes(self, store, s3):
+        if not s3:
+            return du(store)
+        prefix = store.split("/", 3)[3] if store.startswith("s3://") else store + "/"
+        total = 0
+        for page in self.moto.s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=prefix):
+            total += sum(obj["Size"] for obj in page.get("Contents", []))
+        return total
+
+    def repeat(self):
+        started = []
+        try:
+            targets = []
+            for suffix, s3 in self.stores():
+                registry, accelerator = start_registry(self.tmp, s3), start_accelerator(self.tmp, s3)
+                started += [("registry" + suffix, registry), ("accelerator" + suffix, accelerator)]
+                if s3:
+                    remote = "s3://bench/eng-%s/" % uuid.uuid4().hex[:6]
+                    repo = self.e.Repository(self.e.remote_from_url(remote, endpoint_url=s3[0], jobs=self.args.jobs))
+                else:
+                    remote = os.path.join(self.tmp, "dogestry-remote-%s" % uuid.uuid4().hex[:6])
+                    repo = self.e.Repository(self.e.remote_from_url(remote))
+                targets.append((suffix, s3, registry, accelerator, remote, repo))
+            # pushes, the images present
+            for suffix, _s3, registry, accelerator, _remote, repo in targets:
+                for column, server in (("registry" + suffix, registry), ("accelerator" + suffix, accelerator)):
+                    for row, version in (("cold push", "v1"), ("update push", "v2")):
+                        ref = "%s/%s:%s" % (server.host, self.name, version)
+                        self.docker("tag", "%s:%s" % (self.name, version), ref)
+                        self.timed(column, row, lambda ref=ref: self.docker("push", ref))
+                for row, version in (("cold push", "v1"), ("update push", "v2")):
+                    def push(source="%s:%s" % (self.name, version), repo=repo):
+                        plan = self.e.plan_push(self.daemon, repo, source)
+                        self.e.execute_push(self.daemon, repo, plan, "lz4", self.args.jobs)
+                    self.timed("dogestry" + suffix, row, push)
             # the floor: save, then load into a daemon without the image
             floor_tar = os.path.join(self.tmp, "floor.tar")
             self.timed("floor", "cold push", lambda: self.docker("save", "-o", floor_tar, self.name + ":v1"))
-            # pulls
-            for column, server in (("registry", registry), ("accelerator", accelerator)):
+            # pulls, into a daemon without any of the image's layers
+            for suffix, _s3, registry, accelerator, _remote, repo in targets:
+                for column, server in (("registry" + suffix, registry), ("accelerator" + suffix, accelerator)):
+                    self.forget()
+                    for row, version in (("cold pull", "v1"), ("update pull", "v2")):
+                        ref = "%s/%s:%s" % (server.host, self.name, version)
+                        self.timed(column, row, lambda ref=ref: self.docker("pull", ref))
                 self.forget()
                 for row, version in (("cold pull", "v1"), ("update pull", "v2")):
-                    ref = "%s/%s:%s" % (server.host, self.name, version)
-                    self.timed(column, row, lambda ref=ref: self.docker("pull", ref))
+                    def pull(version=version, repo=repo):
+                        plan = self.e.plan_pull(self.daemon, repo, "%s:%s" % (self.name, version))
+                        self.e.execute_pull(self.daemon, repo, plan)
+                    self.timed("dogestry" + suffix, row, pull)
             self.forget()
-            for row, version in (("cold pull", "v1"), ("update pull", "v2")):
-                def pull(version=version):
-                    plan = self.e.plan_pull(self.daemon, repo, "%s:%s" % (self.name, version))
-                    self.e.execute_pull(self.daemon, repo, plan)
-                self.timed("dogestry", row, pull)
-            self.forget()
-            self.timed("floor", "cold pull", lambda: self.docker("load", "-i", os.path.join(self.tmp, "floor.tar")))
-            os.unlink(os.path.join(self.tmp, "floor.tar"))
-            self.stored["registry"].append(du(registry.store))
-            self.stored["accelerator"].append(du(accelerator.store))
-            self.stored["dogestry"].append(du(remote_dir))
+            self.timed("floor", "cold pull", lambda: self.docker("load", "-i", floor_tar))
+            os.unlink(floor_tar)
+            for suffix, s3, registry, accelerator, remote, _repo in targets:
+                self.stored["registry" + suffix].append(self.stored_bytes(registry.store, s3))
+                self.stored["accelerator" + suffix].append(self.stored_bytes(accelerator.store, s3))
+                self.stored["dogestry" + suffix].append(self.stored_bytes(remote, s3))
         finally:
-            self.rss["registry"].append(registry.stop())
-            self.rss["accelerator"].append(accelerator.stop())
-            for path in (registry.store, accelerator.store, remote_dir):
-                shutil.rmtree(path, ignore_errors=True)
+            for column, server in started:
+                self.rss[column].append(server.stop())
+                if not server.store.startswith(("s3://", "reg-")):
+                    shutil.rmtree(server.store, ignore_errors=True)
+            for path in os.listdir(self.tmp):
+                if path.startswith("dogestry-remote-"):
+                    shutil.rmtree(os.path.join(self.tmp, path), ignore_errors=True)
             self.restore()
 
     def report(self):
@@ -213,8 +261,9 @@ class RegistryBench:
             text = "%.2f s" % med(values)
             if len(values) > 1:
                 text += " (%.2f-%.2f)" % (min(values), max(values))
-            reg = med(self.samples["registry"].get(row, []))
-            if column not in ("registry", "floor") and reg:
+            baseline = "registry s3" if column.endswith(" s3") else "registry"
+            reg = med(self.samples[baseline].get(row, []))
+            if column not in ("registry", "registry s3", "floor") and reg:
                 text += " %.2fx reg" % (med(values) / reg)
             floor_row = "cold push" if "push" in row else "cold pull"
             floor = med(self.samples["floor"].get(floor_row, []))
@@ -222,14 +271,16 @@ class RegistryBench:
                 text += " %.2fx floor" % (med(values) / floor)
             return text
 
-        print("\n| %d MB image, %d repeat(s) | %s |" % (self.args.size_mb, self.args.repeat, " | ".join(COLUMNS)))
-        print("|---|%s" % ("---|" * len(COLUMNS)))
+        columns = COLUMNS + (S3_COLUMNS if self.args.s3 else ())
+        print("\n| %d MB image, %d repeat(s)%s | %s |" % (
+            self.args.size_mb, self.args.repeat, ", S3 %s" % self.args.s3 if self.args.s3 else "", " | ".join(columns)))
+        print("|---|%s" % ("---|" * len(columns)))
         for row in ROWS:
-            print("| %s | %s |" % (row, " | ".join(cell(c, row) for c in COLUMNS)))
+            print("| %s | %s |" % (row, " | ".join(cell(c, row) for c in columns)))
         print("| bytes stored (v1+v2) | %s |" % " | ".join(
-            "%.1f MB" % (med(self.stored[c]) / 1e6) if self.stored[c] else "-" for c in COLUMNS))
+            "%.1f MB" % (med(self.stored[c]) / 1e6) if self.stored[c] else "-" for c in columns))
         print("| server peak RSS | %s |" % " | ".join(
-            "%.0f MB" % (max(self.rss[c]) / 1e6) if self.rss[c] else "-" for c in COLUMNS))
+            "%.0f MB" % (max(self.rss[c]) / 1e6) if self.rss[c] else "-" for c in columns))
         print("(floor: `docker save` in the cold push row, `docker load` in the cold pull row)")
 
         targets = []
@@ -256,6 +307,9 @@ def main():
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
     parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--s3", choices=["raw", "shaped"], help="add S3 columns (moto_server), shaped or not")
+    parser.add_argument("--s3-delay-ms", type=float, default=30.0)
+    parser.add_argument("--s3-mbps", type=float, default=60.0, help="MB/s per connection, each way")
     args = parser.parse_args()
     if not os.path.exists(VENV_DOGESTRY):
         sys.exit("%s is missing: run bash scripts/setup.sh" % VENV_DOGESTRY)
@@ -263,6 +317,15 @@ def main():
     os.makedirs(os.path.join(tmp, "shim"))
     os.symlink(os.path.join(REPO, "plugins", "module_utils"), os.path.join(tmp, "shim", "dogestry"))
     bench = RegistryBench(args, Engine(tmp), tmp)
+    proxy = None
+    if args.s3:
+        bench.moto = Moto(tmp)          # also sets dummy AWS_* credentials for every client
+        bench.s3_url = bench.moto.url
+        if args.s3 == "shaped":
+            sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+            from s3_faults import FaultProxy
+            proxy = FaultProxy(bench.moto.url, faults={}, delay=args.s3_delay_ms / 1000.0, rate=args.s3_mbps * 1e6)
+            bench.s3_url = proxy.url
     try:
         log("building the %d MB image (v1, v2)" % args.size_mb)
         bench.build()
@@ -272,6 +335,10 @@ def main():
         ok = bench.report()
     finally:
         bench.forget()
+        if proxy:
+            proxy.stop()
+        if args.s3:
+            bench.moto.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print("\nmachine: %d cores, load %.1f at the end; %s" % (os.cpu_count(), os.getloadavg()[0], time.strftime("%Y-%m-%d")))
     sys.exit(0 if ok else 1)

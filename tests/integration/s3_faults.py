@@ -1,8 +1,10 @@
-"""A fault-injecting HTTP proxy for S3 tests: between boto3 and moto_server, it answers some requests
-with 503 SlowDown or 500, drops some connections before or after forwarding them (so an applied
-write looks failed to the client), delays some, and cuts some response bodies short.
+"""An HTTP proxy between S3 clients and moto_server that injects faults and shapes traffic.
 
-Faults are drawn from a seeded generator; `injected` counts them by kind."""
+Faults (tests): it answers some requests with 503 SlowDown or 500, drops some connections before
+or after forwarding them (so an applied write looks failed to the client), delays some, and cuts
+some response bodies short; drawn from a seeded generator, counted by kind in `injected`.
+Shaping (benchmarks/registry_bench.py): a fixed delay per request and a bandwidth cap per
+connection each way, so that parallel ranged GETs are judged under S3-like latency."""
 
 import http.client
 import random
@@ -20,8 +22,10 @@ _ERROR = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>
 
 
 class FaultProxy:
-    def __init__(self, upstream, seed, faults=None):
+    def __init__(self, upstream, seed=0, faults=None, delay=0.0, rate=None):
+        """`delay`: seconds added to every request; `rate`: bytes per second per connection, each way."""
         self.upstream = urlsplit(upstream).netloc
+        self.delay, self.rate = delay, rate
         self.rng = random.Random(seed)
         self.faults = dict(FAULTS if faults is None else faults)
         self.injected = Counter()
@@ -57,12 +61,20 @@ class FaultProxy:
                 if not head:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body[:len(body) // 2] if cut else body)
+                body = body[:len(body) // 2] if cut else body
+                if proxy.rate:
+                    for start in range(0, len(body), 64 << 10):
+                        self.wfile.write(body[start:start + (64 << 10)])
+                        time.sleep(min(64 << 10, len(body) - start) / proxy.rate)
+                else:
+                    self.wfile.write(body)
                 if cut:
                     self.close_connection = True
 
             def _handle(self):
                 body = self._body()
+                if proxy.delay or proxy.rate:
+                    time.sleep(proxy.delay + (len(body) / proxy.rate if proxy.rate else 0))
                 fault = proxy.draw()
                 if fault in ("slowdown", "error500"):
                     code, message = (("SlowDown", "Please reduce your request rate.") if fault == "slowdown"
