@@ -189,6 +189,15 @@ def make_context(ctx, size_mb, nonce):
             fh.write(DOCKERFILE.format(app=app))
 
 
+def peak_rss(pid):
+    """A process's peak RSS so far (VmHWM), in bytes."""
+    with open("/proc/%d/status" % pid) as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def run(cmd, **kw):
     return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 

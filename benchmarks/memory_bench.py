@@ -27,7 +27,7 @@ import urllib.request
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import REPO, free_port, log  # noqa: E402
+from bench import REPO, free_port, log, peak_rss  # noqa: E402
 
 DOGESTRY = os.path.join(REPO, ".venv", "bin", "dogestry")
 MiB = 1 << 20
@@ -44,10 +44,7 @@ class Peak:
     def _watch(self):
         while self.proc.poll() is None:
             try:
-                with open("/proc/%d/status" % self.proc.pid) as fh:
-                    for line in fh:
-                        if line.startswith("VmHWM:"):
-                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+                self.peak = max(self.peak, peak_rss(self.proc.pid))
             except OSError:
                 break
             time.sleep(0.05)

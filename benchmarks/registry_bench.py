@@ -42,7 +42,7 @@ import uuid
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import REPO, Engine, Moto, docker_build, free_port, log, make_context, run  # noqa: E402
+from bench import REPO, Engine, Moto, docker_build, free_port, log, make_context, peak_rss, run  # noqa: E402
 
 VENV_DOGESTRY = os.path.join(REPO, ".venv", "bin", "dogestry")
 ROWS = ("cold push", "update push", "cold pull", "update pull")
@@ -55,14 +55,6 @@ def du(path):
     for dirpath, _dirs, files in os.walk(path):
         total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)
     return total
-
-
-def peak_rss(pid):
-    with open("/proc/%d/status" % pid) as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Server:

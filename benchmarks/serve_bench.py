@@ -25,8 +25,8 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MiB = 1 << 20
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import REPO, MiB, peak_rss  # noqa: E402
 SMALL = 50
 
 
@@ -57,9 +57,8 @@ def make_remote(root, size_mb):
                 out.write(enc.update(chunk))
             out.write(enc.finish())
         oid = digest.hexdigest()
-        os.makedirs(os.path.dirname(repo.remote.local_path(blob_key(oid, "lz4"))), exist_ok=True)
-        os.replace(tmp, repo.remote.local_path(blob_key(oid, "lz4")))
-        layer = LayerEntry(oid, size, "lz4", os.path.getsize(repo.remote.local_path(blob_key(oid, "lz4"))))
+        layer = LayerEntry(oid, size, "lz4", os.path.getsize(tmp))
+        repo.remote.put_file(blob_key(oid, "lz4"), tmp)     # the remote takes the file over
         config = canonical_json({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + oid]}, "n": name})
         cfg_oid = hashlib.sha256(config).hexdigest()
         repo.remote.put(blob_key(cfg_oid), config)
@@ -109,14 +108,6 @@ def serve(kind, root, port):
         server.serve_forever()
 
 
-def peak_rss_mb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
 def curl(url):
     return subprocess.Popen(["curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{size_download}", url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
@@ -138,7 +129,7 @@ def measure(kind, root, big, small):
         got = int(client.communicate()[0] or 0)
         one = time.monotonic() - t0
         ok_big = client.returncode == 0 and got == big[1]
-        rss_big = peak_rss_mb(proc.pid)
+        rss_big = peak_rss(proc.pid) / MiB
         t0 = time.monotonic()
         clients = [curl("%s/small%d/blobs/sha256:%s" % (base, i, oid)) for i, (oid, _size) in enumerate(small)]
         results = [(c.communicate()[0], c.returncode) for c in clients]
@@ -148,7 +139,7 @@ def measure(kind, root, big, small):
                 "big_ok": ok_big, "50_clients_s": round(many, 2),
                 "50_clients_MBps": round(sum(s for _o, s in small) / MiB / many, 1), "failures": failures,
                 "peak_rss_big_MB": round(rss_big, 1),
-                "peak_rss_MB": round(peak_rss_mb(proc.pid), 1)}
+                "peak_rss_MB": round(peak_rss(proc.pid) / MiB, 1)}
     finally:
         proc.terminate()
         try:

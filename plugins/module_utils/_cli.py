@@ -170,6 +170,7 @@ class Progress:
             self.render()
 
     def line(self) -> str:
+        from ._engine import human_size
         elapsed = max(self.clock() - self.started, 1e-6)
         rate = self.done_bytes / elapsed
         share = self.done_bytes / self.total if self.total else (self.done_layers / self.layers if self.layers else 1)
@@ -182,18 +183,10 @@ class Progress:
         eta = "%d:%02d" % (left // 60, left % 60) if left is not None else "--:--"
         return "%s [%s%s] %d/%d layers %s%s %s/s ETA %s" % (
             self.label, "#" * filled, "." * (self.WIDTH - filled), self.done_layers, self.layers,
-            _human(self.done_bytes), " of " + _human(self.total) if self.total else "", _human(rate), eta)
+            human_size(self.done_bytes), " of " + human_size(self.total) if self.total else "", human_size(rate), eta)
 
     def render(self) -> None:
         self.out.step(self.line())
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return ("%.0f %s" if unit == "B" else "%.1f %s") % (size, unit)
-        size /= 1000.0
-    return "%.1f GB" % size
 
 
 def _daemons(args) -> List:
@@ -273,8 +266,8 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
         stored = {layer.oid: layer.stored_size for layer in plan.missing}
         progress_bar = Progress(out, "pulling %s into %s" % (plan.ref or args.image, daemon.host),
                                 len(stored), sum(stored.values()))
-        result = execute_pull(daemon, repo, plan, lambda layer: progress_bar.advance(stored.get(layer.oid, 0))
-                              if layer.oid in stored else None)
+        result = execute_pull(daemon, repo, plan,
+                              lambda layer: progress_bar.advance(stored[layer.oid]) if layer.oid in stored else None)
         out.done()
         if result.get("reason"):
             line = "%s on %s: %s (%s downloaded)" % (plan.ref or args.image, daemon.host, result["reason"],

@@ -33,6 +33,7 @@ except ImportError:
 from ._compress import decoder, encoder
 from ._errors import BlobCorruptError, FormatError
 from ._format import diff_ids_of_config, full_name, sha256_hex
+from ._remote import unlink_quietly
 
 CHUNK = 1 << 20
 SMALL_MEMBER = 1 << 20      # members up to this size (JSON, tiny layers) are kept in memory
@@ -75,6 +76,12 @@ class SpooledLayer:
     encoding: str
     stored_size: int
     path: str
+
+
+def looks_like_layer(head: bytes) -> bool:
+    """The first bytes of a blob are those of a layer _decoded_chunks can decode: gzip, zstd, or a
+    tar (ustar magic at offset 257). Anything else (an image config's JSON) is not."""
+    return head.startswith((_GZIP_MAGIC, _ZSTD_MAGIC)) or head[257:262] == b"ustar"
 
 
 def _decoded_chunks(reader, what: str) -> Iterator[bytes]:
@@ -125,16 +132,9 @@ def spool_layer(reader, what: str, encoding: str, spool_dir: str) -> SpooledLaye
             os.fsync(out.fileno())
     except BaseException:
         if fd is not None:
-            _unlink(path)
+            unlink_quietly(path)
         raise
     return SpooledLayer(digest.hexdigest(), size, encoding, stored, path)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -170,7 +170,7 @@ def read_save_stream(chunks: Iterable[bytes], wanted: Set[str], known: Set[str],
             spooled[layer.oid] = layer
             on_layer(layer)
         else:
-            _unlink(layer.path)
+            unlink_quietly(layer.path)
 
     try:
         with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK) as tar:
@@ -263,7 +263,7 @@ def _oid_from_blob_name(name: str) -> Optional[str]:
 
 def _discard(spooled: Dict[str, SpooledLayer]) -> None:
     for layer in spooled.values():
-        _unlink(layer.path)
+        unlink_quietly(layer.path)
 
 
 class _Prefixed:

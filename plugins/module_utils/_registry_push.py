@@ -29,13 +29,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from ._docker_archive import spool_layer
+from ._docker_archive import looks_like_layer, spool_layer
 from ._errors import DogestryError, FormatError
 from ._format import (
-    PUSHED_PREFIX, ImageRef, LayerEntry, Manifest, blob_key, canonical_json, diff_ids_of_config, load_json,
+    ENCODINGS, PUSHED_PREFIX, ImageRef, LayerEntry, Manifest, blob_key, canonical_json, diff_ids_of_config, load_json,
     parse_digest, pushed_key, sha256_hex,
 )
 from ._prune import drop_lease, write_lease
+from ._remote import unlink_quietly
 from ._repository import Repository
 
 CHUNK = 1 << 20
@@ -74,7 +75,7 @@ class PushedLayer:
             sizes = [doc[key] for key in ("size", "stored_size", "blob_size")]
             if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sizes):
                 raise ValueError("bad sizes %r" % (sizes,))
-            if doc["encoding"] not in ("lz4", "none"):
+            if doc["encoding"] not in ENCODINGS:
                 raise ValueError("unknown encoding %r" % (doc["encoding"],))
             return cls(doc["blob_size"], LayerEntry(parse_digest(doc["diff_id"]), doc["size"], doc["encoding"],
                                                     doc["stored_size"]))
@@ -88,18 +89,6 @@ class _Upload:
         self.size = 0
         self.hasher = hashlib.sha256()
         self.lock = threading.Lock()
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _looks_like_layer(head: bytes) -> bool:
-    """gzip, zstd, or a tar (ustar magic at 257): a layer; anything else (JSON config...) is not."""
-    return head.startswith(b"\x1f\x8b") or head.startswith(b"\x28\xb5\x2f\xfd") or head[257:262] == b"ustar"
 
 
 class RegistryWriter:
@@ -208,7 +197,7 @@ class RegistryWriter:
             for session, found in list(self._uploads.items()):
                 if found is upload:
                     del self._uploads[session]
-        _unlink(upload.path)
+        unlink_quietly(upload.path)
 
     def _expire(self) -> None:
         now = self.clock()
@@ -219,7 +208,7 @@ class RegistryWriter:
         for upload in stale:
             self._drop(upload)
         for path in paths:
-            _unlink(path)
+            unlink_quietly(path)
 
     @staticmethod
     def range_headers(name: str, session: str, size: int):
@@ -242,7 +231,7 @@ class RegistryWriter:
     def _store(self, hexdigest: str, path: str, size: int) -> None:
         with open(path, "rb") as f:
             head = f.read(512)
-        if not _looks_like_layer(head):
+        if not looks_like_layer(head):
             target = os.path.join(self.spool, "blob-" + hexdigest)
             os.replace(path, target)
             with self._lock:
@@ -268,8 +257,7 @@ class RegistryWriter:
             lease = write_lease(self.repo, [spooled.oid])
             self.repo.remote.put_file(blob_key(spooled.oid, spooled.encoding), spooled.path)
         finally:
-            if os.path.exists(spooled.path):
-                os.unlink(spooled.path)
+            unlink_quietly(spooled.path)      # what put_file left of the spool file, stored or not
         pushed = PushedLayer(size, LayerEntry(spooled.oid, spooled.size, spooled.encoding, spooled.stored_size))
         self.repo.remote.put(pushed_key(hexdigest), pushed.record(), overwrite=True)
         with self._lock:
@@ -374,11 +362,10 @@ class RegistryWriter:
                                "sha256:%s" % (index, hexdigest, pushed.layer.oid, diff_id))
             return pushed.layer
         if hexdigest == diff_id:        # an uncompressed layer the remote already has (pulled from here)
-            keys = [blob_key(diff_id, encoding) for encoding in ("lz4", "none")]
-            found = self.repo.remote.stat(keys)
-            for key, encoding in zip(keys, ("lz4", "none")):
-                if key in found:
-                    return LayerEntry(diff_id, size, encoding, found[key].size)
+            found = self.repo.remote.stat([blob_key(diff_id, encoding) for encoding in ENCODINGS])
+            for encoding in ENCODINGS:
+                if blob_key(diff_id, encoding) in found:
+                    return LayerEntry(diff_id, size, encoding, found[blob_key(diff_id, encoding)].size)
         raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "layer %d (sha256:%s) was not uploaded" % (index, hexdigest))
 
     def _release(self, config_hex: str, diff_ids) -> None:
@@ -387,6 +374,6 @@ class RegistryWriter:
             staged = self._staged.pop(config_hex, None)
             leases = [self._leases.pop(oid) for oid in diff_ids if oid in self._leases]
         if staged:
-            _unlink(staged[0])
+            unlink_quietly(staged[0])
         for lease in leases:
             drop_lease(self.repo, lease)

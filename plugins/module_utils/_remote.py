@@ -268,14 +268,14 @@ class LocalRemote(Remote):
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as exc:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise self._fail(exc, "writing", key)
         if overwrite:
             self._makedirs_for(key)
             try:
                 os.replace(tmp, self._inside(key))
             except OSError as exc:
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
                 raise self._fail(exc, "writing", key)
             return True
         return self.put_file(key, tmp)
@@ -296,7 +296,7 @@ class LocalRemote(Remote):
         except OSError as exc:
             raise self._fail(exc, "writing", key)
         finally:
-            _unlink_quietly(path)
+            unlink_quietly(path)
 
     def _makedirs_for(self, key):
         self._inside(key)   # never create directories through a symlink
@@ -341,7 +341,8 @@ def _file_kind(mode: int) -> str:
     return "not a file"
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str) -> None:
+    """Remove a local spool or temporary file if it is there; a failure only leaves it behind."""
     try:
         os.unlink(path)
     except OSError:

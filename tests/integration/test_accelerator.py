@@ -236,7 +236,7 @@ def test_cli_shows_a_progress_bar_on_a_terminal_only(tmp_path, docker_host, buil
         os.close(terminal)
         docker(docker_host, "rmi", "-f", name + ":1", check=False)
     assert proc.returncode == 0 and "on %s" % docker_host in proc.stdout      # the result, on stdout
-    assert re.search(r"\[#{24}\] 3/3 layers [0-9.]+ MB of [0-9.]+ MB [0-9.]+ [KMG]?B/s ETA 0:00", shown), shown
+    assert re.search(r"\[#{24}\] 3/3 layers [0-9.]+ MiB of [0-9.]+ MiB [0-9.]+ (?:[KMG]i)?B/s ETA 0:00", shown), shown
     piped = dogestry("pull", remote, name + ":1", "--docker-host", docker_host)       # stderr is a pipe: quiet
     docker(docker_host, "rmi", "-f", name + ":1", check=False)
     assert piped.stderr == ""

@@ -96,6 +96,9 @@ def test_verify_reports_then_repairs_and_exits_by_what_remains(tmp_path, capsys)
     assert "missing %s" % manifest.layers[1].key in capsys.readouterr().out
 
 
+MiB = 1 << 20
+
+
 class _Recorder(Output):
     def __init__(self):
         Output.__init__(self, False)
@@ -108,13 +111,13 @@ class _Recorder(Output):
 def test_progress_bar_shows_bytes_rate_and_eta():
     now = [0.0]
     out = _Recorder()
-    progress_bar = Progress(out, "pulling app:1", 3, 30000000, clock=lambda: now[0])
+    progress_bar = Progress(out, "pulling app:1", 3, 30 * MiB, clock=lambda: now[0])
     now[0] = 1.0
-    progress_bar.advance(10000000)
+    progress_bar.advance(10 * MiB)
     now[0] = 2.0
-    progress_bar.advance(10000000)
-    assert out.lines[0] == "pulling app:1 [........................] 0/3 layers 0 B of 30.0 MB 0 B/s ETA --:--"
-    assert out.lines[-1] == "pulling app:1 [################........] 2/3 layers 20.0 MB of 30.0 MB 10.0 MB/s ETA 0:01"
+    progress_bar.advance(10 * MiB)
+    assert out.lines[0] == "pulling app:1 [........................] 0/3 layers 0 B of 30.0 MiB 0 B/s ETA --:--"
+    assert out.lines[-1] == "pulling app:1 [################........] 2/3 layers 20.0 MiB of 30.0 MiB 10.0 MiB/s ETA 0:01"
 
 
 def test_progress_bar_without_sizes_estimates_by_layers():
@@ -122,8 +125,8 @@ def test_progress_bar_without_sizes_estimates_by_layers():
     out = _Recorder()
     progress_bar = Progress(out, "pushing app:1", 4, 0, clock=lambda: now[0])
     now[0] = 2.0
-    progress_bar.advance(5000000)
-    assert out.lines[-1] == "pushing app:1 [######..................] 1/4 layers 5.0 MB 2.5 MB/s ETA 0:06"
+    progress_bar.advance(5 * MiB)
+    assert out.lines[-1] == "pushing app:1 [######..................] 1/4 layers 5.0 MiB 2.5 MiB/s ETA 0:06"
 
 
 def test_no_progress_bar_in_a_pipe_or_with_json(capsys):
