@@ -283,14 +283,16 @@ def cmd_tags(args, out: Output) -> int:
     repo = repository_from_args(args)
     repo.check()
     name, _sep, tag = args.pattern.rpartition(":") if ":" in args.pattern.rsplit("/", 1)[-1] else (args.pattern, "", "*")
-    described, broken = describe_tags(repo, repo.list_tags(name or "*", tag or "*"))
+    described, broken = describe_tags(repo, repo.list_targets(name or "*", tag or "*"))
     for ref, why in sorted(broken.items()):
         sys.stderr.write("dogestry: warning: tag %s is broken: %s\n" % (ref, why))
     if out.as_json:
         out.result({"tags": described, "broken": broken}, "")
     else:
         for ref, info in described.items():
-            out.result({}, "%-40s %s %2d layer(s)" % (ref, info["image_id"][:19], info["layers"]))
+            what = ("%s %2d layer(s)" % (info["image_id"][:19], info["layers"]) if "image_id" in info
+                    else "%s %s" % (info["manifest"][:19], info["media_type"]))
+            out.result({}, "%-40s %s" % (ref, what))
     return 0
 
 

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import traceback
-from typing import Dict, Iterable, Iterator, List, Optional, Set
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 try:
     import docker
@@ -72,17 +72,27 @@ class Daemon:
         except DockerException as exc:
             raise self._fail("inspecting %s" % ref, exc)
 
+    def _info(self) -> Dict:
+        if not hasattr(self, "_info_doc"):
+            try:
+                self._info_doc = self.api.info()
+            except DockerException as exc:
+                raise self._fail("reading docker info", exc)
+        return self._info_doc
+
     @property
     def containerd_store(self) -> bool:
         """True when images live in containerd's image store (Docker 29's default): image IDs are then
         manifest digests, and `docker load` needs every layer blob its content store lacks."""
-        if not hasattr(self, "_containerd_store"):
-            try:
-                status = self.api.info().get("DriverStatus") or []
-            except DockerException as exc:
-                raise self._fail("reading docker info", exc)
-            self._containerd_store = ["driver-type", "io.containerd.snapshotter.v1"] in [list(s) for s in status]
-        return self._containerd_store
+        status = self._info().get("DriverStatus") or []
+        return ["driver-type", "io.containerd.snapshotter.v1"] in [list(s) for s in status]
+
+    @property
+    def platform(self) -> Tuple[str, str, Optional[str]]:
+        """(os, architecture, variant) in OCI's terms, to pick an image out of a multi-platform index."""
+        info = self._info()
+        machine = str(info.get("Architecture") or "x86_64")
+        return (str(info.get("OSType") or "linux"),) + OCI_ARCHITECTURES.get(machine, (machine, None))
 
     def _all_images(self) -> Iterator[Dict]:
         try:
@@ -148,6 +158,12 @@ class Daemon:
             pass
         except DockerException as exc:
             raise self._fail("removing %s" % ref, exc)
+
+
+# uname -m (what `docker info` reports) -> OCI (architecture, variant)
+OCI_ARCHITECTURES = {"x86_64": ("amd64", None), "aarch64": ("arm64", None), "armv7l": ("arm", "v7"),
+                     "armv6l": ("arm", "v6"), "i686": ("386", None), "i386": ("386", None), "ppc64le": ("ppc64le", None),
+                     "s390x": ("s390x", None), "riscv64": ("riscv64", None)}
 
 
 def image_layers(info: Dict) -> List[str]:

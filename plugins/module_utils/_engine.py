@@ -25,12 +25,12 @@ from ._errors import (
     BlobCorruptError, DockerError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError, RemoteNotFoundError,
 )
 from ._format import (
-    ENCODINGS, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, looks_like_id_prefix, parse_digest,
-    parse_image_ref, sha256_hex,
+    ENCODINGS, MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, looks_like_id_prefix,
+    parse_digest, parse_image_ref, sha256_hex,
 )
 from ._prune import drop_lease, push_lease
 from ._remote import temp_dir_for
-from ._repository import READ_JOBS, Repository
+from ._repository import READ_JOBS, Repository, Target
 from ._transfer import TransferPool, parallel_map
 from ._verify import damaged_reused_layers, quarantine
 
@@ -348,7 +348,7 @@ class PullPlan:
 
 def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
     repo.check()
-    ref, manifest_oid = repo.resolve(requested)
+    ref, manifest_oid = repo.resolve(requested, daemon.platform)
     manifest = repo.read_manifest(manifest_oid)
     plan = PullPlan(requested, ref, manifest_oid, manifest, containerd=daemon.containerd_store)
     info = daemon.inspect(plan.daemon_image_id)
@@ -461,28 +461,32 @@ class _LayerReaders:
 
 # ---- tags -----------------------------------------------------------------------------------
 
-def describe_tags(repo: Repository, tags: Dict[ImageRef, str]) -> Tuple[Dict[str, Dict], Dict[str, str]]:
-    """(described tags, broken tags): a tag whose manifest is missing or damaged is reported, not fatal."""
-    def read(oid):
+def describe_tags(repo: Repository, tags: Dict[ImageRef, Target]) -> Tuple[Dict[str, Dict], Dict[str, str]]:
+    """(described tags, broken tags): a tag whose manifest is missing or damaged is reported, not fatal.
+    A tag naming OCI content pushed through the registry API is described by its decoded image, if any."""
+    def read(target):
         try:
-            return repo.read_manifest(oid)
+            oid = repo.image_for(target) if isinstance(target, Descriptor) else target
+            return oid, repo.read_manifest(oid)
+        except ImageReferenceError:
+            return None, None       # an artifact, or an index without a linux/amd64 image
         except (RemoteNotFoundError, BlobCorruptError, FormatError) as exc:
-            return exc
-    unique = sorted(set(tags.values()))
+            return None, exc
+    unique = sorted(set(tags.values()), key=str)
     manifests = dict(zip(unique, parallel_map(read, unique, READ_JOBS)))
     described, broken = {}, {}
-    for ref, oid in sorted(tags.items()):
-        manifest = manifests[oid]
+    for ref, target in sorted(tags.items()):
+        oid, manifest = manifests[target]
+        digest = target.digest if isinstance(target, Descriptor) else "sha256:" + target
         if isinstance(manifest, Exception):
-            broken[str(ref)] = "manifest sha256:%s: %s" % (oid, manifest)
+            broken[str(ref)] = "manifest %s: %s" % (digest, manifest)
             continue
-        described[str(ref)] = {
-            "manifest": "sha256:" + oid,
-            "image_id": manifest.image_id,
-            "layers": len(manifest.layers),
-            "size": sum(layer.size for layer in manifest.layers),
-            "stored_size": sum(layer.stored_size for layer in manifest.layers) + manifest.config_size,
-        }
+        entry = described[str(ref)] = {
+            "manifest": digest, "media_type": target.media_type if isinstance(target, Descriptor) else MANIFEST_MEDIA_TYPE}
+        if manifest is not None:
+            entry.update(image_id=manifest.image_id, layers=len(manifest.layers),
+                         size=sum(layer.size for layer in manifest.layers),
+                         stored_size=sum(layer.stored_size for layer in manifest.layers) + manifest.config_size)
     return described, broken
 
 

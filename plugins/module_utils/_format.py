@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""The remote repository format, version 1 (docs/FORMAT.md is the prose twin of this file).
+"""The remote repository format, versions 1 and 2 (docs/FORMAT.md is the prose twin of this file).
 
 Keys, relative to the remote's root::
 
@@ -17,6 +17,13 @@ Keys, relative to the remote's root::
     pushed/sha256/<blob-hex>               what a layer pushed through the registry API became (a hint)
     repositories/<name>/_tags/<tag>        "sha256:<manifest-hex>": the only objects ever rewritten
 
+Version 2 adds any OCI content pushed through the registry API, stored verbatim:
+
+    blobs/<alg>/<ab>/<hex>                 any blob, as pushed (alg: sha256 or sha512)
+    oci-manifests/<alg>/<hex>              an image manifest, index or artifact manifest, as pushed
+    referrers/<alg>/<subject-hex>/<alg>-<hex>   descriptor of a manifest whose subject is <subject>
+    repositories/<name>/_tags/<tag>        or an OCI descriptor (canonical JSON) of a verbatim manifest
+
 Everything but a tag is immutable and written create-only, in the order blobs, config,
 manifest, image index, tag, so a tag never points at incomplete data.
 """
@@ -27,12 +34,13 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._errors import FormatError, ImageReferenceError
 
 FORMAT_NAME = "dogestry"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # what this version reads up to; it writes 1 until a remote holds OCI content
+READABLE_VERSIONS = (1, 2)
 VERSION_KEY = "dogestry.json"
 QUARANTINE_PREFIX = "quarantine/"      # damaged objects moved aside by verify's repair (and by push)
 MANIFEST_MEDIA_TYPE = "application/vnd.dogestry.manifest.v1+json"
@@ -41,6 +49,14 @@ MANIFEST_MEDIA_TYPE = "application/vnd.dogestry.manifest.v1+json"
 OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+OCI_INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.list.v2+json"
+IMAGE_MANIFEST_MEDIA_TYPES = (OCI_MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE)
+INDEX_MEDIA_TYPES = (OCI_INDEX_MEDIA_TYPE, DOCKER_LIST_MEDIA_TYPE)
+IMAGE_CONFIG_MEDIA_TYPES = (OCI_CONFIG_MEDIA_TYPE, "application/vnd.docker.container.image.v1+json")
+# Digest algorithms of verbatim content, with their hex lengths (layers stored decoded are sha256).
+DIGEST_ALGORITHMS = {"sha256": 64, "sha512": 128}
 
 # Encodings a layer blob may be stored in, mapped to the key suffix.
 ENCODINGS = {"none": "", "lz4": ".lz4"}
@@ -62,8 +78,13 @@ def load_json(data):
         raise ValueError("JSON nested too deeply")
 
 
-def version_document() -> bytes:
-    return canonical_json({"format": FORMAT_NAME, "version": FORMAT_VERSION})
+def version_document(version: int = 1) -> bytes:
+    """A remote is created as version 1, readable by every release; OCI content raises it to 2."""
+    return canonical_json({"format": FORMAT_NAME, "version": version})
+
+
+def version_of(data: bytes) -> int:
+    return load_json(data)["version"]
 
 
 def check_version_document(data: bytes, where: str) -> None:
@@ -74,9 +95,9 @@ def check_version_document(data: bytes, where: str) -> None:
         raise FormatError("%s is not a dogestry remote: %s is not valid" % (where, VERSION_KEY))
     if name != FORMAT_NAME:
         raise FormatError("%s is not a dogestry remote: %s names format %r" % (where, VERSION_KEY, name))
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise FormatError(
-            "%s uses dogestry format version %r; this collection reads version %d: upgrade the collection"
+            "%s uses dogestry format version %r; this collection reads versions up to %d: upgrade the collection"
             % (where, version, FORMAT_VERSION))
 
 
@@ -96,10 +117,47 @@ def parse_digest(digest: str) -> str:
     return hexdigest
 
 
+def split_digest(digest: str) -> Tuple[str, str]:
+    """'sha256:<hex>' or 'sha512:<hex>' -> (algorithm, hex); anything else is a FormatError."""
+    algo, _sep, hexdigest = str(digest).partition(":")
+    length = DIGEST_ALGORITHMS.get(algo)
+    if length is None or len(hexdigest) != length or any(c not in "0123456789abcdef" for c in hexdigest):
+        raise FormatError("unsupported or malformed digest %r" % (str(digest)[:150],))
+    return algo, hexdigest
+
+
+def digest_of(algorithm: str, data: bytes) -> str:
+    return "%s:%s" % (algorithm, hashlib.new(algorithm, data).hexdigest())
+
+
 # ---- keys -----------------------------------------------------------------------------------
 
 def blob_key(oid: str, encoding: str = "none") -> str:
     return "blobs/sha256/%s/%s%s" % (oid[:2], oid, ENCODINGS[encoding])
+
+
+def object_key(digest: str) -> str:
+    """Where a blob pushed verbatim is stored: blobs/<alg>/<ab>/<hex> (for sha256, blob_key(hex))."""
+    algo, hexdigest = split_digest(digest)
+    return "blobs/%s/%s/%s" % (algo, hexdigest[:2], hexdigest)
+
+
+OCI_MANIFESTS_PREFIX = "oci-manifests/"
+REFERRERS_PREFIX = "referrers/"
+
+
+def oci_manifest_key(digest: str) -> str:
+    algo, hexdigest = split_digest(digest)
+    return "%s%s/%s" % (OCI_MANIFESTS_PREFIX, algo, hexdigest)
+
+
+def referrers_prefix(subject: str) -> str:
+    algo, hexdigest = split_digest(subject)
+    return "%s%s/%s/" % (REFERRERS_PREFIX, algo, hexdigest)
+
+
+def referrer_key(subject: str, digest: str) -> str:
+    return referrers_prefix(subject) + digest.replace(":", "-", 1)
 
 
 def manifest_key(oid: str) -> str:
@@ -150,6 +208,16 @@ def parse_ref_document(data: bytes, where: str) -> str:
         return parse_digest(data.decode("ascii").strip())
     except (UnicodeDecodeError, FormatError):
         raise FormatError("%s does not hold a manifest digest" % where)
+
+
+def parse_tag_document(data: bytes, where: str) -> Union[str, "Descriptor"]:
+    """A tag's target: a dogestry manifest oid (version 1), or the Descriptor of a verbatim OCI manifest."""
+    if data[:1] == b"{":
+        try:
+            return Descriptor.from_doc(load_json(data))
+        except (ValueError, FormatError) as exc:
+            raise FormatError("%s does not hold a manifest descriptor (%s)" % (where, exc))
+    return parse_ref_document(data, where)
 
 
 # ---- image references -----------------------------------------------------------------------
@@ -313,3 +381,132 @@ def chain_ids(diff_ids: List[str]) -> List[str]:
         else:
             chains.append(sha256_hex(("sha256:%s sha256:%s" % (chains[-1], oid)).encode("ascii")))
     return chains
+
+
+# ---- OCI content stored verbatim (version 2) -------------------------------------------------
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor: what a tag names, and what manifests list."""
+    media_type: str
+    digest: str
+    size: int
+    extra: Tuple[Tuple[str, Any], ...] = ()     # artifactType, annotations, platform: for referrers and indexes
+
+    @property
+    def fields(self) -> Dict[str, Any]:
+        return dict(self.extra)
+
+    def to_doc(self) -> Dict[str, Any]:
+        doc = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        doc.update(self.extra)
+        return doc
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_doc())
+
+    @classmethod
+    def from_doc(cls, doc, keep=()) -> "Descriptor":
+        """A descriptor from JSON, keeping the optional fields named in `keep`."""
+        if not isinstance(doc, dict):
+            raise FormatError("a descriptor is not a JSON object")
+        media_type = doc.get("mediaType", "")
+        if not isinstance(media_type, str) or len(media_type) > 255:
+            raise FormatError("bad media type %r" % (str(media_type)[:100],))
+        try:
+            size = _size(doc.get("size"))
+        except ValueError as exc:
+            raise FormatError(str(exc))
+        split_digest(doc.get("digest"))
+        extra = tuple((key, doc[key]) for key in keep if doc.get(key) is not None)
+        return cls(media_type, doc["digest"], size, extra)
+
+
+LAYER_MEDIA_PREFIXES = ("application/vnd.oci.image.layer.", "application/vnd.docker.image.rootfs.")
+FOREIGN_LAYER_MARKERS = ("nondistributable", "foreign")
+MAX_DESCRIPTORS = 10000
+
+
+@dataclass(frozen=True)
+class OciManifest:
+    """An image manifest, index or artifact manifest as pushed: the bytes, and what they name."""
+    data: bytes
+    media_type: str
+    config: Optional[Descriptor]
+    layers: Tuple[Descriptor, ...]
+    manifests: Tuple[Descriptor, ...]      # an index's children, with their platforms
+    subject: Optional[Descriptor]
+    artifact_type: Optional[str]
+    annotations: Optional[Dict[str, str]]
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_MEDIA_TYPES
+
+    @property
+    def is_image(self) -> bool:
+        """A container image the engine can load: an image config and only image layers."""
+        return (self.media_type in IMAGE_MANIFEST_MEDIA_TYPES and self.config is not None
+                and self.config.media_type in IMAGE_CONFIG_MEDIA_TYPES
+                and all(layer.media_type.startswith(LAYER_MEDIA_PREFIXES) for layer in self.layers))
+
+    def required(self) -> Tuple[Descriptor, ...]:
+        """Blobs that must be stored before this manifest is (foreign layers are fetched from their URLs)."""
+        blobs = ((self.config,) if self.config else ()) + self.layers
+        return tuple(d for d in blobs if not any(m in d.media_type for m in FOREIGN_LAYER_MARKERS)
+                     and not d.fields.get("urls"))
+
+    def referrer(self, digest: str) -> Descriptor:
+        """How the referrers API lists this manifest (the spec's artifactType rule: the field, else
+        the config's media type)."""
+        artifact = self.artifact_type or (self.config.media_type if self.config else None)
+        extra = tuple((k, v) for k, v in (("annotations", self.annotations), ("artifactType", artifact)) if v)
+        return Descriptor(self.media_type, digest, len(self.data), extra)
+
+    @classmethod
+    def parse(cls, data: bytes, content_type: Optional[str], where: str) -> "OciManifest":
+        try:
+            doc = load_json(data)
+            if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+                raise FormatError("schemaVersion is not 2")
+            declared = doc.get("mediaType")
+            media_type = declared or (content_type or "").split(";")[0].strip()
+            if not media_type:
+                media_type = OCI_INDEX_MEDIA_TYPE if "manifests" in doc else OCI_MANIFEST_MEDIA_TYPE
+            if declared and content_type and content_type.split(";")[0].strip() not in ("", declared):
+                raise FormatError("Content-Type %r differs from the mediaType field %r" % (content_type[:100], declared[:100]))
+            if media_type not in IMAGE_MANIFEST_MEDIA_TYPES + INDEX_MEDIA_TYPES:
+                raise FormatError("media type %r is not an image manifest or index" % media_type[:100])
+            keep = ("annotations", "artifactType", "platform", "urls", "data")
+            if media_type in INDEX_MEDIA_TYPES:
+                children = doc.get("manifests")
+                if not isinstance(children, list) or len(children) > MAX_DESCRIPTORS:
+                    raise FormatError("an index needs a manifests list")
+                config, layers, manifests = None, (), tuple(Descriptor.from_doc(d, keep) for d in children)
+            else:
+                layer_docs = doc.get("layers")
+                if not isinstance(layer_docs, list) or len(layer_docs) > MAX_DESCRIPTORS:
+                    raise FormatError("an image manifest needs a layers list")
+                config = Descriptor.from_doc(doc.get("config"), keep)
+                layers, manifests = tuple(Descriptor.from_doc(d, keep) for d in layer_docs), ()
+            subject = Descriptor.from_doc(doc["subject"]) if doc.get("subject") is not None else None
+            artifact_type = doc.get("artifactType")
+            annotations = doc.get("annotations")
+            if artifact_type is not None and not isinstance(artifact_type, str):
+                raise FormatError("artifactType is not a string")
+            if annotations is not None and not isinstance(annotations, dict):
+                raise FormatError("annotations is not an object")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise FormatError("%s is not a valid manifest (%s)" % (where, exc))
+        except FormatError as exc:
+            raise FormatError("%s is not a valid manifest (%s)" % (where, exc))
+        return cls(data, media_type, config, layers, manifests, subject, artifact_type, annotations)
+
+    def platform_child(self, os_name: str, architecture: str, variant: Optional[str] = None) -> Optional[Descriptor]:
+        """The child of an index for a platform (the first match; a variant only narrows)."""
+        matches = []
+        for child in self.manifests:
+            platform = child.fields.get("platform") or {}
+            if platform.get("os") == os_name and platform.get("architecture") == architecture:
+                matches.append((variant is not None and platform.get("variant") == variant, child))
+        return max(matches, key=lambda m: m[0])[1] if matches else None

@@ -8,8 +8,11 @@
 Referenced ("live") objects are found from the roots — every tag's manifest, every unexpired
 ticket's manifest, every unexpired lease, whatever the grace period — by following manifest -> config
 and layer blobs (every stored encoding) and config -> image-index entry -> the manifest it names
-(so an ID lookup or a push that reuses that manifest never finds it gone).  Everything else under
-blobs/, manifests/ and images/ is garbage once it is older than the grace period; younger
+(so an ID lookup or a push that reuses that manifest never finds it gone).  OCI content kept as
+pushed (format 2) is followed too: index -> manifests -> config and layer blobs, an image manifest ->
+the dogestry manifest of its decoded twin, and every live manifest -> the manifests whose subject it
+is (signatures and attestations go with their image).  Everything else under blobs/, manifests/,
+oci-manifests/, referrers/ and images/ is garbage once it is older than the grace period; younger
 garbage is spared because a push in flight writes its blobs before its tag.  Expired tickets
 and stale leases go too.  Keys this version does not understand are left alone.
 
@@ -33,9 +36,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Set
 
-from ._errors import DogestryError, FormatError, RemoteError
+from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteError, RemoteNotFoundError
 from ._format import (
-    ENCODINGS, blob_key, canonical_json, image_index_prefix, load_json, manifest_key, parse_digest,
+    DIGEST_ALGORITHMS, ENCODINGS, OCI_MANIFESTS_PREFIX, REFERRERS_PREFIX, blob_key, canonical_json, image_index_prefix,
+    load_json, manifest_key, parse_digest, referrers_prefix, split_digest,
 )
 from ._remote import ObjectInfo
 from ._repository import READ_JOBS, Repository
@@ -48,7 +52,7 @@ MARKER_TTL = 600            # seconds a prune marker counts as a running prune (
 MARKER_POLL = 1.0
 LEASE_TTL = 24 * 3600       # a push's lease protects its oids this long from its creation, whatever the grace
 MIN_GRACE_SECONDS = 60      # young garbage is judged by the store's clock: spare a minute of skew at least
-DELETE_ORDER = ("image_index", "manifests", "blobs", "tickets", "leases")
+DELETE_ORDER = ("image_index", "referrers", "oci_manifests", "manifests", "blobs", "tickets", "leases")
 JOBS = 8
 
 
@@ -107,7 +111,8 @@ def _wait_for_prunes(repo: Repository) -> None:
 class Live:
     manifests: Set[str] = field(default_factory=set)
     configs: Set[str] = field(default_factory=set)
-    blobs: Set[str] = field(default_factory=set)
+    blobs: Set[str] = field(default_factory=set)       # sha256 hex, or "sha512:<hex>"
+    oci: Set[str] = field(default_factory=set)         # digests of OCI manifests kept as pushed
     tickets: int = 0
     leases: int = 0
 
@@ -115,7 +120,9 @@ class Live:
 def _referenced(repo: Repository, now: float, grace: float) -> Live:
     remote = repo.remote
     live = Live()
-    roots = set(repo.list_tags().values())
+    targets = repo.list_targets().values()
+    roots = {target for target in targets if isinstance(target, str)}
+    roots |= _oci_referenced(repo, [target.digest for target in targets if not isinstance(target, str)], live)
     for info in remote.list(TICKETS_PREFIX):
         expiry = ticket_expiry_from_key(info.key)
         if expiry is not None and expiry >= now:
@@ -148,6 +155,37 @@ def _referenced(repo: Repository, now: float, grace: float) -> Live:
     return live
 
 
+def _oci_referenced(repo: Repository, digests: List[str], live: Live) -> Set[str]:
+    """Mark OCI content reachable from `digests` live; returns the dogestry manifests of decoded twins."""
+    twins: Set[str] = set()
+    todo = list(digests)
+    while todo:
+        digest = todo.pop()
+        if digest in live.oci:
+            continue
+        live.oci.add(digest)
+        for info in repo.remote.list(referrers_prefix(digest)):     # signatures, attestations, SBOMs
+            todo.append(info.key.rpartition("/")[2].replace("-", ":", 1))
+        try:
+            manifest = repo.read_oci_manifest(digest)
+        except (RemoteNotFoundError, BlobCorruptError, FormatError):
+            continue        # a tag's missing manifest fails pulls, not prune
+        for blob in manifest.required():
+            live.blobs.add(_blob_id(blob.digest))
+        todo.extend(child.digest for child in manifest.manifests)
+        if manifest.is_image and manifest.config.digest.startswith("sha256:"):
+            twin = repo.manifest_for_image(parse_digest(manifest.config.digest))
+            if twin:
+                twins.add(twin)
+    return twins
+
+
+def _blob_id(digest: str) -> str:
+    """How Live.blobs and _category name a blob: the hex of sha256 (every encoding), else the digest."""
+    algorithm, hexdigest = split_digest(digest)
+    return hexdigest if algorithm == "sha256" else digest
+
+
 def _lease_expiry(info: ObjectInfo) -> float:
     """A lease counts until LEASE_TTL after it was written (by the store's clock), whatever the grace period."""
     return info.modified + LEASE_TTL
@@ -166,12 +204,18 @@ def _json(repo: Repository, key: str) -> dict:
 def _category(key: str) -> Optional[tuple]:
     """key -> (category, oid or None); None for keys prune never touches."""
     parts = key.split("/")
-    if len(parts) == 4 and parts[:2] == ["blobs", "sha256"]:
+    if len(parts) == 4 and parts[0] == "blobs" and parts[1] in DIGEST_ALGORITHMS:
         name = parts[3]
         for suffix in ENCODINGS.values():
-            if suffix and name.endswith(suffix):
+            if suffix and name.endswith(suffix) and parts[1] == "sha256":
                 name = name[:-len(suffix)]
-        return ("blobs", name) if len(name) == 64 and parts[2] == name[:2] else None
+        if len(name) != DIGEST_ALGORITHMS[parts[1]] or parts[2] != name[:2]:
+            return None
+        return "blobs", _blob_id("%s:%s" % (parts[1], name))
+    if len(parts) == 3 and key.startswith(OCI_MANIFESTS_PREFIX) and parts[1] in DIGEST_ALGORITHMS:
+        return "oci_manifests", "%s:%s" % (parts[1], parts[2])
+    if len(parts) == 4 and key.startswith(REFERRERS_PREFIX) and parts[1] in DIGEST_ALGORITHMS:
+        return "referrers", parts[3].replace("-", ":", 1)     # kept while the referring manifest is
     if len(parts) == 3 and parts[:2] == ["manifests", "sha256"] and len(parts[2]) == 64:
         return "manifests", parts[2]
     if len(parts) == 3 and parts[:2] == ["images", "sha256"] and len(parts[2]) == 64:
@@ -180,7 +224,8 @@ def _category(key: str) -> Optional[tuple]:
 
 
 def _is_live(category: str, oid: str, live: Live) -> bool:
-    return oid in {"blobs": live.blobs, "manifests": live.manifests, "image_index": live.configs}[category]
+    return oid in {"blobs": live.blobs, "manifests": live.manifests, "image_index": live.configs,
+                   "oci_manifests": live.oci, "referrers": live.oci}[category]
 
 
 # ---- plan and execute -----------------------------------------------------------------------
@@ -232,7 +277,7 @@ def plan_prune(repo: Repository, grace_seconds: float, now: Optional[float] = No
     live = _referenced(repo, now, grace_seconds)
     garbage: Dict[str, List[ObjectInfo]] = {c: [] for c in DELETE_ORDER}
     young = []
-    for prefix in ("blobs/", "manifests/", image_index_prefix()):
+    for prefix in ("blobs/", "manifests/", image_index_prefix(), OCI_MANIFESTS_PREFIX, REFERRERS_PREFIX):
         for info in repo.remote.list(prefix):
             kind = _category(info.key)
             if kind is None or _is_live(kind[0], kind[1], live):

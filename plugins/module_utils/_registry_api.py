@@ -8,19 +8,22 @@ serves reads; pushes are _registry_push's (RegistryWriter), and POST /dogestry/p
 image into the local Docker through a callable the front end passes in.
 
 No HTTP server here (_server.py is the glue), so every rule is testable without sockets.
-An image is shown as `Manifest.oci_bytes()`; layers are served uncompressed (digest = diff_id),
-decoded from their stored encoding while streaming and verified: the last chunk of a body is
-held back until the whole blob has been verified, so a corrupt blob is never received whole.
+An image dogestry_push stored is shown as `Manifest.oci_bytes()`, its layers uncompressed (digest =
+diff_id), decoded from their stored encoding while streaming; what was pushed through this API is
+served as pushed. Every blob is verified while it streams: the last chunk of a body is held back
+until the whole blob has been verified, so a corrupt blob is never received whole.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
-import os
 import re
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple, Union
+from time import monotonic as _monotonic
 from urllib.parse import quote
 
 from ._docker_archive import LoadLayer, verified_chunks
@@ -28,24 +31,27 @@ from ._errors import (
     BlobCorruptError, DockerError, DogestryError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError,
     RemoteNotFoundError,
 )
-from ._format import OCI_MANIFEST_MEDIA_TYPE, ImageRef, Manifest, blob_key, sha256_hex
+from ._format import (
+    OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, Manifest, blob_key, load_json, object_key,
+    referrers_prefix, sha256_hex, split_digest,
+)
 from ._metrics import Metrics
 from ._registry_push import ApiError, RegistryWriter
 from ._repository import Repository
 
 # distribution's reference grammar for repository paths (no domain: that is the host we are)
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_ROUTE = re.compile(r"^/v2/(?P<name>%s(?:/%s)*)/(?P<kind>manifests|blobs|tags)/(?P<ref>[^/]+)$"
+_ROUTE = re.compile(r"^/v2/(?P<name>%s(?:/%s)*)/(?P<kind>manifests|blobs|tags|referrers)/(?P<ref>[^/]+)$"
                     % (_COMPONENT, _COMPONENT))
 _UPLOAD_ROUTE = re.compile(r"^/v2/(?P<name>%s(?:/%s)*)/blobs/uploads/(?P<session>[0-9a-f]{0,64})$" % (_COMPONENT, _COMPONENT))
-_LOOSE_ROUTE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs|tags)/(?P<ref>[^/]*)$")
+_LOOSE_ROUTE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs|tags|referrers)/(?P<ref>[^/]*)$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-_SHA256 = re.compile(r"^sha256:([0-9a-f]{64})$")
 _NS = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 MAX_PAGE = 10000
+MAX_REFERRERS = 1000        # descriptors one referrers response lists
 PIECE = 256 << 10           # bytes per write to a client
 INDEX_REFRESH_SECONDS = 5.0     # a digest miss re-reads the tags at most this often
 
@@ -129,6 +135,21 @@ def _pieces(chunks: Iterator[bytes], size: int = PIECE) -> Iterator[bytes]:
         view = memoryview(chunk)
         for start in range(0, len(chunk), size):
             yield bytes(view[start:start + size])
+
+
+def _hashed(chunks: Iterator[bytes], digest: str, what: str) -> Iterator[bytes]:
+    """Pass a stored blob through, raising BlobCorruptError at the end if it is not `digest`."""
+    algorithm, expected = split_digest(digest)
+    hasher = hashlib.new(algorithm)
+    for chunk in chunks:
+        hasher.update(chunk)
+        yield chunk
+    if hasher.hexdigest() != expected:
+        raise BlobCorruptError("%s is corrupt: its content hashes to %s:%s" % (what, algorithm, hasher.hexdigest()))
+
+
+def _read_all(reader, size: int = PIECE) -> Iterator[bytes]:
+    return iter(lambda: reader.read(size), b"")
 
 
 def _then(chunks: Iterator[bytes], action) -> Iterator[bytes]:
@@ -235,17 +256,17 @@ class RegistryApi:
         except RemoteNotFoundError:
             return False
 
-    def _resolve_tag(self, names: List[str], tag: str) -> Tuple[str, str]:
+    def _resolve_tag(self, names: List[str], tag: str) -> Tuple[str, Union[str, Descriptor]]:
         for name in names if self._holds_images() else ():
-            oid = self.repo.read_tag(ImageRef(name, tag))
-            if oid is not None:
-                return name, oid
+            target = self.repo.read_target(ImageRef(name, tag))
+            if target is not None:
+                return name, target
         if not any(self._name_exists(name) for name in names):
             raise ApiError(404, "NAME_UNKNOWN", "repository %s is not on this remote" % names[-1])
         raise ApiError(404, "MANIFEST_UNKNOWN", "%s:%s is not on this remote" % (names[-1], tag))
 
     def _name_exists(self, name: str) -> bool:
-        return self._holds_images() and bool(self.repo.list_tags(name))
+        return self._holds_images() and bool(self.repo.list_targets(name))
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -282,6 +303,8 @@ class RegistryApi:
                 if ref != "list":
                     raise ApiError(404, "NOT_FOUND", "no such endpoint: %s" % path[:200])
                 return self._tags(names, query, head)
+            if kind == "referrers":
+                return self._referrers(ref, query, head)
             if kind == "manifests":
                 return self._manifest(names, ref, headers.get("accept", []), head, clock)
             return self._blob(ref, headers.get("range", [None])[0], head, clock)
@@ -347,12 +370,13 @@ class RegistryApi:
         if kind == "manifests" and method == "PUT":
             if ":" not in ref and not _TAG.match(ref):
                 raise ApiError(400, "TAG_INVALID", "invalid tag %r" % ref[:130])
-            oid, pushed = writer.put_manifest(name, ref, _header(headers, "content-type"), body)
-            self._learn(oid)
-            return self._empty(201, [("Location", "/v2/%s/manifests/sha256:%s" % (name, pushed)),
-                                     ("Docker-Content-Digest", "sha256:" + pushed)])
+            digest, manifest = writer.put_manifest(name, ref, _header(headers, "content-type"), body,
+                                                   self._thin_manifest_exists)
+            extra = [("OCI-Subject", manifest.subject.digest)] if manifest.subject is not None else []
+            return self._empty(201, [("Location", "/v2/%s/manifests/%s" % (name, digest)),
+                                     ("Docker-Content-Digest", digest)] + extra)
         if kind == "manifests" and method == "DELETE" and _TAG.match(ref):
-            if not self._holds_images() or self.repo.read_tag(ImageRef(name, ref)) is None:
+            if not self._holds_images() or self.repo.read_target(ImageRef(name, ref)) is None:
                 raise ApiError(404, "MANIFEST_UNKNOWN", "%s:%s is not on this remote" % (name, ref))
             self.repo.delete_tag(ImageRef(name, ref))
             return self._empty(202)
@@ -362,54 +386,34 @@ class RegistryApi:
     def _start_upload(self, name: str, query: Dict[str, str], body, length: Optional[int]) -> Response:
         writer = self.writer
         mount = query.get("mount")
-        if mount and self._blob_size(writer.digest_hex(mount)) is not None:
-            return self._blob_created(name, writer.digest_hex(mount))
+        if mount and self._blob_size(self._digest(mount)) is not None:
+            return self._blob_created(name, mount)
         session = writer.start(name)
         if query.get("digest") is not None:         # monolithic: the whole blob in the POST
             return self._blob_created(name, writer.finish(name, session, query["digest"], body, length))
         return self._empty(202, writer.range_headers(name, session, 0))
 
-    def _blob_created(self, name: str, hexdigest: str) -> Response:
-        return self._empty(201, [("Location", "/v2/%s/blobs/sha256:%s" % (name, hexdigest)),
-                                 ("Docker-Content-Digest", "sha256:" + hexdigest)])
+    def _blob_created(self, name: str, digest: str) -> Response:
+        return self._empty(201, [("Location", "/v2/%s/blobs/%s" % (name, digest)), ("Docker-Content-Digest", digest)])
 
     @staticmethod
     def _empty(status: int, extra=()) -> Response:
         return Response(status, [("Content-Length", "0"), ("Docker-Distribution-API-Version", "registry/2.0")]
                         + list(extra), b"", 0)
 
-    def _blob_size(self, hexdigest: str) -> Optional[int]:
-        """Size of a blob this registry can vouch for: in an image, uploaded, or pushed earlier."""
+    def _blob_size(self, digest: str) -> Optional[int]:
+        """Size of a blob this registry can vouch for: stored as pushed, or a layer of a stored image."""
+        key = object_key(digest)
+        found = self.repo.remote.stat([key]).get(key)
+        if found is not None:
+            return found.size
         with self._lock:
-            info = self._blobs.get(hexdigest)
-        if info is not None and self._stored(info):
-            return info.size
-        if self.writer is not None:
-            staged = self.writer.staged(hexdigest)
-            if staged is not None:
-                return os.path.getsize(staged)
-            pushed = self.writer.pushed_layer(hexdigest)
-            if pushed is not None:
-                return pushed.blob_size
-        return None
+            info = self._blobs.get(digest.partition(":")[2]) if digest.startswith("sha256:") else None
+        return info.size if info is not None and self._stored(info) else None
 
-    def _written_blob(self, hexdigest: str, head: bool) -> Optional[Response]:
-        """HEAD/GET of a blob pushed here but not (yet) part of an image: a staged config is served;
-        a pushed layer is stored decoded, so only its existence (HEAD) can be answered."""
-        staged = self.writer.staged(hexdigest)
-        pushed = None if staged else self.writer.pushed_layer(hexdigest)
-        if staged is None and pushed is None:
-            return None
-        if staged is not None:
-            with open(staged, "rb") as f:
-                data = f.read()
-        elif not head:
-            raise ApiError(404, "BLOB_UNKNOWN", "sha256:%s was pushed compressed and is stored decoded, as sha256:%s"
-                           % (hexdigest, pushed.layer.oid))
-        size = len(data) if staged is not None else pushed.blob_size
-        headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(size)),
-                   ("Docker-Content-Digest", "sha256:" + hexdigest), ("Docker-Distribution-API-Version", "registry/2.0")]
-        return Response(200, headers, b"" if head else data, 0 if head else size)
+    def _thin_manifest_exists(self, digest: str) -> bool:
+        """An index may name an image dogestry_push stored, by the digest of its Manifest.oci_bytes()."""
+        return digest.startswith("sha256:") and self._known(self._by_digest, digest[7:], _monotonic) is not None
 
     @staticmethod
     def _ns(query: Dict[str, str]) -> Optional[str]:
@@ -446,7 +450,7 @@ class RegistryApi:
 
     def _tags(self, names: List[str], query: Dict[str, str], head: bool) -> Response:
         for name in names if self._holds_images() else ():
-            tags = sorted(ref.tag for ref in self.repo.list_tags(name))
+            tags = sorted(ref.tag for ref in self.repo.list_targets(name))
             if tags:
                 page, more = self._page(tags, query)
                 extra = []
@@ -457,7 +461,7 @@ class RegistryApi:
         raise ApiError(404, "NAME_UNKNOWN", "repository %s is not on this remote" % names[-1])
 
     def _catalog(self, query: Dict[str, str], head: bool) -> Response:
-        names = sorted({ref.name for ref in self.repo.list_tags()}) if self._holds_images() else []
+        names = sorted({ref.name for ref in self.repo.list_targets()}) if self._holds_images() else []
         page, more = self._page(names, query)
         extra = []
         if more and page:
@@ -466,42 +470,88 @@ class RegistryApi:
 
     def _manifest(self, names: List[str], ref: str, accept: List[str], head: bool, clock) -> Response:
         if ":" in ref:
-            oid = self._known(self._by_digest, self._digest(ref), clock)
-            if oid is None:
+            digest = self._digest(ref)
+            target: Union[str, Descriptor, None] = None
+            if self._holds_images():
+                try:
+                    return self._verbatim_manifest(Descriptor("", digest, 0), head)
+                except RemoteNotFoundError:
+                    pass
+                if digest.startswith("sha256:"):
+                    target = self._known(self._by_digest, digest[7:], clock)
+            if target is None:
                 raise ApiError(404, "MANIFEST_UNKNOWN", "manifest %s is not on this remote" % ref)
         else:
             if not _TAG.match(ref):
                 raise ApiError(400, "MANIFEST_INVALID", "invalid tag %r" % ref[:130])
-            _name, oid = self._resolve_tag(names, ref)
-        _manifest, body, digest = self._learn(oid)
+            _name, target = self._resolve_tag(names, ref)
+            if isinstance(target, Descriptor):
+                try:
+                    return self._verbatim_manifest(target, head)
+                except RemoteNotFoundError:
+                    raise ApiError(404, "MANIFEST_UNKNOWN", "tag %s names manifest %s, which is missing from the "
+                                   "remote" % (ref, target.digest))
+        _manifest, body, digest = self._learn(target)
         if not accepts_oci(accept):
             raise ApiError(404, "MANIFEST_UNKNOWN",
                            "the image is served only as %s, which the Accept header leaves out" % OCI_MANIFEST_MEDIA_TYPE)
-        headers = [("Content-Type", OCI_MANIFEST_MEDIA_TYPE), ("Content-Length", str(len(body))),
-                   ("Docker-Content-Digest", "sha256:" + digest), ("ETag", '"sha256:%s"' % digest),
+        return self._manifest_response(OCI_MANIFEST_MEDIA_TYPE, "sha256:" + digest, body, head)
+
+    def _verbatim_manifest(self, target: Descriptor, head: bool) -> Response:
+        """A manifest, index or artifact stored as pushed (read and verified; RemoteNotFoundError if absent)."""
+        manifest = self.repo.read_oci_manifest(target.digest)
+        return self._manifest_response(manifest.media_type, target.digest, manifest.data, head)
+
+    @staticmethod
+    def _manifest_response(media_type: str, digest: str, body: bytes, head: bool) -> Response:
+        headers = [("Content-Type", media_type), ("Content-Length", str(len(body))),
+                   ("Docker-Content-Digest", digest), ("ETag", '"%s"' % digest),
                    ("Docker-Distribution-API-Version", "registry/2.0")]
+        return Response(200, headers, b"" if head else body, 0 if head else len(body))
+
+    def _referrers(self, ref: str, query: Dict[str, str], head: bool) -> Response:
+        """The manifests whose subject is `ref` (an index, possibly empty), filtered by artifactType."""
+        digest = self._digest(ref)
+        wanted = query.get("artifactType")
+        found = []
+        if self._holds_images():
+            for info in itertools.islice(self.repo.remote.list(referrers_prefix(digest)), MAX_REFERRERS):
+                try:
+                    doc = load_json(self.repo.remote.get(info.key))
+                    descriptor = Descriptor.from_doc(doc, ("artifactType", "annotations"))
+                except (ValueError, FormatError, RemoteNotFoundError):
+                    continue        # a damaged record hides only itself
+                if wanted is None or descriptor.fields.get("artifactType") == wanted:
+                    found.append(descriptor.to_doc())
+        extra = [("OCI-Filters-Applied", "artifactType")] if wanted is not None else []
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX_MEDIA_TYPE, "manifests": found}).encode()
+        headers = [("Content-Type", OCI_INDEX_MEDIA_TYPE), ("Content-Length", str(len(body))),
+                   ("Docker-Distribution-API-Version", "registry/2.0")] + extra
         return Response(200, headers, b"" if head else body, 0 if head else len(body))
 
     @staticmethod
     def _digest(text: str) -> str:
-        match = _SHA256.match(text)
-        if not match:
-            if _DIGEST.match(text) and not text.startswith("sha256:"):
-                raise ApiError(400, "DIGEST_INVALID", "unsupported digest algorithm in %r: only sha256" % text[:80])
+        try:
+            return "%s:%s" % split_digest(text)
+        except FormatError:
+            if _DIGEST.match(text) and text.partition(":")[0] not in ("sha256", "sha512"):
+                raise ApiError(400, "DIGEST_INVALID", "unsupported digest algorithm in %r: sha256 or sha512" % text[:80])
             raise ApiError(400, "DIGEST_INVALID", "invalid digest %r" % text[:80])
-        return match.group(1)
 
     def _blob(self, ref: str, range_header: Optional[str], head: bool, clock) -> Response:
-        hexdigest = self._digest(ref)
+        digest = self._digest(ref)
+        hexdigest = digest.partition(":")[2]
         with self._lock:
-            info = self._blobs.get(hexdigest)
-        if info is None and self.writer is not None:
-            written = self._written_blob(hexdigest, head)
-            if written is not None:
-                return written
-        info = info or self._known(self._blobs, hexdigest, clock)
+            info = self._blobs.get(hexdigest) if digest.startswith("sha256:") else None
+        if info is None and self._holds_images():
+            key = object_key(digest)
+            stored = self.repo.remote.stat([key]).get(key)
+            if stored is not None:
+                return self._verbatim_blob(digest, key, stored.size, range_header, head)
+            if digest.startswith("sha256:"):
+                info = self._known(self._blobs, hexdigest, clock)
         if info is None:
-            raise ApiError(404, "BLOB_UNKNOWN", "blob %s is not in any image on this remote" % ref)
+            raise ApiError(404, "BLOB_UNKNOWN", "blob %s is not on this remote" % ref)
         if head and not self._stored(info):
             raise ApiError(404, "BLOB_UNKNOWN", "blob %s is missing from the remote" % ref)
         span = parse_range(range_header, info.size)
@@ -530,6 +580,27 @@ class RegistryApi:
             raise ApiError(404, "BLOB_UNKNOWN", "blob %s is missing from the remote" % ref)
         return Response(status, headers, self._layer_body(stored, info, start, end, span is not None), length)
 
+    def _verbatim_blob(self, digest: str, key: str, size: int, range_header: Optional[str], head: bool) -> Response:
+        """A blob stored as pushed: streamed from the remote (through the cache), verified as it goes."""
+        span = parse_range(range_header, size)
+        start, end = span if span else (0, size - 1)
+        length = end - start + 1 if size else 0
+        headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(length)),
+                   ("Docker-Content-Digest", digest), ("Accept-Ranges", "bytes"), ("ETag", '"%s"' % digest),
+                   ("Docker-Distribution-API-Version", "registry/2.0")]
+        if span:
+            headers.append(("Content-Range", "bytes %d-%d/%d" % (start, end, size)))
+        status = 206 if span else 200
+        if head:
+            return Response(status, headers, b"", 0)
+
+        def fetch():
+            return self.repo.remote.open(key, size=size)
+        stored = self.cache.open(key, fetch) if self.cache is not None else fetch()
+        return Response(status, headers, self._verified_body(stored, _hashed(_pieces(_read_all(stored)), digest,
+                                                                                    "blob %s on %s" % (digest, self.repo.url)),
+                                                             start, end, span is not None), length)
+
     def _stored(self, info: BlobInfo) -> bool:
         """The remote still holds the blob. A HEAD answers what a push will rely on (a blob it need not
         send), so it is checked, not taken from memory: a prune may have removed an untagged image's blobs."""
@@ -546,10 +617,14 @@ class RegistryApi:
     def _layer_body(self, stored, info: BlobInfo, start: int, end: int, ranged: bool) -> Iterator[bytes]:
         layer = LoadLayer(info.oid, info.size, info.encoding, None,
                           "layer sha256:%s on %s" % (info.oid, self.repo.url))
+        return self._verified_body(stored, _pieces(verified_chunks(stored, layer)), start, end, ranged)
+
+    def _verified_body(self, stored, verified: Iterator[bytes], start: int, end: int, ranged: bool) -> Iterator[bytes]:
+        """Send what `verified` yields from `stored` (raising BlobCorruptError at its end if a byte was wrong)."""
         commit = getattr(stored, "commit", lambda: None)
         try:
             # commit (into the cache) runs once every byte was verified, before the last piece is sent
-            chunks = _then(_pieces(verified_chunks(stored, layer)), commit)
+            chunks = _then(verified, commit)
             if ranged:
                 chunks = _sliced(chunks, start, end)
             yield from _held_back(chunks)

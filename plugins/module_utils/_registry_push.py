@@ -3,16 +3,15 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""The write side of the registry API: blob uploads and image manifests, stored in the remote's format.
+"""The write side of the registry API: blob uploads and manifests, stored in the remote's format.
 
-Docker pushes layers compressed (gzip, or zstd from the containerd store) under the digest of the
-compressed bytes; the remote keys layers by their uncompressed digest (diff_id) and stores them
-lz4. So a finished upload that is a layer is decoded, hashed and re-encoded at once (spool_layer,
-as for a push from `docker save`), stored create-only, and a record pushed/sha256/<digest> names
-its diff_id, so that the next push's existence checks are answered from any host and after a
-restart without the compressed bytes. Blobs that are not layers (the image config) wait in the
-spool until a manifest names them. A manifest is checked against its config's diff_ids, then
-config, manifest and tag are written, in that order, as dogestry_push writes them.
+What a client pushes is kept as pushed (format version 2): every blob under its digest, every
+manifest, index or artifact byte for byte, so digests, signatures and referrers stay valid and
+`docker pull` of a pushed digest gets what was pushed. A blob that is a layer (gzip, zstd or tar)
+is also decoded at once, stored by diff_id as lz4 (spool_layer, as for a push from `docker save`)
+and recorded in pushed/sha256/<digest>; an image manifest whose layers all decoded to its config's
+diff_ids then also gets a dogestry manifest, so dogestry_pull loads it the thin way and later
+dogestry pushes reuse its layers. Manifest, referrer record, then tag are written last.
 
 No HTTP here: RegistryApi routes requests to this class; ApiError carries the spec's error codes.
 """
@@ -32,8 +31,9 @@ from typing import Dict, Optional, Tuple
 from ._docker_archive import looks_like_layer, spool_layer
 from ._errors import DogestryError, FormatError
 from ._format import (
-    ENCODINGS, PUSHED_PREFIX, ImageRef, LayerEntry, Manifest, blob_key, canonical_json, diff_ids_of_config, load_json,
-    parse_digest, pushed_key, sha256_hex,
+    DIGEST_ALGORITHMS, ENCODINGS, PUSHED_PREFIX, Descriptor, ImageRef, LayerEntry, Manifest, OciManifest, blob_key,
+    canonical_json, diff_ids_of_config, digest_of, load_json, object_key, oci_manifest_key, parse_digest, pushed_key,
+    referrer_key, split_digest,
 )
 from ._prune import drop_lease, write_lease
 from ._remote import unlink_quietly
@@ -43,10 +43,6 @@ CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20          # the spec's suggested limit for a manifest body
 SESSION_TTL = 3600.0            # an upload untouched this long, or a blob no manifest claimed, is dropped
 MAX_UPLOADS = 1000              # uploads in progress at once (each holds a spool file)
-# Manifests this version takes: single-platform images (indexes and artifacts are refused).
-IMAGE_MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
-                        "application/vnd.oci.image.manifest.v1+json")
-_LAYER_SUFFIXES = ("tar", "tar.gzip", "tar+gzip", "tar+zstd", "diff.tar.gzip")
 
 
 class ApiError(Exception):
@@ -102,9 +98,8 @@ class RegistryWriter:
         self.clock = clock
         self.spool = tempfile.mkdtemp(prefix="dogestry-uploads-", dir=spool_dir)
         self._uploads: Dict[str, _Upload] = {}
-        self._staged: Dict[str, Tuple[str, float]] = {}  # hex -> (path, when) of a finished blob that is not a layer
         self._pushed: Dict[str, PushedLayer] = {}        # hex of a pushed blob -> what it became
-        self._leases: Dict[str, str] = {}                # diff_id -> lease key protecting it until its manifest
+        self._leases: Dict[str, Tuple[str, float]] = {}  # hex of a pushed blob -> (lease key, when) until a manifest
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -174,19 +169,23 @@ class RegistryWriter:
         upload.touched = self.clock()
 
     def finish(self, name: str, session: str, digest: str, body, length: Optional[int]) -> str:
-        """Complete an upload (PUT ?digest=): verify, then store it; returns the digest's hex."""
-        hexdigest = self.digest_hex(digest)
+        """Complete an upload (PUT ?digest=): verify, then store it; returns the digest."""
+        algorithm, _hex = self.parse_digest(digest)
         upload = self._upload(name, session)
         with upload.lock:
             self._write(upload, body, length)
             with self._lock:
                 self._uploads.pop(session, None)
-            if upload.hasher.hexdigest() != hexdigest:
+            actual = "sha256:" + upload.hasher.hexdigest() if algorithm == "sha256" else _file_digest(algorithm, upload.path)
+            if actual != digest:
                 os.unlink(upload.path)
-                raise ApiError(400, "DIGEST_INVALID", "the %d bytes uploaded hash to sha256:%s, not %s"
-                               % (upload.size, upload.hasher.hexdigest(), digest))
-            self._store(hexdigest, upload.path, upload.size)
-        return hexdigest
+                raise ApiError(400, "DIGEST_INVALID", "the %d bytes uploaded hash to %s, not %s"
+                               % (upload.size, actual, digest[:150]))
+            try:
+                self._store(digest, upload.path, upload.size)
+            finally:
+                unlink_quietly(upload.path)
+        return digest
 
     def cancel(self, name: str, session: str) -> None:
         upload = self._upload(name, session)
@@ -203,12 +202,12 @@ class RegistryWriter:
         now = self.clock()
         with self._lock:
             stale = [u for u in self._uploads.values() if now - u.touched > SESSION_TTL]
-            unclaimed = [h for h, (_path, when) in self._staged.items() if now - when > SESSION_TTL]
-            paths = [self._staged.pop(h)[0] for h in unclaimed]
+            unclaimed = [h for h, (_lease, when) in self._leases.items() if now - when > SESSION_TTL]
+            leases = [self._leases.pop(h)[0] for h in unclaimed]
         for upload in stale:
             self._drop(upload)
-        for path in paths:
-            unlink_quietly(path)
+        for lease in leases:
+            drop_lease(self.repo, lease)
 
     @staticmethod
     def range_headers(name: str, session: str, size: int):
@@ -216,56 +215,57 @@ class RegistryWriter:
                 ("Range", "0-%d" % max(size - 1, 0))]
 
     @staticmethod
-    def digest_hex(digest: Optional[str]) -> str:
+    def parse_digest(digest: Optional[str]) -> Tuple[str, str]:
+        """A digest from a request -> (algorithm, hex), or 400 DIGEST_INVALID."""
         if not digest:
             raise ApiError(400, "DIGEST_INVALID", "the digest query parameter is missing")
-        algorithm, _sep, value = digest.partition(":")
-        if algorithm != "sha256":
-            raise ApiError(400, "DIGEST_INVALID", "unsupported digest %r: this registry takes sha256" % digest[:80])
-        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            raise ApiError(400, "DIGEST_INVALID", "invalid digest %r" % digest[:80])
-        return value
+        algorithm = digest.partition(":")[0]
+        if algorithm not in DIGEST_ALGORITHMS:
+            raise ApiError(400, "DIGEST_INVALID", "unsupported digest %r: this registry takes %s"
+                           % (digest[:80], " and ".join(DIGEST_ALGORITHMS)))
+        try:
+            return split_digest(digest)
+        except FormatError:
+            raise ApiError(400, "DIGEST_INVALID", "invalid digest %r" % digest[:150])
 
     # -- finished blobs -------------------------------------------------------------------------
 
-    def _store(self, hexdigest: str, path: str, size: int) -> None:
+    def _store(self, digest: str, path: str, size: int) -> None:
+        """Store a verified blob as pushed, under a lease until a manifest names it; a layer is also
+        decoded and stored by its diff_id."""
+        algorithm, hexdigest = split_digest(digest)
         with open(path, "rb") as f:
             head = f.read(512)
-        if not looks_like_layer(head):
-            target = os.path.join(self.spool, "blob-" + hexdigest)
-            os.replace(path, target)
-            with self._lock:
-                self._staged[hexdigest] = (target, self.clock())
-            return
-        try:
-            self._store_layer(hexdigest, path, size)
-        finally:
-            os.unlink(path)
-
-    def _store_layer(self, hexdigest: str, path: str, size: int) -> None:
-        """Decode, hash and re-encode a pushed layer, store it by diff_id, and record what it became."""
-        what = "pushed blob sha256:%s" % hexdigest
-        try:
-            with open(path, "rb") as f:
-                spooled = spool_layer(f, what, self.compression, self.spool)
-        except OSError as exc:
-            raise ApiError(507, "UNKNOWN", "spooling %s failed: %s" % (what, exc.strerror or exc))
-        except Exception as exc:  # noqa: BLE001  zlib.error, zstd errors: a blob that is not what it claims
-            raise ApiError(400, "BLOB_UPLOAD_INVALID", "%s cannot be decoded as a layer: %s" % (what, exc))
+        spooled = None
+        if algorithm == "sha256" and looks_like_layer(head):
+            try:
+                with open(path, "rb") as f:
+                    spooled = spool_layer(f, "pushed blob " + digest, self.compression, self.spool)
+            except OSError as exc:
+                raise ApiError(507, "UNKNOWN", "spooling %s failed: %s" % (digest, exc.strerror or exc))
+            except Exception:  # noqa: BLE001  zlib, zstd or tar errors: not a layer after all, kept as pushed only
+                spooled = None
         try:
             self.repo.check(create=True)
-            lease = write_lease(self.repo, [spooled.oid])
-            self.repo.remote.put_file(blob_key(spooled.oid, spooled.encoding), spooled.path)
+            lease = write_lease(self.repo, [hexdigest] + ([spooled.oid] if spooled else []))
+            with self._lock:
+                old = self._leases.pop(hexdigest, None)
+                self._leases[hexdigest] = (lease, self.clock())
+            if old:
+                drop_lease(self.repo, old[0])
+            if spooled is not None and spooled.oid != hexdigest:    # a raw tar is its own decoded copy
+                self.repo.remote.put_file(blob_key(spooled.oid, spooled.encoding), spooled.path)
+            self.repo.remote.put_file(object_key(digest), path)
         finally:
-            unlink_quietly(spooled.path)      # what put_file left of the spool file, stored or not
-        pushed = PushedLayer(size, LayerEntry(spooled.oid, spooled.size, spooled.encoding, spooled.stored_size))
-        self.repo.remote.put(pushed_key(hexdigest), pushed.record(), overwrite=True)
-        with self._lock:
-            self._pushed[hexdigest] = pushed
-            old = self._leases.pop(spooled.oid, None)
-            self._leases[spooled.oid] = lease
-        if old:
-            drop_lease(self.repo, old)
+            if spooled is not None:
+                unlink_quietly(spooled.path)
+        if spooled is not None:
+            layer = (LayerEntry(hexdigest, size, "none", size) if spooled.oid == hexdigest
+                     else LayerEntry(spooled.oid, spooled.size, spooled.encoding, spooled.stored_size))
+            pushed = PushedLayer(size, layer)
+            self.repo.remote.put(pushed_key(hexdigest), pushed.record(), overwrite=True)
+            with self._lock:
+                self._pushed[hexdigest] = pushed
 
     def pushed_layer(self, hexdigest: str) -> Optional[PushedLayer]:
         """What a pushed blob became, if the remote still holds it whole (records are hints)."""
@@ -287,93 +287,111 @@ class RegistryWriter:
             self._pushed[hexdigest] = pushed
         return pushed
 
-    def staged(self, hexdigest: str) -> Optional[str]:
-        with self._lock:
-            found = self._staged.get(hexdigest)
-        return found[0] if found else None
-
     # -- manifests ------------------------------------------------------------------------------
 
-    def put_manifest(self, name: str, reference: str, content_type: Optional[str], body) -> Tuple[str, str]:
-        """Store an image manifest pushed under name:reference (a tag or the body's digest).
+    def put_manifest(self, name: str, reference: str, content_type: Optional[str], body,
+                     manifest_exists=lambda digest: False) -> Tuple[str, OciManifest]:
+        """Store a manifest, index or artifact pushed under name:reference (a tag, or its digest) as pushed,
+        once everything it names is stored; returns (its digest, the parsed manifest).
 
-        Returns (the stored manifest's oid, the sha256 of the bytes pushed): clients check that the
-        registry answers with the digest of what they sent, though the image is then served under
-        the digest of its canonical rendering (Manifest.oci_bytes), the same for every push of it."""
+        `manifest_exists(digest)`: whether the registry serves a manifest an index names that is not
+        stored verbatim (an image dogestry_push stored, shown as Manifest.oci_bytes())."""
         data = body.read(MAX_MANIFEST + 1) if body is not None else b""
         if len(data) > MAX_MANIFEST:
             raise ApiError(413, "SIZE_INVALID", "manifest larger than %d bytes" % MAX_MANIFEST)
-        if ":" in reference and self.digest_hex(reference) != sha256_hex(data):
-            raise ApiError(400, "DIGEST_INVALID", "the manifest's bytes hash to sha256:%s, not %s"
-                           % (sha256_hex(data), reference[:80]))
+        algorithm = self.parse_digest(reference)[0] if ":" in reference else "sha256"
+        digest = digest_of(algorithm, data)
+        if ":" in reference and digest != reference:
+            raise ApiError(400, "DIGEST_INVALID", "the manifest's bytes hash to %s, not %s" % (digest, reference[:150]))
         try:
-            doc = load_json(data)
-            media_type = doc.get("mediaType") or (content_type or "").split(";")[0].strip()
-            if doc.get("schemaVersion") != 2 or media_type not in IMAGE_MANIFEST_TYPES:
-                raise ApiError(415, "MANIFEST_INVALID",
-                               "only single-platform image manifests (%s) can be pushed here, not %r"
-                               % (", ".join(IMAGE_MANIFEST_TYPES), media_type[:100]))
-            config_hex = parse_digest(doc["config"]["digest"])
-            descriptors = [(parse_digest(layer["digest"]), layer.get("mediaType", ""), layer["size"])
-                           for layer in doc["layers"]]
-        except (ValueError, TypeError, KeyError, AttributeError, FormatError) as exc:
-            raise ApiError(400, "MANIFEST_INVALID", "malformed manifest: %s" % exc)
-        config = self._config(config_hex)
-        try:
-            diff_ids = diff_ids_of_config(config, "sha256:" + config_hex)
+            manifest = OciManifest.parse(data, content_type, "the manifest")
         except FormatError as exc:
             raise ApiError(400, "MANIFEST_INVALID", str(exc))
-        if len(diff_ids) != len(descriptors):
-            raise ApiError(400, "MANIFEST_INVALID", "the manifest lists %d layers, its config %d"
-                           % (len(descriptors), len(diff_ids)))
-        layers = tuple(self._layer(i, descriptor, diff_id)
-                       for i, (descriptor, diff_id) in enumerate(zip(descriptors, diff_ids)))
-        self.repo.check(create=True)
-        self.repo.remote.put(blob_key(config_hex), config)
-        manifest_oid = self.repo.write_manifest(Manifest(config_hex, len(config), layers))
+        missing = self._missing_blobs(manifest)
+        if missing:
+            raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "%s was not pushed before the manifest naming it" % missing)
+        for child in manifest.manifests:
+            if not self._manifest_stored(child.digest) and not manifest_exists(child.digest):
+                raise ApiError(400, "MANIFEST_UNKNOWN", "manifest %s, which the index names, was not pushed first"
+                               % child.digest)
+        self.repo.hold_oci_content()
+        self.repo.remote.put(oci_manifest_key(digest), data)
+        if manifest.subject is not None:
+            self.repo.remote.put(referrer_key(manifest.subject.digest, digest), manifest.referrer(digest).to_bytes())
+        decoded = self._decoded_twin(manifest)
         if ":" not in reference:
-            self.repo.write_tag(ImageRef(name, reference), manifest_oid)
-        self._release(config_hex, [layer.oid for layer in layers])
-        return manifest_oid, sha256_hex(data)
+            self.repo.write_oci_tag(ImageRef(name, reference), Descriptor(manifest.media_type, digest, len(data)))
+        self._release([d.digest for d in manifest.required()] + (decoded or []))
+        return digest, manifest
 
-    def _config(self, hexdigest: str) -> bytes:
-        path = self.staged(hexdigest)
-        if path is not None:
-            with open(path, "rb") as f:
-                data = f.read()
-        else:
-            try:
-                data = self.repo.remote.get(blob_key(hexdigest))
-            except DogestryError:
-                raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "config sha256:%s was not uploaded" % hexdigest)
-        if sha256_hex(data) != hexdigest:
-            raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "config sha256:%s does not match its digest" % hexdigest)
-        return data
+    def _missing_blobs(self, manifest: OciManifest) -> Optional[str]:
+        """The first blob a manifest names that is not stored (verbatim, or a layer stored decoded)."""
+        wanted = manifest.required()
+        keys = [object_key(d.digest) for d in wanted]
+        keys += [blob_key(parse_digest(d.digest), "lz4") for d in wanted if d.digest.startswith("sha256:")]
+        found = self.repo.remote.stat(keys) if keys else {}
+        for descriptor in wanted:
+            alternatives = [object_key(descriptor.digest)]
+            if descriptor.digest.startswith("sha256:"):
+                alternatives.append(blob_key(parse_digest(descriptor.digest), "lz4"))
+            if not any(key in found and (found[key].size == descriptor.size or key != alternatives[0])
+                       for key in alternatives):
+                return descriptor.digest
+        return None
 
-    def _layer(self, index: int, descriptor, diff_id: str) -> LayerEntry:
-        hexdigest, media_type, size = descriptor
-        if media_type and not media_type.endswith(_LAYER_SUFFIXES):
-            raise ApiError(400, "MANIFEST_INVALID", "layer %d has media type %r, which is not an image layer"
-                           % (index, media_type[:100]))
+    def _manifest_stored(self, digest: str) -> bool:
+        key = oci_manifest_key(digest)
+        return key in self.repo.remote.stat([key])
+
+    def _decoded_twin(self, manifest: OciManifest) -> Optional[list]:
+        """For an image whose layers were all decoded to its config's diff_ids: store its dogestry manifest
+        (the thin path dogestry_pull and dogestry_push share) and return the diff_ids; else None."""
+        if not manifest.is_image or not manifest.config.digest.startswith("sha256:"):
+            return None
+        config_hex = parse_digest(manifest.config.digest)
+        try:
+            config = self.repo.remote.get(blob_key(config_hex))
+            if digest_of("sha256", config) != manifest.config.digest:
+                return None
+            diff_ids = diff_ids_of_config(config, manifest.config.digest)
+        except (DogestryError, FormatError):
+            return None
+        if len(diff_ids) != len(manifest.layers):
+            return None
+        layers = []
+        for descriptor, diff_id in zip(manifest.layers, diff_ids):
+            layer = self._decoded_layer(descriptor, diff_id)
+            if layer is None:
+                return None
+            layers.append(layer)
+        self.repo.write_manifest(Manifest(config_hex, len(config), tuple(layers)))
+        return ["sha256:" + oid for oid in diff_ids]
+
+    def _decoded_layer(self, descriptor: Descriptor, diff_id: str) -> Optional[LayerEntry]:
+        if not descriptor.digest.startswith("sha256:"):
+            return None
+        hexdigest = parse_digest(descriptor.digest)
         pushed = self.pushed_layer(hexdigest)
         if pushed is not None:
-            if pushed.layer.oid != diff_id:
-                raise ApiError(400, "MANIFEST_INVALID", "layer %d (sha256:%s) unpacks to sha256:%s, its config says "
-                               "sha256:%s" % (index, hexdigest, pushed.layer.oid, diff_id))
-            return pushed.layer
+            return pushed.layer if pushed.layer.oid == diff_id else None
         if hexdigest == diff_id:        # an uncompressed layer the remote already has (pulled from here)
             found = self.repo.remote.stat([blob_key(diff_id, encoding) for encoding in ENCODINGS])
-            for encoding in ENCODINGS:
+            for encoding in ("lz4", "none"):
                 if blob_key(diff_id, encoding) in found:
-                    return LayerEntry(diff_id, size, encoding, found[blob_key(diff_id, encoding)].size)
-        raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "layer %d (sha256:%s) was not uploaded" % (index, hexdigest))
+                    return LayerEntry(diff_id, descriptor.size, encoding, found[blob_key(diff_id, encoding)].size)
+        return None
 
-    def _release(self, config_hex: str, diff_ids) -> None:
-        """The manifest now references these: drop their leases and the staged config."""
+    def _release(self, digests) -> None:
+        """A manifest now references these: drop the leases that kept them until it did."""
         with self._lock:
-            staged = self._staged.pop(config_hex, None)
-            leases = [self._leases.pop(oid) for oid in diff_ids if oid in self._leases]
-        if staged:
-            unlink_quietly(staged[0])
+            leases = [self._leases.pop(d.partition(":")[2])[0] for d in digests if d.partition(":")[2] in self._leases]
         for lease in leases:
             drop_lease(self.repo, lease)
+
+
+def _file_digest(algorithm: str, path: str) -> str:
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            hasher.update(chunk)
+    return "%s:%s" % (algorithm, hasher.hexdigest())

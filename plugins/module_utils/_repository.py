@@ -8,19 +8,22 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 from ._errors import BlobCorruptError, FormatError, ImageReferenceError, RemoteMissingError, RemoteNotFoundError
 from ._format import (
-    VERSION_KEY, ImageRef, Manifest, check_version_document, diff_ids_of_config, id_prefix_hex,
-    image_index_key, image_index_prefix, looks_like_id_prefix, manifest_key, parse_image_ref,
-    parse_digest, parse_ref_document, ref_document, sha256_hex, source_key, tag_from_key, tag_key, version_document,
+    VERSION_KEY, Descriptor, ImageRef, Manifest, OciManifest, check_version_document, diff_ids_of_config, digest_of,
+    id_prefix_hex, image_index_key, image_index_prefix, looks_like_id_prefix, manifest_key, oci_manifest_key,
+    parse_image_ref, parse_digest, parse_ref_document, parse_tag_document, ref_document, sha256_hex, source_key,
+    split_digest, tag_from_key, tag_key, version_document, version_of,
 )
 from ._remote import Remote
 from ._transfer import parallel_map
 
 MANIFEST_MEMO = 1024   # verified manifests kept per Repository
 READ_JOBS = 8       # small metadata reads in flight at once (tags, manifests, index entries)
+MAX_INDEX_DEPTH = 4     # indexes of indexes followed when choosing a platform
+Target = Union[str, Descriptor]     # what a tag names: a dogestry manifest oid, or a verbatim OCI manifest
 
 
 class Repository:
@@ -52,23 +55,44 @@ class Repository:
         self._checked = True
         return True
 
+    def hold_oci_content(self) -> None:
+        """Raise the remote to format version 2 before its first verbatim OCI object, so that releases
+        which cannot see such objects (and would prune their blobs) refuse it instead."""
+        self.check(create=True)
+        if version_of(self.remote.get(VERSION_KEY)) < 2:
+            self.remote.put(VERSION_KEY, version_document(2), overwrite=True)
+
     # -- tags ---------------------------------------------------------------------------------
 
-    def read_tag(self, ref: ImageRef) -> Optional[str]:
+    def read_target(self, ref: ImageRef) -> Optional[Target]:
+        """What a tag names (None: no such tag)."""
         try:
             data = self.remote.get(tag_key(ref.name, ref.tag))
         except RemoteNotFoundError:
             return None
-        return parse_ref_document(data, "tag %s on %s" % (ref, self.url))
+        return parse_tag_document(data, "tag %s on %s" % (ref, self.url))
+
+    def read_tag(self, ref: ImageRef) -> Optional[str]:
+        """The dogestry manifest a tag names; None when there is no such tag, or it names OCI content."""
+        target = self.read_target(ref)
+        return target if isinstance(target, str) else None
 
     def write_tag(self, ref: ImageRef, manifest_oid: str) -> None:
         self.remote.put(tag_key(ref.name, ref.tag), ref_document(manifest_oid), overwrite=True)
+
+    def write_oci_tag(self, ref: ImageRef, descriptor: Descriptor) -> None:
+        self.remote.put(tag_key(ref.name, ref.tag), descriptor.to_bytes(), overwrite=True)
 
     def delete_tag(self, ref: ImageRef) -> None:
         self.remote.delete(tag_key(ref.name, ref.tag))
 
     def list_tags(self, name_pattern: str = "*", tag_pattern: str = "*") -> Dict[ImageRef, str]:
-        """Tags whose name and tag match the shell-style patterns, with their manifest oids."""
+        """Tags naming dogestry manifests whose name and tag match the shell-style patterns, with their oids."""
+        return {ref: target for ref, target in self.list_targets(name_pattern, tag_pattern).items()
+                if isinstance(target, str)}
+
+    def list_targets(self, name_pattern: str = "*", tag_pattern: str = "*") -> Dict[ImageRef, Target]:
+        """Every tag whose name and tag match the shell-style patterns, with what it names."""
         prefix = "repositories/"
         literal = name_pattern.split("*")[0].split("?")[0].split("[")[0]
         if literal and literal == name_pattern:
@@ -78,8 +102,8 @@ class Repository:
             ref = tag_from_key(info.key)
             if ref and fnmatch.fnmatchcase(ref.name, name_pattern) and fnmatch.fnmatchcase(ref.tag, tag_pattern):
                 refs.append(ref)
-        targets = parallel_map(self.read_tag, sorted(refs), READ_JOBS)
-        return {ref: oid for ref, oid in zip(sorted(refs), targets) if oid is not None}
+        targets = parallel_map(self.read_target, sorted(refs), READ_JOBS)
+        return {ref: target for ref, target in zip(sorted(refs), targets) if target is not None}
 
     # -- manifests and configs ----------------------------------------------------------------
 
@@ -96,6 +120,41 @@ class Repository:
             self._manifests.clear()     # bounded: a long-running reader sees many
         self._manifests[oid] = manifest
         return manifest
+
+    def read_oci_manifest(self, digest: str, content_type: Optional[str] = None) -> OciManifest:
+        """A manifest stored verbatim, verified against its digest."""
+        key = oci_manifest_key(digest)
+        data = self.remote.get(key)
+        algorithm, _hex = split_digest(digest)
+        if digest_of(algorithm, data) != digest:
+            raise BlobCorruptError("manifest %s on %s is corrupt: its content hashes to %s"
+                                   % (digest, self.url, digest_of(algorithm, data)))
+        return OciManifest.parse(data, content_type, "%s on %s" % (key, self.url))
+
+    def image_for(self, target: Target, platform: Tuple[str, str, Optional[str]] = ("linux", "amd64", None),
+                  what: str = "the image") -> str:
+        """The dogestry manifest oid of what a tag names: itself, or for OCI content an image manifest
+        (of the platform's child, for an index) whose image a registry push also stored decoded."""
+        for _depth in range(MAX_INDEX_DEPTH):
+            if isinstance(target, str):
+                return target
+            manifest = self.read_oci_manifest(target.digest)
+            if manifest.is_index:
+                child = manifest.platform_child(*platform)
+                if child is None:
+                    raise ImageReferenceError("%s on %s has no image for %s" % (what, self.url, "/".join(p for p in platform if p)))
+                target = child
+                continue
+            oid = None
+            if manifest.is_image and manifest.config.digest.startswith("sha256:"):
+                oid = self.manifest_for_image(parse_digest(manifest.config.digest))
+            if oid is None:
+                raise ImageReferenceError(
+                    "%s on %s is %s, not an image this collection can load (pull it through `dogestry serve` "
+                    "or with an OCI client)" % (what, self.url, "an artifact of type %s" % manifest.artifact_type
+                                               if manifest.artifact_type else "OCI content with layers it did not decode"))
+            return oid
+        raise ImageReferenceError("%s on %s nests indexes more than %d deep" % (what, self.url, MAX_INDEX_DEPTH))
 
     def read_manifests(self, oids, missing_ok: bool = False) -> Dict[str, Manifest]:
         """Several manifests in parallel; with missing_ok, absent ones are left out instead of raising."""
@@ -166,8 +225,9 @@ class Repository:
 
     # -- resolving what a user typed ----------------------------------------------------------
 
-    def resolve(self, text: str) -> Tuple[Optional[ImageRef], str]:
-        """'name:tag' or a unique image-ID prefix -> (tag or None, manifest oid)."""
+    def resolve(self, text: str, platform: Optional[Tuple[str, str, Optional[str]]] = None) -> Tuple[Optional[ImageRef], str]:
+        """'name:tag' or a unique image-ID prefix -> (tag or None, manifest oid). A tag naming an OCI index
+        gives the image of `platform` (os, architecture, variant; default linux/amd64)."""
         text = str(text).strip()
         if looks_like_id_prefix(text):
             hexprefix = id_prefix_hex(text)
@@ -187,7 +247,7 @@ class Repository:
                 raise ImageReferenceError("no image with ID sha256:%s... on %s" % (hexprefix, self.url))
             # Otherwise a short hex string may still be a repository name ('cafe'): try name:latest.
         ref = parse_image_ref(text)
-        oid = self.read_tag(ref)
-        if oid is None:
+        target = self.read_target(ref)
+        if target is None:
             raise ImageReferenceError("%s is not on %s: no such tag (dogestry_tags lists them)" % (ref, self.url))
-        return ref, oid
+        return ref, self.image_for(target, platform or ("linux", "amd64", None), str(ref))

@@ -30,7 +30,8 @@ from ._compress import LZ4_ENDS, lz4_frame_ends_intact
 from ._docker_archive import LoadLayer, verified_chunks
 from ._errors import BlobCorruptError, FormatError, RemoteNotFoundError
 from ._format import (
-    QUARANTINE_PREFIX, LayerEntry, Manifest, image_index_prefix, manifest_key, parse_digest, tag_key,
+    QUARANTINE_PREFIX, Descriptor, LayerEntry, Manifest, blob_key, image_index_prefix, manifest_key, object_key,
+    oci_manifest_key, parse_digest, tag_key,
 )
 from ._repository import READ_JOBS, Repository
 from ._transfer import parallel_map
@@ -208,12 +209,44 @@ def _check_index(repo: Repository, manifests: Dict[str, Manifest], report: Verif
 
 
 def _check_tags(repo: Repository, manifests: Dict[str, Manifest], report: VerifyReport) -> None:
-    for ref, oid in sorted(repo.list_tags().items()):
+    for ref, target in sorted(repo.list_targets().items()):
         report.tags += 1
-        if oid not in manifests:
+        if isinstance(target, Descriptor):
+            report.problems.extend(_check_oci(repo, ref, target))
+        elif target not in manifests:
             report.problems.append(Problem(tag_key(ref.name, ref.tag), "broken",
                                            "tag %s names manifest sha256:%s, which is missing or damaged: push the "
-                                           "image again, or move or remove the tag" % (ref, oid), False))
+                                           "image again, or move or remove the tag" % (ref, target), False))
+
+
+def _check_oci(repo: Repository, ref, target: Descriptor) -> List[Problem]:
+    """OCI content a tag names (kept as pushed): every manifest readable and verified, every blob it needs
+    stored with its size. The decoded twin of an image is checked with the other dogestry manifests."""
+    problems, todo, seen = [], [target.digest], set()
+    while todo:
+        digest = todo.pop()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        try:
+            manifest = repo.read_oci_manifest(digest)
+        except (RemoteNotFoundError, BlobCorruptError, FormatError) as exc:
+            problems.append(Problem(oci_manifest_key(digest), "broken", "tag %s needs manifest %s: %s (push it again, "
+                                    "or move or remove the tag)" % (ref, digest, exc), False))
+            continue
+        todo.extend(child.digest for child in manifest.manifests)
+        wanted = {object_key(blob.digest): blob for blob in manifest.required()}
+        found = repo.remote.stat(sorted(wanted)) if wanted else {}
+        for key, blob in sorted(wanted.items()):
+            decoded = blob.digest.startswith("sha256:") and blob_key(parse_digest(blob.digest), "lz4")
+            if key in found and found[key].size == blob.size:
+                continue
+            if key not in found and decoded and decoded in repo.remote.stat([decoded]):
+                continue        # an uncompressed layer a manifest names by its diff_id, stored lz4
+            problems.append(Problem(key, "missing", "blob %s of %s (tag %s) is %s" % (
+                blob.digest, digest, ref, "missing" if key not in found else "%d bytes, not %d"
+                % (found[key].size, blob.size)), False))
+    return problems
 
 
 # ---- checks a push makes before it reuses stored layers --------------------------------------

@@ -85,21 +85,32 @@ tags:
     manifest:
       description: Digest of the manifest the tag points at.
       type: str
+    media_type:
+      description:
+        - Media type of that manifest. Images pushed by M(dogestry.dogestry.dogestry_push) have dogestry's own
+          (C(application/vnd.dogestry.manifest.v1+json)); content pushed through C(dogestry serve) keeps the OCI or
+          Docker media type it was pushed with (image manifest, index, artifact).
+      type: str
     image_id:
-      description: The image ID (sha256 of its config).
+      description:
+        - The image ID (sha256 of its config). For an index, that of its linux/amd64 image.
+        - Absent for content that is not an image M(dogestry.dogestry.dogestry_pull) can load (artifacts).
       type: str
     layers:
-      description: Number of layers.
+      description: Number of layers (absent where RV(tags.image_id) is).
       type: int
     size:
-      description: Uncompressed size of the layers, in bytes.
+      description: Uncompressed size of the layers, in bytes (absent where RV(tags.image_id) is).
       type: int
     stored_size:
-      description: Bytes the image takes on the remote (layers as stored plus config), before sharing.
+      description:
+        - Bytes the image takes on the remote (layers as stored plus config), before sharing
+          (absent where RV(tags.image_id) is).
       type: int
   sample:
     myapp:20131210:
       manifest: sha256:ec43de92e9afef4e5c1b17a126326d6a1841e9d9da1cff7c61605b23104b3684
+      media_type: application/vnd.dogestry.manifest.v1+json
       image_id: sha256:1dc66c9bbfeef8a4474f44309e2a0ab1a64074b128354400b61c40032c9194f0
       layers: 3
       size: 2125312
@@ -142,7 +153,7 @@ class DogestryTagger:
     def run(self):
         if self.state is None:
             self.repo.check()
-            tags, broken = describe_tags(self.repo, self.repo.list_tags(self.name, self.tag))
+            tags, broken = describe_tags(self.repo, self.repo.list_targets(self.name, self.tag))
             for ref, why in sorted(broken.items()):
                 self.module.module.warn("tag %s on %s is broken: %s" % (ref, self.repo.url, why))
             return dict(changed=False, tags=tags, broken=broken, actions=[],

@@ -71,8 +71,9 @@ def test_malformed_manifests_are_format_errors(mutate):
 
 def test_version_document_checks():
     check_version_document(version_document(), "r")
-    with pytest.raises(FormatError, match="version 2"):
-        check_version_document(b'{"format": "dogestry", "version": 2}', "r")
+    check_version_document(version_document(2), "r")     # version 2 adds OCI content; both are read
+    with pytest.raises(FormatError, match="version 3"):
+        check_version_document(b'{"format": "dogestry", "version": 3}', "r")
     with pytest.raises(FormatError, match="not a dogestry remote"):
         check_version_document(b"<html>", "r")
 

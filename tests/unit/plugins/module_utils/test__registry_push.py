@@ -11,7 +11,10 @@ import tarfile
 
 import pytest
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import PUSHED_PREFIX, canonical_json, parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import ImageReferenceError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
+    PUSHED_PREFIX, canonical_json, object_key, parse_image_ref,
+)
 from ansible_collections.dogestry.dogestry.plugins.module_utils._registry_api import RegistryApi
 from ansible_collections.dogestry.dogestry.plugins.module_utils._registry_push import (
     PushedLayer, RegistryWriter,
@@ -20,6 +23,8 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import L
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def layer_tar(name, payload):
@@ -95,24 +100,26 @@ def push(api, name, tag, image):
                 headers={"Content-Type": DOCKER_MANIFEST})
 
 
-def test_push_stores_layers_decoded_and_the_image_pulls_back_with_its_config_digest(api):
+def test_push_is_served_as_pushed_and_stored_decoded_for_the_engine(api):
     image = Image()
     status, headers, _body = push(api, "app", "1", image)
-    assert status == 201
+    assert status == 201 and headers["Docker-Content-Digest"] == sha(image.manifest())
+    # A pull through the API gets exactly what was pushed: the manifest by tag and by digest, the gzip layers.
+    for ref in ("1", sha(image.manifest())):
+        status, served, body = call(api, "GET", "/v2/app/manifests/" + ref, None)
+        assert status == 200 and body == image.manifest() and served["Docker-Content-Digest"] == sha(image.manifest())
+        assert served["Content-Type"] == DOCKER_MANIFEST
+    for blob in image.blobs + [image.config]:
+        assert call(api, "GET", "/v2/app/blobs/" + sha(blob), None)[2] == blob
+    # The engine's thin path: the tag resolves to a dogestry manifest of the decoded layers (lz4, by diff_id).
     repo = api.repo
-    oid = repo.read_tag(parse_image_ref("app:1"))
+    assert repo.read_tag(parse_image_ref("app:1")) is None        # the tag names OCI content
+    ref, oid = repo.resolve("app:1")
     manifest = repo.read_manifest(oid)
     assert manifest.image_id == sha(image.config)
     assert [layer.oid for layer in manifest.layers] == [sha(t)[7:] for t in image.tars]
     assert all(layer.encoding == "lz4" for layer in manifest.layers)
-    # What a pull through the API gets: the digest the push answered, the layers as tars.
-    # The push is answered with the digest of what was sent (clients check it); the image is served
-    # in its canonical form, whose digest is the same however it was pushed.
-    assert headers["Docker-Content-Digest"] == sha(image.manifest())
-    status, served, body = call(api, "GET", "/v2/app/manifests/1", None)
-    assert status == 200 and served["Docker-Content-Digest"] == sha(manifest.oci_bytes())
-    for descriptor, tar in zip(json.loads(body)["layers"], image.tars):
-        assert call(api, "GET", "/v2/app/blobs/" + descriptor["digest"], None)[2] == tar
+    assert json.loads(repo.remote.get("dogestry.json"))["version"] == 2
 
 
 def test_existence_checks_of_pushed_blobs_are_answered_after_a_restart(api, tmp_path):
@@ -122,9 +129,6 @@ def test_existence_checks_of_pushed_blobs_are_answered_after_a_restart(api, tmp_
     for blob in image.blobs:
         status, headers, _body = call(again, "HEAD", "/v2/app/blobs/" + sha(blob), None)
         assert status == 200 and headers["Content-Length"] == str(len(blob))
-        # the compressed bytes are not kept: a GET says where the layer is instead
-        status, _h, body = call(again, "GET", "/v2/app/blobs/" + sha(blob), None)
-        assert status == 404 and b"stored decoded" in body
     # Another image sharing the base: only its new layer and config need uploading.
     update = Image((b"base" * 1000, b"new top"))
     upload(again, "app", update.blobs[1])
@@ -147,7 +151,7 @@ def test_chunked_monolithic_and_streamed_uploads(api):
     assert call(api, "PATCH", location, blob[:1000])[0] == 202        # streamed: no Content-Range
     assert call(api, "GET", location, None)[1]["Range"] == "0-999"
     assert call(api, "PUT", location, blob[1000:], query={"digest": sha(blob)})[0] == 201
-    # a blob that is not a layer waits for its manifest, and is served meanwhile
+    # a blob is stored as pushed, and served before any manifest names it
     assert call(api, "GET", "/v2/app/blobs/" + sha(blob), None)[2] == blob
 
 
@@ -168,7 +172,7 @@ def test_bad_uploads_are_refused(api, case):
         status, _h, body = call(api, "PATCH", "/v2/app/blobs/uploads/" + "0" * 32, blob)
         expected, code = 404, "BLOB_UPLOAD_UNKNOWN"
     elif case == "algorithm":
-        status, _h, body = call(api, "PUT", location, blob, query={"digest": "sha512:" + "0" * 128})
+        status, _h, body = call(api, "PUT", location, blob, query={"digest": "md5:" + "0" * 32})
         expected, code = 400, "DIGEST_INVALID"
     elif case == "cancelled":
         assert call(api, "DELETE", location, None)[0] == 204
@@ -185,61 +189,80 @@ def test_bad_uploads_are_refused(api, case):
     assert os.listdir(api.writer.spool) == [], "a refused or cancelled upload leaves nothing behind"
 
 
-@pytest.mark.parametrize("case", ["missing layer", "wrong diff_id", "index", "missing config", "layer count",
-                                  "malformed", "foreign layer", "wrong digest"])
+@pytest.mark.parametrize("case", ["missing layer", "missing config", "malformed", "wrong digest", "index of unknown",
+                                  "content type", "not json", "unknown media type"])
 def test_bad_manifests_are_refused_and_no_tag_is_written(api, case):
     image = Image()
     for blob in image.blobs + [image.config]:
         upload(api, "app", blob)
     body = image.manifest()
+    content_type = DOCKER_MANIFEST
     if case == "missing layer":
         body = Image((b"base" * 1000, b"never uploaded")).manifest()
         upload(api, "app", Image((b"base" * 1000, b"never uploaded")).config)
         expected, code = 400, "MANIFEST_BLOB_UNKNOWN"
-    elif case == "wrong diff_id":
-        swapped = json.loads(body)
-        swapped["layers"].reverse()
-        body = json.dumps(swapped).encode()
-        expected, code = 400, "MANIFEST_INVALID"
-    elif case == "index":
-        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                           "manifests": []}).encode()
-        expected, code = 415, "MANIFEST_INVALID"
     elif case == "missing config":
         doc = json.loads(body)
         doc["config"]["digest"] = sha(b"no such config")
         body = json.dumps(doc).encode()
         expected, code = 400, "MANIFEST_BLOB_UNKNOWN"
-    elif case == "layer count":
-        doc = json.loads(body)
-        doc["layers"] = doc["layers"][:1]
-        body = json.dumps(doc).encode()
-        expected, code = 400, "MANIFEST_INVALID"
     elif case == "malformed":
         body = b'{"schemaVersion": 2, "mediaType": "%s", "layers": 7}' % DOCKER_MANIFEST.encode()
         expected, code = 400, "MANIFEST_INVALID"
-    elif case == "foreign layer":
+    elif case == "index of unknown":
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": sha(b"never pushed"), "size": 12}]}).encode()
+        expected, code, content_type = 400, "MANIFEST_UNKNOWN", OCI_INDEX
+    elif case == "content type":
+        content_type = OCI_MANIFEST        # the body says Docker's type
+        expected, code = 400, "MANIFEST_INVALID"
+    elif case == "not json":
+        body = b"\x00" * 40
+        expected, code = 400, "MANIFEST_INVALID"
+    elif case == "unknown media type":
         doc = json.loads(body)
-        doc["layers"][0]["mediaType"] = "application/vnd.example.not-a-layer"
+        doc["mediaType"] = content_type = "application/vnd.example.whatever"
         body = json.dumps(doc).encode()
         expected, code = 400, "MANIFEST_INVALID"
     else:   # pushed by digest, with other bytes
         status, _h, payload = call(api, "PUT", "/v2/app/manifests/" + sha(b"other"), body)
         assert status == 400 and json.loads(payload)["errors"][0]["code"] == "DIGEST_INVALID"
         expected, code = 201, None
-    status, _h, payload = call(api, "PUT", "/v2/app/manifests/1", body, headers={"Content-Type": DOCKER_MANIFEST})
+    status, _h, payload = call(api, "PUT", "/v2/app/manifests/1", body, headers={"Content-Type": content_type})
     if code is None:
         assert status == expected
         return
     assert status == expected and json.loads(payload)["errors"][0]["code"] == code, payload
-    assert api.repo.read_tag(parse_image_ref("app:1")) is None
+    assert api.repo.read_target(parse_image_ref("app:1")) is None
 
 
-def test_a_blob_that_claims_to_be_gzip_but_is_not_is_refused(api):
+@pytest.mark.parametrize("case", ["wrong diff_id", "layer count", "not a layer type"])
+def test_manifests_that_are_not_loadable_images_are_kept_as_pushed_but_not_decoded(api, case):
+    """A registry stores what it is given; only dogestry's own pulls need an image they can load."""
+    image = Image()
+    for blob in image.blobs + [image.config]:
+        upload(api, "app", blob)
+    doc = json.loads(image.manifest())
+    if case == "wrong diff_id":
+        doc["layers"].reverse()
+    elif case == "layer count":
+        doc["layers"] = doc["layers"][:1]
+    else:
+        doc["layers"][0]["mediaType"] = "application/vnd.example.not-a-layer"
+    body = json.dumps(doc).encode()
+    assert call(api, "PUT", "/v2/app/manifests/1", body, headers={"Content-Type": DOCKER_MANIFEST})[0] == 201
+    assert call(api, "GET", "/v2/app/manifests/1", None)[2] == body
+    with pytest.raises(ImageReferenceError, match="not an image this collection can load"):
+        api.repo.resolve("app:1")
+    assert not list(api.repo.remote.list("manifests/")), "no dogestry manifest was written"
+
+
+def test_a_blob_that_claims_to_be_gzip_but_is_not_is_kept_as_pushed_only(api):
     blob = b"\x1f\x8b" + os.urandom(200)
     status, headers, _body = call(api, "POST", "/v2/app/blobs/uploads/")
     status, _h, body = call(api, "PUT", headers["Location"], blob, query={"digest": sha(blob)})
-    assert status == 400 and json.loads(body)["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+    assert status == 201
+    assert call(api, "GET", "/v2/app/blobs/" + sha(blob), None)[2] == blob
     assert not any(key.startswith(PUSHED_PREFIX) for key in (info.key for info in api.repo.remote.list("")))
 
 
@@ -258,7 +281,7 @@ def test_tags_are_deleted_by_name_and_writes_are_refused_when_read_only(api):
     image = Image()
     assert push(api, "app", "1", image)[0] == 201
     assert call(api, "DELETE", "/v2/app/manifests/1", None)[0] == 202
-    assert api.repo.read_tag(parse_image_ref("app:1")) is None
+    assert api.repo.read_target(parse_image_ref("app:1")) is None
     assert call(api, "DELETE", "/v2/app/manifests/1", None)[0] == 404
     read_only = RegistryApi(api.repo)
     status, _h, body = call(read_only, "POST", "/v2/app/blobs/uploads/")
@@ -266,18 +289,15 @@ def test_tags_are_deleted_by_name_and_writes_are_refused_when_read_only(api):
 
 
 def test_a_blob_gone_from_the_remote_is_not_vouched_for_to_a_push(api):
-    """A pull taught the API the image's blobs; a prune then removed them. A push's existence check
-    must say 404, so the client sends the blob again, instead of a manifest naming a missing layer."""
+    """A prune removed a blob after the API served it: a push's existence check must say 404, so the
+    client sends the blob again, instead of a manifest naming a missing layer."""
     image = Image()
     assert push(api, "app", "1", image)[0] == 201
-    manifest = api.repo.read_manifest(api.repo.read_tag(parse_image_ref("app:1")))
-    layer = manifest.layers[0]
-    assert call(api, "GET", "/v2/app/manifests/1", None)[0] == 200          # learnt
-    assert call(api, "HEAD", "/v2/app/blobs/sha256:" + layer.oid, None)[0] == 200
-    os.unlink(os.path.join(api.repo.remote.root, layer.key))
-    assert call(api, "HEAD", "/v2/app/blobs/sha256:" + layer.oid, None)[0] == 404
-    status, _h, _body = call(api, "POST", "/v2/other/blobs/uploads/", None,
-                             query={"mount": "sha256:" + layer.oid, "from": "app"})
+    digest = sha(image.blobs[0])
+    assert call(api, "HEAD", "/v2/app/blobs/" + digest, None)[0] == 200
+    os.unlink(os.path.join(api.repo.remote.root, object_key(digest)))
+    assert call(api, "HEAD", "/v2/app/blobs/" + digest, None)[0] == 404
+    status, _h, _body = call(api, "POST", "/v2/other/blobs/uploads/", None, query={"mount": digest, "from": "app"})
     assert status == 202        # not mounted: an upload starts instead
 
 
@@ -294,6 +314,166 @@ def test_uploads_in_progress_are_bounded_and_unclaimed_blobs_expire(api, monkeyp
     api.writer.clock = lambda: now[0]
     assert call(api, "POST", "/v2/app/blobs/uploads/", blob, query={"digest": sha(blob)})[0] == 201
     assert call(api, "HEAD", "/v2/app/blobs/" + sha(blob), None)[0] == 200
-    now[0] = 2 * 3600.0             # an hour past: no manifest claimed it
+    assert len(list(api.repo.remote.list("leases/"))) == 1       # prune spares it until a manifest names it
+    now[0] = 2 * 3600.0             # an hour past: no manifest claimed it, so prune may take it
     assert call(api, "POST", "/v2/app/blobs/uploads/")[0] == 202
-    assert call(api, "HEAD", "/v2/app/blobs/" + sha(blob), None)[0] == 404
+    assert list(api.repo.remote.list("leases/")) == []
+
+
+# ---- OCI content kept as pushed (format version 2) ---------------------------------------------
+
+ARTIFACT = "application/vnd.example.sbom.v1"
+EMPTY_CONFIG = b"{}"
+
+
+def platform_image(arch, payload):
+    image = Image((b"shared base" * 500, payload))
+    doc = json.loads(image.config)
+    doc["architecture"] = arch
+    image.config = canonical_json(doc)
+    return image
+
+
+def push_by_digest(api, name, image, media_type=OCI_MANIFEST):
+    for blob in image.blobs + [image.config]:
+        upload(api, name, blob)
+    body = image.manifest(media_type=media_type)
+    status, headers, payload = call(api, "PUT", "/v2/%s/manifests/%s" % (name, sha(body)), body,
+                                    headers={"Content-Type": media_type})
+    assert status == 201, payload
+    return body
+
+
+def multi_platform(api, name="app", tag="multi"):
+    amd64 = push_by_digest(api, name, platform_image("amd64", b"amd64 top"))
+    arm64 = push_by_digest(api, name, platform_image("arm64", b"arm64 top"))
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": sha(body), "size": len(body),
+         "platform": {"os": "linux", "architecture": arch}}
+        for body, arch in ((amd64, "amd64"), (arm64, "arm64"))]}).encode()
+    status, headers, payload = call(api, "PUT", "/v2/%s/manifests/%s" % (name, tag), index,
+                                    headers={"Content-Type": OCI_INDEX})
+    assert status == 201 and headers["Docker-Content-Digest"] == sha(index), payload
+    return index, amd64, arm64
+
+
+def artifact_for(api, name, subject_body, subject_type, payload=b"not a tar: an SBOM"):
+    upload(api, name, payload)
+    upload(api, name, EMPTY_CONFIG)
+    body = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(EMPTY_CONFIG), "size": 2},
+        "layers": [{"mediaType": "text/plain", "digest": sha(payload), "size": len(payload)}],
+        "subject": {"mediaType": subject_type, "digest": sha(subject_body), "size": len(subject_body)},
+        "annotations": {"org.example.kind": "sbom"}}).encode()
+    status, headers, _payload = call(api, "PUT", "/v2/%s/manifests/%s" % (name, sha(body)), body,
+                                     headers={"Content-Type": OCI_MANIFEST})
+    assert status == 201 and headers["OCI-Subject"] == sha(subject_body)
+    return body
+
+
+def test_a_multi_platform_index_is_served_as_pushed_and_the_engine_picks_the_platform(api):
+    index, amd64, arm64 = multi_platform(api)
+    status, headers, body = call(api, "GET", "/v2/app/manifests/multi", None)
+    assert (status, body, headers["Content-Type"]) == (200, index, OCI_INDEX)
+    for child in (amd64, arm64):
+        assert call(api, "GET", "/v2/app/manifests/" + sha(child), None)[2] == child
+    repo = api.repo
+    configs = {}
+    for platform in (("linux", "amd64", None), ("linux", "arm64", None)):
+        _ref, oid = repo.resolve("app:multi", platform)
+        configs[platform[1]] = json.loads(repo.read_config(repo.read_manifest(oid)))["architecture"]
+    assert configs == {"amd64": "amd64", "arm64": "arm64"}
+    with pytest.raises(ImageReferenceError, match="no image for linux/s390x"):
+        repo.resolve("app:multi", ("linux", "s390x", None))
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import describe_tags
+    described, broken = describe_tags(repo, repo.list_targets("app"))
+    assert broken == {} and described["app:multi"]["media_type"] == OCI_INDEX
+    assert described["app:multi"]["image_id"] == sha(platform_image("amd64", b"amd64 top").config)
+
+
+def test_artifacts_and_their_referrers(api):
+    index, _amd64, _arm64 = multi_platform(api)
+    sbom = artifact_for(api, "app", index, OCI_INDEX)
+    status, headers, body = call(api, "GET", "/v2/app/referrers/" + sha(index), None)
+    listed = json.loads(body)
+    assert status == 200 and headers["Content-Type"] == OCI_INDEX and listed["mediaType"] == OCI_INDEX
+    assert listed["manifests"] == [{"mediaType": OCI_MANIFEST, "digest": sha(sbom), "size": len(sbom),
+                                    "artifactType": ARTIFACT, "annotations": {"org.example.kind": "sbom"}}]
+    status, headers, body = call(api, "GET", "/v2/app/referrers/" + sha(index), None,
+                                 query={"artifactType": "application/vnd.example.other"})
+    assert json.loads(body)["manifests"] == [] and headers["OCI-Filters-Applied"] == "artifactType"
+    # no referrers, or no such subject: an empty index, never 404
+    status, _h, body = call(api, "GET", "/v2/app/referrers/" + sha(b"nothing"), None)
+    assert status == 200 and json.loads(body)["manifests"] == []
+    assert call(api, "GET", "/v2/app/blobs/" + sha(b"not a tar: an SBOM"), None)[2] == b"not a tar: an SBOM"
+    call(api, "PUT", "/v2/app/manifests/sbom", sbom, headers={"Content-Type": OCI_MANIFEST})
+    with pytest.raises(ImageReferenceError, match="artifact of type " + ARTIFACT):
+        api.repo.resolve("app:sbom")
+
+
+def test_sha512_and_empty_blobs(api):
+    blob = os.urandom(5000)
+    digest = "sha512:" + hashlib.sha512(blob).hexdigest()
+    status, headers, _body = call(api, "POST", "/v2/app/blobs/uploads/", blob, query={"digest": digest})
+    assert status == 201 and headers["Docker-Content-Digest"] == digest
+    status, headers, body = call(api, "GET", "/v2/app/blobs/" + digest, None)
+    assert (status, body, headers["Docker-Content-Digest"]) == (200, blob, digest)
+    assert call(api, "GET", "/v2/app/blobs/" + digest, None, headers={"Range": "bytes=10-19"})[2] == blob[10:20]
+    upload(api, "app", b"")
+    assert call(api, "GET", "/v2/app/blobs/" + sha(b""), None)[:3:2] == (200, b"")
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT,
+                           "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b""), "size": 0},
+                           "layers": [{"mediaType": "application/octet-stream", "digest": digest,
+                                       "size": len(blob)}]}).encode()
+    manifest_digest = "sha512:" + hashlib.sha512(manifest).hexdigest()
+    status, headers, _body = call(api, "PUT", "/v2/app/manifests/" + manifest_digest, manifest,
+                                  headers={"Content-Type": OCI_MANIFEST})
+    assert status == 201 and headers["Docker-Content-Digest"] == manifest_digest
+    assert call(api, "GET", "/v2/app/manifests/" + manifest_digest, None)[2] == manifest
+
+
+def test_a_corrupt_verbatim_blob_is_never_sent_whole(api):
+    blob = os.urandom(600 << 10)
+    upload(api, "app", blob)
+    path = os.path.join(api.repo.remote.root, object_key(sha(blob)))
+    with open(path, "r+b") as f:
+        f.seek(1000)
+        f.write(b"X")
+    response = api.handle("GET", "/v2/app/blobs/" + sha(blob), {}, {})
+    received = bytearray()
+    with pytest.raises(Exception, match="corrupt"):
+        for piece in response.body:
+            received += piece
+    assert len(received) < len(blob)
+
+
+def test_prune_keeps_tagged_oci_content_with_its_referrers_and_drops_it_once_untagged(api):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import execute_prune, plan_prune
+    index, amd64, _arm64 = multi_platform(api)
+    sbom = artifact_for(api, "app", index, OCI_INDEX)
+    repo = api.repo
+    for info in list(repo.remote.list("leases/")):
+        repo.remote.delete(info.key)        # the uploads' leases: as if their manifests were an hour old
+    later = 10 ** 10
+    plan = plan_prune(repo, 3600, now=later)
+    assert plan.count == 0, plan.result()["deleted"]
+    assert call(api, "DELETE", "/v2/app/manifests/multi", None)[0] == 202
+    plan = plan_prune(repo, 3600, now=later)
+    deleted = plan.result()["deleted"]
+    assert len(deleted["oci_manifests"]) == 4 and len(deleted["referrers"]) == 1     # index, 2 images, SBOM
+    assert sorted(deleted["manifests"]) and "blobs/sha256/%s/%s" % (sha(amd64)[7:9], sha(amd64)[7:]) not in deleted["blobs"]
+    execute_prune(repo, plan)
+    assert list(repo.remote.list("oci-manifests/")) == [] and list(repo.remote.list("referrers/")) == []
+    assert list(repo.remote.list("blobs/")) == [] and list(repo.remote.list("manifests/")) == []
+    assert sbom
+
+
+def test_verify_checks_what_oci_tags_need(api):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._verify import verify
+    _index, amd64, _arm64 = multi_platform(api)
+    assert verify(api.repo).problems == []
+    layer = json.loads(amd64)["layers"][1]["digest"]
+    os.unlink(os.path.join(api.repo.remote.root, object_key(layer)))
+    problems = verify(api.repo).problems
+    assert [(p.kind, p.key) for p in problems] == [("missing", object_key(layer))]
