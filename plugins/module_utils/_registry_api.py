@@ -357,7 +357,8 @@ class RegistryApi:
                 size = writer.append(name, session, body, length, _header(headers, "content-range"))
                 return self._empty(202, writer.range_headers(name, session, size))
             if method == "PUT":
-                return self._blob_created(name, writer.finish(name, session, query.get("digest"), body, length))
+                return self._blob_created(name, writer.finish(name, session, query.get("digest"), body, length,
+                                                              _header(headers, "content-range")))
             if method == "DELETE":
                 writer.cancel(name, session)
                 return self._empty(204)

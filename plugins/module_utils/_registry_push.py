@@ -134,13 +134,17 @@ class RegistryWriter:
         """Append a PATCH body (a chunk at `content_range`, or a stream); returns the upload's size."""
         upload = self._upload(name, session)
         with upload.lock:
-            if content_range:
-                start, _sep, _end = content_range.strip().partition("-")
-                if not start.isdigit() or int(start) != upload.size:
-                    raise ApiError(416, "BLOB_UPLOAD_INVALID", "chunk at %r does not follow the %d bytes received"
-                                   % (content_range[:60], upload.size), self.range_headers(name, session, upload.size))
+            self._check_order(name, session, upload, content_range)
             self._write(upload, body, length)
             return upload.size
+
+    def _check_order(self, name: str, session: str, upload: _Upload, content_range: Optional[str]) -> None:
+        """A chunk must start where the upload ends (416, and the upload goes on, if not)."""
+        if content_range:
+            start, _sep, _end = content_range.strip().partition("-")
+            if not start.isdigit() or int(start) != upload.size:
+                raise ApiError(416, "BLOB_UPLOAD_INVALID", "chunk at %r does not follow the %d bytes received"
+                               % (content_range[:60], upload.size), self.range_headers(name, session, upload.size))
 
     def _write(self, upload: _Upload, body, length: Optional[int]) -> None:
         if body is None:
@@ -168,11 +172,13 @@ class RegistryWriter:
             raise
         upload.touched = self.clock()
 
-    def finish(self, name: str, session: str, digest: str, body, length: Optional[int]) -> str:
-        """Complete an upload (PUT ?digest=): verify, then store it; returns the digest."""
+    def finish(self, name: str, session: str, digest: str, body, length: Optional[int],
+               content_range: Optional[str] = None) -> str:
+        """Complete an upload (PUT ?digest=, optionally with a last chunk): verify, then store it; returns the digest."""
         algorithm, _hex = self.parse_digest(digest)
         upload = self._upload(name, session)
         with upload.lock:
+            self._check_order(name, session, upload, content_range)
             self._write(upload, body, length)
             with self._lock:
                 self._uploads.pop(session, None)

@@ -155,7 +155,7 @@ def test_chunked_monolithic_and_streamed_uploads(api):
     assert call(api, "GET", "/v2/app/blobs/" + sha(blob), None)[2] == blob
 
 
-@pytest.mark.parametrize("case", ["digest", "order", "unknown", "algorithm", "cancelled", "size"])
+@pytest.mark.parametrize("case", ["digest", "order", "last chunk order", "unknown", "algorithm", "cancelled", "size"])
 def test_bad_uploads_are_refused(api, case):
     blob = b"x" * 100
     status, headers, _body = call(api, "POST", "/v2/app/blobs/uploads/")
@@ -166,6 +166,12 @@ def test_bad_uploads_are_refused(api, case):
     elif case == "order":
         call(api, "PATCH", location, blob[:10], headers={"Content-Range": "0-9"})
         status, headers, body = call(api, "PATCH", location, blob[20:30], headers={"Content-Range": "20-29"})
+        expected, code = 416, "BLOB_UPLOAD_INVALID"
+        assert headers["Range"] == "0-9"
+    elif case == "last chunk order":     # the closing PUT may carry the last chunk: it must follow too
+        call(api, "PATCH", location, blob[:10], headers={"Content-Range": "0-9"})
+        status, headers, body = call(api, "PUT", location, blob[50:], query={"digest": sha(blob)},
+                                     headers={"Content-Range": "50-99"})
         expected, code = 416, "BLOB_UPLOAD_INVALID"
         assert headers["Range"] == "0-9"
     elif case == "unknown":
@@ -183,7 +189,7 @@ def test_bad_uploads_are_refused(api, case):
         status, _h, body = call(api, "PATCH", location, blob)
         expected, code = 413, "SIZE_INVALID"
     assert status == expected and json.loads(body)["errors"][0]["code"] == code
-    if case in ("order", "unknown", "algorithm"):     # the upload itself goes on: the client may retry
+    if case in ("order", "last chunk order", "unknown", "algorithm"):     # the upload goes on: the client may retry
         assert call(api, "GET", location, None)[0] == 204
         assert call(api, "DELETE", location, None)[0] == 204
     assert os.listdir(api.writer.spool) == [], "a refused or cancelled upload leaves nothing behind"
