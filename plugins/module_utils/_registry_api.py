@@ -598,9 +598,8 @@ class RegistryApi:
         def fetch():
             return self.repo.remote.open(key, size=size)
         stored = self.cache.open(key, fetch) if self.cache is not None else fetch()
-        return Response(status, headers, self._verified_body(stored, _hashed(_pieces(_read_all(stored)), digest,
-                                                                                    "blob %s on %s" % (digest, self.repo.url)),
-                                                             start, end, span is not None), length)
+        verified = _hashed(_pieces(_read_all(stored)), digest, "blob %s on %s" % (digest, self.repo.url))
+        return Response(status, headers, self._verified_body(stored, verified, start, end, span is not None), length)
 
     def _stored(self, info: BlobInfo) -> bool:
         """The remote still holds the blob. A HEAD answers what a push will rely on (a blob it need not

@@ -149,10 +149,10 @@ class Repository:
             if manifest.is_image and manifest.config.digest.startswith("sha256:"):
                 oid = self.manifest_for_image(parse_digest(manifest.config.digest))
             if oid is None:
-                raise ImageReferenceError(
-                    "%s on %s is %s, not an image this collection can load (pull it through `dogestry serve` "
-                    "or with an OCI client)" % (what, self.url, "an artifact of type %s" % manifest.artifact_type
-                                               if manifest.artifact_type else "OCI content with layers it did not decode"))
+                kind = ("an artifact of type %s" % manifest.artifact_type if manifest.artifact_type
+                        else "OCI content with layers it did not decode")
+                raise ImageReferenceError("%s on %s is %s, not an image this collection can load (pull it through "
+                                          "`dogestry serve` or with an OCI client)" % (what, self.url, kind))
             return oid
         raise ImageReferenceError("%s on %s nests indexes more than %d deep" % (what, self.url, MAX_INDEX_DEPTH))
 
