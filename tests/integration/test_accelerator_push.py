@@ -3,6 +3,7 @@ the containerd image store, and `skopeo copy`; stored in the remote's own format
 anywhere, and an incremental push after a restart sends only the new layer."""
 
 import base64
+import hashlib
 import http.client
 import json
 import os
@@ -228,3 +229,29 @@ def test_hostile_writes_and_many_clients_leave_the_accelerator_serving(tmp_path,
     finally:
         slow.close()
     assert server.request("GET", "/v2/")[0] == 200
+
+
+def test_docker26_pushes_through_an_accelerator_in_its_namespace(tmp_path, docker_host, docker26_host, build_image,
+                                                                 name, servers):
+    """Docker 26 (OCI-layout `docker save`, the classic store) pushes; the digest it printed pulls the very
+    manifest it sent, and the engine loads the image into another daemon (20.10), where it runs."""
+    remote = str(tmp_path / "remote")
+    server = servers(remote, tmp_path, netns_pid=_in_netns_of("26"))
+    ref = "%s/%s:26" % (server.host, name)
+    image_id = build_image(docker26_host, ref, [{"/big.bin": os.urandom(2 * MiB)}, {"/name.txt": name}],
+                           cmd=["/bin/busybox", "cat", "/name.txt"], isolated=True)
+    digest = None
+    try:
+        digest = docker(docker26_host, "push", ref).stdout.rsplit("digest: ", 1)[1].split()[0]
+        with open(os.path.join(remote, "oci-manifests", "sha256", digest[7:]), "rb") as f:
+            assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == digest     # kept as pushed
+        docker(docker26_host, "rmi", "-f", ref)
+        docker(docker26_host, "pull", "%s/%s@%s" % (server.host, name, digest))     # by the digest it printed
+    finally:
+        docker(docker26_host, "rmi", "-f", ref, *(["%s/%s@%s" % (server.host, name, digest)] if digest else []), check=False)
+    result = json.loads(dogestry("pull", remote, "%s:26" % name, "--json", "--docker-host", docker_host).stdout)
+    assert result["image_id"] == image_id
+    try:
+        assert docker(docker_host, "run", "--rm", "--network", "none", "%s:26" % name).stdout == name
+    finally:
+        docker(docker_host, "rmi", "-f", "%s:26" % name, check=False)
