@@ -48,6 +48,9 @@ options:
       - What to pull, as C(name:tag) (a name alone means V(latest)), or a unique prefix of an
         image ID on the remote (at least 4 hex digits, V(sha256:) optional).
       - An image pulled by ID prefix is loaded untagged.
+      - A tag naming a multi-platform index (pushed through C(dogestry serve), for example by
+        C(docker buildx) or C(skopeo copy --all)) loads the image of the daemon's own platform; a tag
+        naming an OCI artifact fails with a message saying so.
       - Required unless O(signed_url) is given.
     type: str
     aliases: [name]

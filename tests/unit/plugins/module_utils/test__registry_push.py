@@ -483,3 +483,30 @@ def test_verify_checks_what_oci_tags_need(api):
     os.unlink(os.path.join(api.repo.remote.root, object_key(layer)))
     problems = verify(api.repo).problems
     assert [(p.kind, p.key) for p in problems] == [("missing", object_key(layer))]
+
+
+@pytest.mark.parametrize("case", ["bad subject", "too many layers", "deep json", "referrers digest", "child digest"])
+def test_hostile_oci_documents_are_refused_in_one_line(api, case):
+    path, body, method = "/v2/app/manifests/x", None, "PUT"
+    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+           "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b"{}"), "size": 2}, "layers": []}
+    upload(api, "app", b"{}")
+    if case == "bad subject":
+        doc["subject"] = {"mediaType": OCI_MANIFEST, "digest": "sha256:../../../etc/passwd", "size": 1}
+    elif case == "too many layers":
+        doc["layers"] = [{"mediaType": "text/plain", "digest": sha(b"{}"), "size": 2}] * 10001
+    elif case == "deep json":
+        body = b"[" * 100000 + b"]" * 100000
+    elif case == "referrers digest":
+        method, path = "GET", "/v2/app/referrers/sha256:..%2f..%2fetc"
+    else:
+        doc = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+               "manifests": [{"mediaType": OCI_MANIFEST, "digest": "sha999:abc", "size": 1}]}
+    if body is None and method == "PUT":
+        body = json.dumps(doc).encode()
+    status, _h, payload = call(api, method, path, body, headers={"Content-Type": OCI_INDEX if "manifests" in doc
+                                                                   else OCI_MANIFEST})
+    error = json.loads(payload)["errors"][0]
+    assert status == 400 and error["code"] in ("MANIFEST_INVALID", "DIGEST_INVALID", "NAME_INVALID"), error
+    assert "\n" not in error["message"] and len(error["message"]) < 400
+    assert api.repo.read_target(parse_image_ref("app:x")) is None
