@@ -61,9 +61,7 @@ def ticket_objects(repo: Repository, ref: Union[str, ImageRef]) -> Tuple[ImageRe
         raise RemoteUnsupportedError("%s cannot sign URLs: signed pull URLs need an s3:// remote" % repo.url)
     ref = parse_image_ref(ref) if isinstance(ref, str) else ref
     repo.check()
-    oid = repo.read_tag(ref)
-    if oid is None:
-        raise ImageReferenceError("%s is not on %s: no such tag (dogestry_tags lists them)" % (ref, repo.url))
+    _ref, oid = repo.resolve(str(ref))     # an OCI index: its linux/amd64 image (a ticket names one image)
     manifest = repo.read_manifest(oid)
     keys = [VERSION_KEY, manifest_key(oid), manifest.config_key] + list(dict.fromkeys(l.key for l in manifest.layers))
     found = remote.stat(keys)
