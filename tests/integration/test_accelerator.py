@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import shutil
 import subprocess
 import sys
 import time
@@ -316,3 +317,30 @@ def test_cli_pull_into_two_daemons_downloads_each_layer_once(tmp_path, docker_ho
     with open(log_path) as f:
         gets = [line.split('"GET ')[1].split()[0] for line in f if '"GET /blobs/' in line and ".lz4" in line]
     assert len(gets) == 3 and len(set(gets)) == 3, gets
+
+
+def test_docker28_mirrors_any_registry_name_through_hosts_toml(tmp_path, docker_host, docker28_host, build_image,
+                                                               name, servers):
+    """The containerd store reads /etc/docker/certs.d/<registry>/hosts.toml (what the registry_block role
+    writes): `docker pull <registry>/<name>:tag` then asks the accelerator, with ?ns=<registry>."""
+    registry = "registry-%s.example:5000" % name[-8:]
+    full = "%s/%s" % (registry, name)
+    remote = str(tmp_path / "remote")
+    build_image(docker_host, full + ":1", [{"/name.txt": name}], cmd=["/bin/busybox", "cat", "/name.txt"])
+    dogestry("push", remote, full + ":1", "--docker-host", docker_host)
+    with open(os.path.join(docker_run_dir("28"), "docker.pid")) as f:
+        pid = int(f.read().strip())
+    subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pid, "ip", "link", "set", "lo", "up"], check=True)
+    server = servers(remote, tmp_path, netns_pid=pid)
+    certs = os.path.join("/etc/docker/certs.d", registry)
+    os.makedirs(certs)
+    try:
+        with open(os.path.join(certs, "hosts.toml"), "w") as f:
+            f.write('server = "https://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n'
+                    % (registry, server.host))
+        docker(docker28_host, "pull", full + ":1")      # the registry's name does not resolve: only the mirror can answer
+        assert "ns=%s" % registry in server.output().replace("%3A", ":")
+        assert docker(docker28_host, "run", "--rm", "--network", "none", full + ":1").stdout == name
+    finally:
+        shutil.rmtree(certs, ignore_errors=True)
+        docker(docker28_host, "rmi", "-f", full + ":1", check=False)
