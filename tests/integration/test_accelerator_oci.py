@@ -12,6 +12,7 @@ import urllib.request
 
 import oras.client
 import oras.oci
+import pytest
 
 from dogestry_cli import docker, dogestry, skopeo
 
@@ -75,9 +76,13 @@ def _multi_platform_layout(path):
     return index, children
 
 
-def test_multi_platform_index_and_an_artifact_travel_byte_for_byte(tmp_path, docker_host, name, servers):
-    remote = str(tmp_path / "remote")
-    server = servers(remote, tmp_path)
+@pytest.mark.parametrize("store", ["directory", "s3"])
+def test_multi_platform_index_and_an_artifact_travel_byte_for_byte(tmp_path, docker_host, name, servers, store, request):
+    remote, extra = str(tmp_path / "remote"), ()
+    if store == "s3":
+        remote = "s3://%s/oci" % request.getfixturevalue("s3_bucket")
+        extra = ("--endpoint-url", request.getfixturevalue("s3_env"))
+    server = servers(remote, tmp_path, args=extra)
     index, children = _multi_platform_layout(str(tmp_path / "layout"))
     image = "%s/%s" % (server.host, name)
 
@@ -97,9 +102,9 @@ def test_multi_platform_index_and_an_artifact_travel_byte_for_byte(tmp_path, doc
     docker(docker_host, "rmi", "-f", "%s:1" % image, "%s@%s" % (image, _digest(index)))
 
     # the engine loads the host's platform of the same tag from the remote, without the accelerator
-    result = json.loads(dogestry("pull", remote, "%s:1" % name, "--docker-host", docker_host, "--json").stdout)
+    result = json.loads(dogestry("pull", remote, "%s:1" % name, "--docker-host", docker_host, "--json", *extra).stdout)
     assert docker(docker_host, "run", "--rm", "%s:1" % name).stdout == "amd64\n"
-    tags = json.loads(dogestry("tags", remote, "--json").stdout)["tags"]
+    tags = json.loads(dogestry("tags", remote, "--json", *extra).stdout)["tags"]
     assert tags["%s:1" % name]["media_type"] == OCI_INDEX
     assert tags["%s:1" % name]["image_id"] == result["image_id"]
     docker(docker_host, "rmi", "-f", "%s:1" % name)
@@ -126,5 +131,5 @@ def test_multi_platform_index_and_an_artifact_travel_byte_for_byte(tmp_path, doc
            "oci:%s:multi" % (tmp_path / "out"))
     with open(str(tmp_path / "out" / "index.json")) as f:
         assert json.load(f)["manifests"][0]["digest"] == _digest(index)
-    report = json.loads(dogestry("verify", remote, "--json").stdout)
+    report = json.loads(dogestry("verify", remote, "--json", *extra).stdout)
     assert report["problems"] == [] and report["checked"]["tags"] == 2
