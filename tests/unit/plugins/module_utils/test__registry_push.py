@@ -504,8 +504,8 @@ def test_hostile_oci_documents_are_refused_in_one_line(api, case):
                "manifests": [{"mediaType": OCI_MANIFEST, "digest": "sha999:abc", "size": 1}]}
     if body is None and method == "PUT":
         body = json.dumps(doc).encode()
-    status, _h, payload = call(api, method, path, body, headers={"Content-Type": OCI_INDEX if "manifests" in doc
-                                                                   else OCI_MANIFEST})
+    content_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+    status, _h, payload = call(api, method, path, body, headers={"Content-Type": content_type})
     error = json.loads(payload)["errors"][0]
     assert status == 400 and error["code"] in ("MANIFEST_INVALID", "DIGEST_INVALID", "NAME_INVALID"), error
     assert "\n" not in error["message"] and len(error["message"]) < 400
