@@ -90,15 +90,15 @@ class Server:
         return rss
 
 
-def start_registry(tmp, s3=None):
+def start_registry(tmp, s3=None, store=None):
     """docker-registry on a free port, storing in a new directory, or under a new prefix of S3
-    (`s3`: (endpoint URL, bucket))."""
+    (`s3`: (endpoint URL, bucket)); or in `store`, a directory or prefix an earlier one used."""
     exe = shutil.which("docker-registry")
     if not exe:
         sys.exit("docker-registry is not installed (scripts/setup.sh installs Debian's docker-registry)")
-    store = os.path.join(tmp, "registry-store-%s" % uuid.uuid4().hex[:6])
+    if store is None:
+        store = "reg-%s" % uuid.uuid4().hex[:6] if s3 else os.path.join(tmp, "registry-store-%s" % uuid.uuid4().hex[:6])
     if s3:
-        store = "reg-%s" % uuid.uuid4().hex[:6]
         storage = ("  s3:\n    accesskey: bench\n    secretkey: bench\n    region: us-east-1\n"
                    "    regionendpoint: %s\n    bucket: %s\n    secure: false\n    v4auth: true\n"
                    "    rootdirectory: /%s\n" % (s3[0], s3[1], store))

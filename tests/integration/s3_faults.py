@@ -3,20 +3,24 @@
 Faults (tests): it answers some requests with 503 SlowDown or 500, drops some connections before
 or after forwarding them (so an applied write looks failed to the client), delays some, and cuts
 some response bodies short; drawn from a seeded generator, counted by kind in `injected`.
-Shaping (benchmarks/registry_bench.py): a fixed delay per request and a bandwidth cap per
-connection each way, so that parallel ranged GETs are judged under S3-like latency."""
+Shaping (benchmarks/registry_bench.py, fanout_bench.py): a fixed delay per request and a bandwidth
+cap per connection each way, so that parallel ranged GETs are judged under S3-like latency.
+Counting (tests/integration/test_fanout.py, fanout_bench.py): every request forwarded to the
+server is recorded (method, object path, Range, status, body bytes sent to the client), so a test
+can tell how often, and which bytes of, each object were read."""
 
 import http.client
 import random
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, namedtuple
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 FAULTS = {"slowdown": 0.10, "error500": 0.05, "drop_before": 0.05, "drop_after": 0.05, "slow": 0.08, "truncate": 0.04}
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "expect"}
+Forwarded = namedtuple("Forwarded", "method path query range status sent")
 _ERROR = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s</Message>'
           '<RequestId>fault</RequestId></Error>')
 
@@ -30,6 +34,7 @@ class FaultProxy:
         self.faults = dict(FAULTS if faults is None else faults)
         self.injected = Counter()
         self.forwarded = 0
+        self.records = []       # a Forwarded per request answered by the server, oldest first
         self.lock = threading.Lock()
         proxy = self
 
@@ -62,6 +67,8 @@ class FaultProxy:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 body = body[:len(body) // 2] if cut else body
+                if head:
+                    return 0
                 if proxy.rate:
                     for start in range(0, len(body), 64 << 10):
                         self.wfile.write(body[start:start + (64 << 10)])
@@ -70,6 +77,7 @@ class FaultProxy:
                     self.wfile.write(body)
                 if cut:
                     self.close_connection = True
+                return len(body)
 
             def _handle(self):
                 body = self._body()
@@ -91,7 +99,8 @@ class FaultProxy:
                 if fault == "drop_after":       # the write happened; the client cannot know
                     self._drop()
                     return
-                self._send(status, headers, payload, cut=(fault == "truncate" and len(payload) > 1))
+                sent = self._send(status, headers, payload, cut=(fault == "truncate" and len(payload) > 1))
+                proxy.record(self.command, self.path, self.headers.get("Range"), status, sent)
 
             def _drop(self):
                 self.close_connection = True
@@ -117,6 +126,26 @@ class FaultProxy:
                     return fault
                 roll -= rate
             return None
+
+    def record(self, method, path, range_header, status, sent):
+        parts = urlsplit(path)
+        with self.lock:
+            self.records.append(Forwarded(method, unquote(parts.path), parts.query, range_header, status, sent))
+
+    def reset_counts(self):
+        with self.lock:
+            self.records = []
+
+    def counts(self, method="GET"):
+        """{object path ("/bucket/key" with path-style addressing): (requests, body bytes sent)} of the
+        `method` requests forwarded since the start or reset_counts()."""
+        found = {}
+        with self.lock:
+            for rec in self.records:
+                if rec.method == method:
+                    requests, sent = found.get(rec.path, (0, 0))
+                    found[rec.path] = (requests + 1, sent + rec.sent)
+        return found
 
     def forward(self, method, path, headers, body):
         conn = http.client.HTTPConnection(self.upstream, timeout=120)

@@ -15,13 +15,12 @@ import sys
 import time
 import uuid
 
-import docker
-import docker.errors
 import pytest
 import yaml
 
 from ansible_runner import run_playbook
-from conftest import REPO, _start, _stop, wait_for
+from conftest import REPO, wait_for
+from docker_daemons import Dockerd
 from dogestry_cli import Server, dogestry
 from dogestry_cli import docker as docker_cli
 
@@ -40,26 +39,20 @@ class FleetHost:
         os.makedirs(self.dir)
         self.host = "unix://%s/docker.sock" % self.dir
         self.remote, self.log_dir = remote, log_dir
-        self.proc = self.accelerator = None
+        self.docker = self.proc = self.accelerator = None
 
     def start_docker(self):
-        # A setting of the host's own, which the registry_block role must keep.
-        with open(os.path.join(self.dir, "daemon.json"), "w") as f:
-            json.dump({"log-level": "info"}, f)
         with open(os.path.join(self.dir, "hosts"), "w") as f:
             f.write("127.0.0.1 localhost\n")
-        namespace = "dogestry-%s-%d" % (self.name, os.getpid())
-        self.proc = _start(["unshare", "--net", "--", "dockerd", "--config-file", os.path.join(self.dir, "daemon.json"),
-                            "-H", self.host, "--data-root", os.path.join(self.dir, "data"),
-                            "--exec-root", os.path.join(self.dir, "exec"), "--pidfile", os.path.join(self.dir, "pid"),
-                            "--iptables=false", "--ip6tables=false", "--containerd-namespace", namespace,
-                            "--containerd-plugins-namespace", namespace + "-plugins"],
-                           os.path.join(self.log_dir, "%s-dockerd.log" % self.name))
+        # A setting of the host's own (in its daemon.json), which the registry_block role must keep.
+        self.docker = Dockerd(self.name, self.dir, os.path.join(self.log_dir, "%s-dockerd.log" % self.name),
+                              network="own", config={"log-level": "info"})
+        self.docker.start()
+        self.proc = self.docker.proc
 
     def start_accelerator(self):
-        wait_for(lambda: docker.APIClient(base_url=self.host, version="auto", timeout=5).ping(), 90,
-                 "dockerd of %s" % self.name)
-        netns = "--net=/proc/%d/ns/net" % self.proc.pid
+        self.docker.wait()
+        netns = "--net=%s" % self.docker.netns
         subprocess.run(["nsenter", netns, "ip", "link", "set", "lo", "up"], check=True)
         routes = subprocess.run(["nsenter", netns, "ip", "route", "show", "default"], stdout=subprocess.PIPE,
                                 universal_newlines=True, check=True).stdout
@@ -68,7 +61,7 @@ class FleetHost:
                                   args=["--cache-dir", os.path.join(self.dir, "cache")])
 
     def api(self):
-        return docker.APIClient(base_url=self.host, version="auto", timeout=120)
+        return self.docker.api()
 
     def role_vars(self):
         """registry_block's paths pointed at this host's files (its reload is ours: a SIGHUP)."""
@@ -85,13 +78,8 @@ class FleetHost:
     def stop(self):
         if self.accelerator:
             self.accelerator.stop()
-        if self.proc and self.proc.poll() is None:
-            try:    # live-restore (set by registry_block) would leave them running past dockerd
-                for container in self.api().containers(all=True):
-                    self.api().remove_container(container["Id"], force=True)
-            except docker.errors.APIError:
-                pass
-        _stop(self.proc)
+        if self.docker:
+            self.docker.stop()
 
 
 def make_registry_free(hosts, work):
