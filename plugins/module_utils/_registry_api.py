@@ -191,6 +191,7 @@ class RegistryApi:
         self.writer = writer
         self.puller = puller
         self._pulling = [threading.Lock() for _lock in range(16)]     # striped by image: bounded memory
+        self._reading = [threading.Lock() for _lock in range(16)]     # striped by oid: see _single_flight
         self.metrics = metrics or Metrics()
         self._configs: Dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -201,11 +202,20 @@ class RegistryApi:
 
     # -- knowledge of the remote ----------------------------------------------------------
 
+    def _single_flight(self, oid: str):
+        """The lock under which one reader fetches a small object (a manifest, a config) that several
+        clients ask for at once; the others then find it in memory. Striped: memory stays bounded."""
+        return self._reading[int(oid[:8], 16) % len(self._reading)]
+
     def _learn(self, manifest_oid: str) -> Tuple[Manifest, bytes, str]:
         with self._lock:
             manifest = self._manifests.get(manifest_oid)
         if manifest is None:
-            manifest = self.repo.read_manifest(manifest_oid)   # verified against its address
+            with self._single_flight(manifest_oid):
+                with self._lock:
+                    manifest = self._manifests.get(manifest_oid)
+                if manifest is None:
+                    manifest = self.repo.read_manifest(manifest_oid)   # verified against its address
         body = manifest.oci_bytes()
         digest = sha256_hex(body)
         with self._lock:
@@ -643,9 +653,13 @@ class RegistryApi:
         with self._lock:
             config = self._configs.get(manifest.config_oid)
         if config is None:
-            config = self.repo.read_config(manifest)       # verified before a byte is sent
-            with self._lock:
-                if len(self._configs) >= self.MAX_CONFIGS:
-                    self._configs.pop(next(iter(self._configs)))
-                self._configs[manifest.config_oid] = config
+            with self._single_flight(manifest.config_oid):
+                with self._lock:
+                    config = self._configs.get(manifest.config_oid)
+                if config is None:
+                    config = self.repo.read_config(manifest)       # verified before a byte is sent
+                    with self._lock:
+                        if len(self._configs) >= self.MAX_CONFIGS:
+                            self._configs.pop(next(iter(self._configs)))
+                        self._configs[manifest.config_oid] = config
         return config

@@ -31,6 +31,7 @@ class Repository:
         self.remote = remote
         self.url = remote.url
         self._checked = False
+        self._holds_oci = False
         # Verified manifests by oid: content-addressed, so never stale. A push plan looks at the
         # same manifest up to three times (tag, index, completeness); this saves those round trips.
         self._manifests: Dict[str, Manifest] = {}
@@ -58,9 +59,12 @@ class Repository:
     def hold_oci_content(self) -> None:
         """Raise the remote to format version 2 before its first verbatim OCI object, so that releases
         which cannot see such objects (and would prune their blobs) refuse it instead."""
+        if self._holds_oci:
+            return
         self.check(create=True)
         if version_of(self.remote.get(VERSION_KEY)) < 2:
             self.remote.put(VERSION_KEY, version_document(2), overwrite=True)
+        self._holds_oci = True
 
     # -- tags ---------------------------------------------------------------------------------
 
