@@ -260,21 +260,40 @@ def cmd_pull(args, out: Output) -> int:
 
 
 def _pull_into(repo, daemons, args, out: Output) -> int:
+    """Plan for each daemon, then load into all of them at once (each layer is fetched once: see
+    _SpooledRemote); a progress bar for one daemon. A daemon that fails does not stop the others."""
     from ._engine import execute_pull, human_size, plan_pull
-    for daemon in daemons:
-        plan = plan_pull(daemon, repo, args.image)
+    plans = [(daemon, plan_pull(daemon, repo, args.image)) for daemon in daemons]
+
+    def pull(daemon, plan, report=lambda layer: None):
+        return execute_pull(daemon, repo, plan, report)
+
+    if len(plans) == 1:
+        daemon, plan = plans[0]
         stored = {layer.oid: layer.stored_size for layer in plan.missing}
         progress_bar = Progress(out, "pulling %s into %s" % (plan.ref or args.image, daemon.host),
                                 len(stored), sum(stored.values()))
-        result = execute_pull(daemon, repo, plan,
-                              lambda layer: progress_bar.advance(stored[layer.oid]) if layer.oid in stored else None)
+        outcomes = [(daemon, plan, pull(daemon, plan, lambda layer: progress_bar.advance(stored[layer.oid])
+                                        if layer.oid in stored else None), None)]
         out.done()
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(len(plans)) as pool:
+            futures = [(daemon, plan, pool.submit(pull, daemon, plan)) for daemon, plan in plans]
+        outcomes = [(daemon, plan) + ((None, future.exception()) if future.exception() else (future.result(), None))
+                    for daemon, plan, future in futures]
+    for daemon, plan, result, error in outcomes:
+        if error is not None:
+            continue
         if result.get("reason"):
             line = "%s on %s: %s (%s downloaded)" % (plan.ref or args.image, daemon.host, result["reason"],
                                                      human_size(result.get("bytes_transferred") or 0))
         else:
             line = "%s on %s: up to date" % (plan.ref or args.image, daemon.host)
         out.result(dict(result, docker_host=daemon.host), line)
+    errors = [error for _daemon, _plan, _result, error in outcomes if error is not None]
+    if errors:
+        raise errors[0]
     return 0
 
 
