@@ -8,9 +8,22 @@ own: `dogestry push` and `dogestry pull` (the CLI, the engine the modules run) a
 directory remote, and `dogestry serve` while Docker pulls the image through it (cold, from a
 daemon without the layer) and while Docker pushes it through (into an empty remote). The
 layer is random data, so compression cannot shrink the work. Target (issue 10): every peak under
-200 MB. Exit status 0 only if every peak is under --limit-mb.
+200 MB. Exit status 0 only if every peak is under --limit-mb. MB/s is the layer's size over the
+command's (or Docker's) time, for comparing runs on one machine, not an S3 speed.
+
+With --s3 raw|shaped the same four run against an s3:// remote too: moto_server on loopback,
+`shaped` behind tests/integration/s3_faults.py's proxy (no faults; a delay per request and a
+bandwidth cap per connection, as registry_bench.py), the accelerator with a --cache-dir as the
+role deploys it. moto reads the whole object for every ranged GET, so keep --layer-mb at 512 or
+so with --s3 (peaks do not depend on the layer's size once it spans a few parts); --s3-only skips
+the directory rows. --layers N splits the data into N layers: Docker then pulls three at once
+through the accelerator (three ranged readers), and the engine reads ahead into the next one.
 
     python3 benchmarks/memory_bench.py [--layer-mb 2048] [--limit-mb 200] [--docker-host URL]
+                                       [--s3 raw|shaped [--s3-only]] [--layers 1] [--jobs 4] [--baseline DIR]
+
+--baseline DIR runs every row with another checkout's code as well (just before this one's, so
+both see the same machine load): before/after numbers of a change in one run.
 
 Needs about 4x the layer size free in the temp dir (the build context, the remote, Docker's copy).
 """
@@ -27,17 +40,25 @@ import urllib.request
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import REPO, free_port, log, peak_rss  # noqa: E402
+from bench import REPO, Moto, free_port, log, peak_rss  # noqa: E402
 
 DOGESTRY = os.path.join(REPO, ".venv", "bin", "dogestry")
 MiB = 1 << 20
 
 
+def thread_count(pid):
+    with open("/proc/%d/status" % pid) as fh:
+        for line in fh:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
 class Peak:
-    """Poll a process's VmHWM (its peak RSS so far) until it exits."""
+    """Poll a process's VmHWM (its peak RSS so far) and thread count until it exits."""
 
     def __init__(self, proc):
-        self.proc, self.peak = proc, 0
+        self.proc, self.peak, self.threads = proc, 0, 0
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
@@ -45,26 +66,27 @@ class Peak:
         while self.proc.poll() is None:
             try:
                 self.peak = max(self.peak, peak_rss(self.proc.pid))
-            except OSError:
+                self.threads = max(self.threads, thread_count(self.proc.pid))
+            except (OSError, ValueError):
                 break
             time.sleep(0.05)
 
     def wait(self):
         self.proc.wait()
         self.thread.join()
-        return self.peak
+        return self.peak, self.threads
 
 
 def run_measured(cmd, env):
-    """Run cmd to completion; (seconds, peak RSS bytes) of that process."""
+    """Run cmd to completion; (seconds, peak RSS bytes, most threads) of that process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = Peak(proc)
     _out, err = proc.communicate()
-    peak.wait()
+    rss, threads = peak.wait()
     if proc.returncode != 0:
         sys.exit("%s failed: %s" % (" ".join(cmd), err.decode(errors="replace").strip()))
-    return time.perf_counter() - start, peak.peak
+    return time.perf_counter() - start, rss, threads
 
 
 def docker(host, *args):
@@ -77,39 +99,63 @@ def main():
     parser.add_argument("--limit-mb", type=int, default=200)
     parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
     parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=1, help="split --layer-mb into this many layers (Docker "
+                        "moves three at once through the accelerator)")
+    parser.add_argument("--s3", choices=["raw", "shaped"], help="also against an s3:// remote (moto_server)")
+    parser.add_argument("--s3-only", action="store_true", help="with --s3: skip the directory remote")
+    parser.add_argument("--s3-delay-ms", type=float, default=30.0)
+    parser.add_argument("--s3-mbps", type=float, default=60.0, help="MB/s per connection, each way")
+    parser.add_argument("--baseline", metavar="DIR", help="another checkout (e.g. `git worktree add DIR HEAD~1`): "
+                        "every row runs with its plugins/module_utils too, just before this one's")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="dogestry-membench-", dir=args.tmpdir)
-    shim = os.path.join(tmp, "shim")
-    os.makedirs(shim)
-    os.symlink(os.path.join(REPO, "plugins", "module_utils"), os.path.join(shim, "dogestry"))
-    env = dict(os.environ, PYTHONPATH=shim)
+    trees = [("", REPO)] + ([(" [baseline]", os.path.abspath(args.baseline))] if args.baseline else [])
+    envs = {}
+    for label, tree in trees:
+        if not os.path.isdir(os.path.join(tree, "plugins", "module_utils")):
+            sys.exit("%s has no plugins/module_utils" % tree)
+        shim = os.path.join(tmp, "shim%d" % len(envs))
+        os.makedirs(shim)
+        os.symlink(os.path.join(tree, "plugins", "module_utils"), os.path.join(shim, "dogestry"))
+        envs[label] = dict(os.environ, PYTHONPATH=shim)
     name = "dogestry-membench-%s" % uuid.uuid4().hex[:8]
     host = args.docker_host
     results = {}
+    moto = proxy = None
     try:
         ctx = os.path.join(tmp, "ctx")
         os.makedirs(ctx)
-        log("writing a %d MB random layer" % args.layer_mb)
-        with open(os.path.join(ctx, "big.bin"), "wb") as fh:
-            for _i in range(args.layer_mb):
-                fh.write(os.urandom(MiB))
+        log("writing %d MB of random data for %d layer(s)" % (args.layer_mb, args.layers))
+        lines = ["FROM scratch"]
+        for layer in range(args.layers):
+            with open(os.path.join(ctx, "big%d.bin" % layer), "wb") as fh:
+                for _i in range(args.layer_mb // args.layers):
+                    fh.write(os.urandom(MiB))
+            lines.append("COPY big%d.bin /big%d.bin" % (layer, layer))
         with open(os.path.join(ctx, "Dockerfile"), "w") as fh:
-            fh.write("FROM scratch\nCOPY big.bin /big.bin\n")
+            fh.write("\n".join(lines) + "\n")
         subprocess.run(["docker", "-H", host, "build", "-q", "--network", "none", "-t", name + ":1", ctx], check=True,
                        stdout=subprocess.DEVNULL, env=dict(os.environ, DOCKER_BUILDKIT="0"))
         shutil.rmtree(ctx)
-        remote = os.path.join(tmp, "remote")
-        results["dogestry push"] = run_measured([DOGESTRY, "push", remote, name + ":1", "--docker-host", host], env)
-        log("push: %.1fs, peak RSS %.0f MB" % (results["dogestry push"][0], results["dogestry push"][1] / 1e6))
-        docker(host, "rmi", name + ":1")
-        results["dogestry pull"] = run_measured([DOGESTRY, "pull", remote, name + ":1", "--docker-host", host], env)
-        log("pull: %.1fs, peak RSS %.0f MB" % (results["dogestry pull"][0], results["dogestry pull"][1] / 1e6))
-        docker(host, "rmi", name + ":1")
+        stores = [] if args.s3 and args.s3_only else [("", lambda what: os.path.join(tmp, what), [])]
+        if args.s3:
+            moto = Moto(tmp)          # also sets dummy AWS_* credentials for every client
+            for env in envs.values():
+                env.update({k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
+            url = moto.url
+            if args.s3 == "shaped":
+                sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+                from s3_faults import FaultProxy
+                proxy = FaultProxy(moto.url, faults={}, delay=args.s3_delay_ms / 1000.0, rate=args.s3_mbps * 1e6)
+                url = proxy.url
+            stores.append((" (s3 %s)" % args.s3, lambda what: "s3://bench/%s/" % what, ["--endpoint-url", url]))
+        jobs = ["--jobs", str(args.jobs)]
 
-        def serve(store):
+        def serve(store, extra, env):
             port = free_port()
             server = subprocess.Popen([DOGESTRY, "serve", store, "--listen", "127.0.0.1:%d" % port, "--spool-dir",
-                                       tmp], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                       tmp] + extra + jobs, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for _i in range(100):
                 try:
                     urllib.request.urlopen("http://127.0.0.1:%d/v2/" % port, timeout=2).read()
@@ -118,35 +164,55 @@ def main():
                     time.sleep(0.1)
             return server, Peak(server), "127.0.0.1:%d/%s" % (port, name)
 
-        def through(store, what, *docker_args):
+        def through(store, extra, env, what, *docker_args):
             """Time `docker ARGS` against an accelerator over `store`; record the server's peak."""
-            server, watch, ref = serve(store)
+            server, watch, ref = serve(store, extra, env)
             start = time.perf_counter()
             if docker_args[0] == "push":
                 docker(host, "tag", name + ":1", ref + ":1")
             docker(host, *docker_args, ref + ":1")
             seconds = time.perf_counter() - start
             server.terminate()
-            results[what] = (seconds, watch.wait())
-            log("%s: %.1fs" % (what, seconds))
+            results[what] = (seconds,) + watch.wait()
+            log("%s: %.1fs, peak RSS %.0f MB" % (what, seconds, results[what][1] / 1e6))
             return ref
 
-        ref = through(remote, "accelerator serving a docker pull", "pull")
-        docker(host, "tag", ref + ":1", name + ":1")
-        target = through(os.path.join(tmp, "pushed-remote"), "accelerator taking a docker push", "push")   # empty
-        for tag in (ref + ":1", target + ":1"):
-            docker(host, "rmi", tag)
+        for suffix, where, extra in stores:
+            for label, env in envs.items():
+                remote, pushed = where("remote%d" % len(results)), where("pushed%d" % len(results))
+                for what, cmd in (("dogestry push", "push"), ("dogestry pull", "pull")):
+                    what += suffix + label
+                    results[what] = run_measured([DOGESTRY, cmd, remote, name + ":1", "--docker-host", host] + extra + jobs,
+                                                 env)
+                    log("%s: %.1fs, peak RSS %.0f MB" % (what, results[what][0], results[what][1] / 1e6))
+                    docker(host, "rmi", name + ":1")
+                cache = ["--cache-dir", os.path.join(tmp, "cache-%s" % uuid.uuid4().hex[:6])] if extra else []
+                ref = through(remote, extra + cache, env, "accelerator serving a docker pull" + suffix + label, "pull")
+                docker(host, "tag", ref + ":1", name + ":1")
+                target = through(pushed, extra, env, "accelerator taking a docker push" + suffix + label, "push")  # empty
+                for tag in (ref + ":1", target + ":1"):
+                    docker(host, "rmi", tag)
+                if cache:
+                    shutil.rmtree(cache[1], ignore_errors=True)
     finally:
         subprocess.run(["docker", "-H", host, "rmi", "-f", name + ":1"], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
+        if proxy:
+            proxy.stop()
+        if moto:
+            moto.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    print("\n| %d MB layer | seconds | peak RSS | limit %d MB |" % (args.layer_mb, args.limit_mb))
-    print("|---|---|---|---|")
+    size = "%d MB layer" % args.layer_mb if args.layers == 1 else "%d MB in %d layers" % (args.layer_mb, args.layers)
+    print("\n| %s | seconds | MB/s | peak RSS | threads | limit %d MB |" % (size, args.limit_mb))
+    print("|---|---|---|---|---|---|")
     ok = True
-    for what, (seconds, peak) in results.items():
-        passed = peak < args.limit_mb * 1e6
+    for what in sorted(results, key=lambda w: (w.replace(" [baseline]", ""), " [baseline]" not in w)):
+        seconds, peak, threads = results[what]
+        passed = peak < args.limit_mb * 1e6 or "[baseline]" in what
         ok &= passed
-        print("| %s | %.1f | %.0f MB | %s |" % (what, seconds, peak / 1e6, "PASS" if passed else "FAIL"))
+        rate = args.layer_mb * MiB / 1e6 / seconds
+        print("| %s | %.1f | %.0f | %.0f MB | %d | %s |" % (what, seconds, rate, peak / 1e6, threads,
+                                                         "PASS" if passed else "FAIL"))
     print("machine: %d cores, load %.1f; %s" % (os.cpu_count(), os.getloadavg()[0], time.strftime("%Y-%m-%d")))
     sys.exit(0 if ok else 1)
 

@@ -6,6 +6,7 @@ multipart upload and the ranged GETs really happen.
 """
 
 import os
+import sys
 import threading
 import time
 import uuid
@@ -92,6 +93,49 @@ def test_round_trip_with_multipart_and_ranged_gets(daemon, build_image, s3url, r
     assert sorted(r for key, r in calls.ranges if key.endswith(big.key)) == [
         "bytes=0-5242879", "bytes=5242880-%d" % (big.stored_size - 1)]
     assert daemon.inspect(name + ":1")["Id"] == image_id
+
+
+def test_pull_reads_ahead_into_the_next_layer_within_the_budget(daemon, build_image, s3url, repo_for, name):
+    """A pull opens the next layer when `docker load` reaches the current one: the next one's first part
+    is fetched while the current one drains, and the parts held stay within the remote's read-ahead
+    budget (its own accounting: buffers granted, whether downloaded yet or not), then all go back."""
+    layers = [{"/l%d.bin" % i: os.urandom(12 * MiB)} for i in range(3)]    # random: 3 parts each, stored lz4
+    image_id = build_image(daemon.host, name + ":1", layers, isolated=True)
+    push(daemon, repo_for(s3url), name + ":1")
+    daemon.remove(name + ":1")
+    repo = repo_for(s3url, jobs=1)
+    calls = Calls(repo.remote)
+    budget, part = repo.remote.read_ahead, repo.remote.part_size
+    assert budget.limit == 3 * part                # (jobs + 2) parts
+    result = pull(daemon, repo, name + ":1")
+    assert daemon.inspect(name + ":1")["Id"] == image_id and len(result["layers_transferred"]) == 4
+    # the first big layer took the whole budget when it was opened, early; the second then got its first
+    # part before a byte of the first was read: the budget, and one part for the second open reader
+    assert budget.peak == budget.limit + part
+    assert budget.held == 0 and budget.readers == []
+    assert sum(1 for _key, r in calls.ranges if r.startswith("bytes=0-")) == 3
+
+
+def test_ranged_reads_resume_a_part_where_its_connection_broke(s3_env, s3_bucket):
+    """Responses cut short mid-body (the fault proxy over moto): each part is resumed from the byte it
+    had reached, not fetched again whole, and the bytes read back are the object's."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from s3_faults import FaultProxy
+    part = 5 * MiB
+    data = os.urandom(3 * part + 12345)
+    remote_from_url("s3://%s/cut/" % s3_bucket, endpoint_url=s3_env).put("blob", data)
+    proxy = FaultProxy(s3_env, seed=3, faults={"truncate": 0.3})       # seed 3: the first answer is cut
+    try:
+        remote = remote_from_url("s3://%s/cut/" % s3_bucket, endpoint_url=proxy.url, part_size=part, jobs=2)
+        calls = Calls(remote)
+        with remote.open("blob", len(data)) as body:
+            assert b"".join(iter(lambda: body.read(MiB), b"")) == data
+    finally:
+        proxy.stop()
+    starts = [int(r[len("bytes="):].split("-")[0]) for _key, r in calls.ranges]
+    resumed = [start for start in starts if start % part]
+    assert proxy.injected["truncate"] >= 1 and len(resumed) == proxy.injected["truncate"], (starts, dict(proxy.injected))
+    assert remote.read_ahead.held == 0
 
 
 def test_concurrent_pushes_sharing_layers(daemon, build_image, s3url, repo_for, name):

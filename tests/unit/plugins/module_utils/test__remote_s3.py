@@ -1,6 +1,8 @@
 """S3Remote against a real moto_server over HTTP (fixtures s3_endpoint/s3_env in tests/conftest.py)."""
 
+import hashlib
 import os
+import time
 import uuid
 
 import pytest
@@ -139,6 +141,96 @@ def test_ranged_read_of_an_object_smaller_than_claimed_is_corrupt(remote, claime
         with remote.open("blob", claimed) as body:
             while body.read(1 << 20):
                 pass
+
+
+def _drain(body, chunk=1 << 20):
+    return b"".join(iter(lambda: body.read(chunk), b""))
+
+
+def test_ranged_readers_share_one_read_ahead_budget(s3_env, bucket):
+    """Readers of one remote hold at most read_ahead bytes, plus one part for each other open reader;
+    the oldest reader is served first. Counted by the remote's own accounting, not by timing."""
+    part = 5 * MiB
+    remote = remote_from_url("s3://%s/ra/" % bucket, endpoint_url=s3_env, part_size=part, jobs=4, read_ahead=2 * part)
+    blobs = {"b%d" % i: os.urandom(4 * part + i + 1) for i in range(3)}
+    for key, data in blobs.items():
+        remote.put(key, data)
+    budget = remote.read_ahead
+    readers = {key: remote.open(key, len(data)) for key, data in sorted(blobs.items())}
+    # the first reader got the whole budget, the others one part each, before anything was read
+    assert [len(readers[key].parts) for key in sorted(readers)] == [2, 1, 1]
+    assert budget.held == 4 * part
+    got = {key: [] for key in blobs}
+    most = 0
+    while any(reader.parts for reader in readers.values()):
+        for key, reader in sorted(readers.items(), reverse=True):     # read the newest first
+            got[key].append(reader.read(MiB))
+            most = max(most, budget.held)
+            assert budget.held <= budget.limit + 2 * part
+    for key, reader in readers.items():
+        reader.close()
+        assert b"".join(got[key]) == blobs[key]
+    assert most == budget.peak == 4 * part and budget.held == 0
+
+
+def test_next_reader_gets_the_budget_while_the_current_one_drains(remote, bucket):
+    """Read-ahead across objects (layers): once the current reader has asked for its last part,
+    what it gives back goes to the next one, before that one is read at all."""
+    part = remote.part_size
+    first, second = os.urandom(4 * part), os.urandom(4 * part - 7)
+    remote.put("first", first)
+    remote.put("second", second)
+    budget = remote.read_ahead
+    assert budget.limit == (remote.jobs + 2) * part == 5 * part
+    with remote.open("first", len(first)) as current, remote.open("second", len(second)) as following:
+        assert (len(current.parts), len(following.parts)) == (4, 1)
+        assert _drain(current) == first
+        assert len(following.parts) == 4 and budget.held == 4 * part      # all of it, not yet read
+        for granted in list(following.parts):
+            granted.future.result(timeout=60)                              # downloaded while unread
+        assert all(granted.filled == granted.length for granted in following.parts)
+        assert _drain(following) == second
+    assert budget.held == 0
+
+
+def test_closing_a_reader_mid_object_gives_its_parts_back(remote):
+    data = os.urandom(3 * remote.part_size)
+    remote.put("blob", data)
+    with remote.open("blob", len(data)) as body:
+        assert body.read(1000) == data[:1000]
+    with remote.open("blob", len(data)) as body:      # nothing read at all
+        pass
+    for _attempt in range(100):                       # a download still running gives its buffer back when it stops
+        if remote.read_ahead.held == 0:
+            break
+        time.sleep(0.1)
+    assert remote.read_ahead.held == 0 and remote.read_ahead.readers == []
+    with pytest.raises(RemoteError, match="closed"):
+        body.read(10)
+
+
+def test_uploads_and_ranged_reads_never_hold_a_part_in_python_memory(remote, tmp_path):
+    """Parts stream from the spool file (upload) and into reused mmaps (ranged reads): allocations
+    of part size in many threads are what left the accelerator's memory in malloc's arenas."""
+    import tracemalloc
+    data = os.urandom(3 * remote.part_size + 1)
+    src = tmp_path / "big"
+    src.write_bytes(data)
+    tracemalloc.start()
+    try:
+        assert remote.put_file("big", str(src)) is True
+        uploading = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        digest = hashlib.sha256()
+        with remote.open("big", len(data)) as body:
+            for chunk in iter(lambda: body.read(1 << 20), b""):
+                digest.update(chunk)
+        reading = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert digest.digest() == hashlib.sha256(data).digest()
+    # before: every part in flight was a bytes object of part_size (jobs x 5 MiB = 15 MiB and more)
+    assert uploading < 2 * remote.part_size and reading < 2 * remote.part_size, (uploading, reading)
 
 
 def test_multipart_loses_to_existing_object(remote, tmp_path):
