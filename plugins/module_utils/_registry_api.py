@@ -482,8 +482,9 @@ class RegistryApi:
     def _manifest(self, names: List[str], ref: str, accept: List[str], head: bool, clock) -> Response:
         if ":" in ref:
             digest = self._digest(ref)
-            target: Union[str, Descriptor, None] = None
-            if self._holds_images():
+            with self._lock:       # an image this API has shown already: no remote request
+                target: Union[str, Descriptor, None] = self._by_digest.get(digest[7:]) if digest.startswith("sha256:") else None
+            if target is None and self._holds_images():
                 try:
                     return self._verbatim_manifest(Descriptor("", digest, 0), head)
                 except RemoteNotFoundError:
