@@ -231,7 +231,7 @@ class FanoutBench:
         registry_read = 0
         try:
             if variant == "registry":
-                servers = [start_registry(self.tmp, store.s3, store.registry_store)]
+                servers = [start_registry(self.tmp, store.s3, store=store.registry_store)]
                 refs = ["%s/%s" % (servers[0].host, self.image)] * DAEMONS
             elif variant == "shared acc.":
                 servers = [self.accelerator(store, "shared")]

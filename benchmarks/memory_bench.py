@@ -22,8 +22,8 @@ through the accelerator (three ranged readers), and the engine reads ahead into 
     python3 benchmarks/memory_bench.py [--layer-mb 2048] [--limit-mb 200] [--docker-host URL]
                                        [--s3 raw|shaped [--s3-only]] [--layers 1] [--jobs 4] [--baseline DIR]
 
---baseline DIR runs every row with another checkout's code as well (just before this one's, so
-both see the same machine load): before/after numbers of a change in one run.
+--baseline DIR runs every row with another checkout's code as well (right before or after this
+one's, alternating, so both see the same machine load): before/after numbers of a change in one run.
 
 Needs about 4x the layer size free in the temp dir (the build context, the remote, Docker's copy).
 """
@@ -107,7 +107,7 @@ def main():
     parser.add_argument("--s3-delay-ms", type=float, default=30.0)
     parser.add_argument("--s3-mbps", type=float, default=60.0, help="MB/s per connection, each way")
     parser.add_argument("--baseline", metavar="DIR", help="another checkout (e.g. `git worktree add DIR HEAD~1`): "
-                        "every row runs with its plugins/module_utils too, just before this one's")
+                        "every row runs with its plugins/module_utils too, right before or after this one's")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="dogestry-membench-", dir=args.tmpdir)
     trees = [("", REPO)] + ([(" [baseline]", os.path.abspath(args.baseline))] if args.baseline else [])
@@ -178,20 +178,29 @@ def main():
             return ref
 
         for suffix, where, extra in stores:
-            for label, env in envs.items():
-                remote, pushed = where("remote%d" % len(results)), where("pushed%d" % len(results))
-                for what, cmd in (("dogestry push", "push"), ("dogestry pull", "pull")):
-                    what += suffix + label
-                    results[what] = run_measured([DOGESTRY, cmd, remote, name + ":1", "--docker-host", host] + extra + jobs,
-                                                 env)
-                    log("%s: %.1fs, peak RSS %.0f MB" % (what, results[what][0], results[what][1] / 1e6))
-                    docker(host, "rmi", name + ":1")
-                cache = ["--cache-dir", os.path.join(tmp, "cache-%s" % uuid.uuid4().hex[:6])] if extra else []
-                ref = through(remote, extra + cache, env, "accelerator serving a docker pull" + suffix + label, "pull")
-                docker(host, "tag", ref + ":1", name + ":1")
-                target = through(pushed, extra, env, "accelerator taking a docker push" + suffix + label, "push")  # empty
-                for tag in (ref + ":1", target + ":1"):
-                    docker(host, "rmi", tag)
+            # Row by row, each code tree in turn, the first one alternating: a run's later rows see a
+            # busier moto and page cache, which must not always favour the same tree.
+            remotes = {label: (where("remote%d" % i), where("pushed%d" % i)) for i, label in enumerate(envs)}
+            caches = {label: ["--cache-dir", os.path.join(tmp, "cache%d" % i)] if extra else [] for i, label in enumerate(envs)}
+            for number, row in enumerate(("dogestry push", "dogestry pull", "accelerator serving a docker pull",
+                                          "accelerator taking a docker push")):
+                for label in list(envs)[::-1 if number % 2 else 1]:
+                    env, (remote, pushed), what = envs[label], remotes[label], row + suffix + label
+                    if row.startswith("dogestry"):           # the image is there for a push, not for a pull
+                        if row == "dogestry pull":
+                            docker(host, "rmi", name + ":1")
+                        results[what] = run_measured([DOGESTRY, row.split()[1], remote, name + ":1", "--docker-host",
+                                                      host] + extra + jobs, env)
+                        log("%s: %.1fs, peak RSS %.0f MB" % (what, results[what][0], results[what][1] / 1e6))
+                    elif row == "accelerator serving a docker pull":
+                        docker(host, "rmi", name + ":1")
+                        ref = through(remote, extra + caches[label], env, what, "pull")
+                        docker(host, "tag", ref + ":1", name + ":1")
+                        docker(host, "rmi", ref + ":1")
+                    else:
+                        target = through(pushed, extra, env, what, "push")  # into an empty remote
+                        docker(host, "rmi", target + ":1")
+            for cache in caches.values():
                 if cache:
                     shutil.rmtree(cache[1], ignore_errors=True)
     finally:

@@ -8,6 +8,8 @@ Columns (each with a fresh store every repeat):
                2.8, filesystem storage) on loopback
   accelerator  `docker push` / `docker pull` through `dogestry serve` over a directory remote
   dogestry     the modules' engine (dogestry_push / dogestry_pull) into / from a directory remote
+  skopeo       `skopeo copy docker-daemon:IMG oci:DIR:TAG` and back (`oci:DIR:TAG docker-daemon:IMG`):
+               an OCI layout directory as the store, skopeo's defaults (it gzips the layers)
   floor        `docker save` to a file and `docker load` from it
 Rows: cold push, one-layer update push, cold pull (the daemon lacks every layer), one-layer update
 pull (the daemon has the previous release). The image is bench.py's (six layers of text, random,
@@ -20,7 +22,14 @@ of issue 8 is missed:
 Ratios over 1.0 within the spread of repeats are noise: judge with --repeat 3 or more.
 
     python3 benchmarks/registry_bench.py [--size-mb 220] [--repeat 3] [--docker-host unix:///...]
-                                         [--s3 raw|shaped]
+                                         [--s3 raw|shaped] [--docker28 | --netns-pid PID]
+
+--docker28 runs the whole table against Docker 28 on the containerd image store, started (or
+shared) the way tests/conftest.py starts it (scripts/fetch-docker.sh 28, its own containerd, its own
+network namespace). A daemon in another network namespace pulls from and pushes to its own
+loopback, so the registry and the accelerator are started inside that namespace (nsenter, as
+tests/integration/test_accelerator*.py do); --netns-pid PID does the same for a daemon given by
+--docker-host. The S3 columns need moto on the host's loopback, so they are not offered there.
 
 With --s3, three more columns store into S3 (moto_server on loopback): the registry with its S3
 storage driver, the accelerator and the engine with an s3:// remote. moto serves every ranged GET
@@ -33,20 +42,24 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
 from collections import defaultdict
+
+from docker import errors as docker_errors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import REPO, Engine, Moto, docker_build, free_port, log, make_context, peak_rss, run  # noqa: E402
 
 VENV_DOGESTRY = os.path.join(REPO, ".venv", "bin", "dogestry")
 ROWS = ("cold push", "update push", "cold pull", "update pull")
-COLUMNS = ("registry", "accelerator", "dogestry", "floor")
+COLUMNS = ("registry", "accelerator", "dogestry", "skopeo", "floor")
 S3_COLUMNS = ("registry s3", "accelerator s3", "dogestry s3")
 
 
@@ -57,25 +70,136 @@ def du(path):
     return total
 
 
-class Server:
-    """A registry-API server on a free loopback port, stopped by stop()."""
+def in_netns(netns_pid, cmd):
+    """`cmd` run in the network namespace of process `netns_pid` (nsenter execs it: same pid)."""
+    return ["nsenter", "--net=/proc/%d/ns/net" % netns_pid, "--"] + cmd if netns_pid else cmd
 
-    def __init__(self, cmd, store, log_path, env=None, port=None):
+
+def answers(url, netns_pid=None):
+    """Whether GET url succeeds, from inside the namespace when there is one."""
+    if not netns_pid:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return True
+        except OSError:
+            return False
+    probe = "import urllib.request; urllib.request.urlopen(%r, timeout=2).read()" % url
+    return subprocess.run(in_netns(netns_pid, [sys.executable, "-c", probe]), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, check=False).returncode == 0
+
+
+class ApiVersionRelay:
+    """A unix-socket relay to a Docker daemon that rewrites the API version of each request ("/v1.22/" ->
+    "/v1.24/", the same length), bytes otherwise untouched: skopeo 1.9's docker-daemon transport speaks
+    API 1.22, which Docker >= 25 refuses (minimum 1.24). Used for the skopeo column only, when needed."""
+
+    def __init__(self, daemon_socket, path, old=b"/v1.22/", new=b"/v1.24/"):
+        self.daemon_socket, self.path, self.old, self.new = daemon_socket, path, old, new
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(16)
+        self.host = "unix://" + path
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _addr = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.daemon_socket)
+            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(1 << 20)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _requests(self, client, upstream):
+        """Client to daemon: each request's head rewritten, its body (Content-Length or chunked) copied."""
+        reader = client.makefile("rb")
+        try:
+            while True:
+                line = reader.readline()
+                if not line:
+                    break
+                head = [line.replace(self.old, self.new, 1)]
+                length, chunked = 0, False
+                while head[-1] not in (b"\r\n", b"\n", b""):
+                    header = reader.readline()
+                    name, _sep, value = header.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                    elif name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():
+                        chunked = True
+                    head.append(header)
+                upstream.sendall(b"".join(head))
+                while chunked:
+                    size_line = reader.readline()
+                    upstream.sendall(size_line)
+                    size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while True:         # trailers, then the blank line
+                            trailer = reader.readline()
+                            upstream.sendall(trailer)
+                            if trailer in (b"\r\n", b"\n", b""):
+                                break
+                        break
+                    length = size + 2       # the chunk and its CRLF
+                    while length:
+                        data = reader.read(min(length, 1 << 20))
+                        upstream.sendall(data)
+                        length -= len(data)
+                while length and not chunked:
+                    data = reader.read(min(length, 1 << 20))
+                    if not data:
+                        return
+                    upstream.sendall(data)
+                    length -= len(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                upstream.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def stop(self):
+        self.server.close()
+        os.unlink(self.path)
+
+
+class Server:
+    """A registry-API server on a free loopback port (of the daemon's network namespace), stopped by stop()."""
+
+    def __init__(self, cmd, store, log_path, env=None, port=None, netns_pid=None):
         self.port = port or free_port()
         self.store = store
         self.host = "127.0.0.1:%d" % self.port
         self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen([c.replace("{PORT}", str(self.port)) for c in cmd], stdout=self.log,
-                                     stderr=self.log, stdin=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(in_netns(netns_pid, [c.replace("{PORT}", str(self.port)) for c in cmd]),
+                                     stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL, env=env)
         deadline = time.time() + 30
         while time.time() < deadline:
-            try:
-                urllib.request.urlopen("http://%s/v2/" % self.host, timeout=2).read()
+            if answers("http://%s/v2/" % self.host, netns_pid):
                 return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.1)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
         sys.exit("%s did not start (log %s)" % (cmd[0], log_path))
 
     def stop(self):
@@ -90,7 +214,7 @@ class Server:
         return rss
 
 
-def start_registry(tmp, s3=None, store=None):
+def start_registry(tmp, s3=None, netns_pid=None, store=None):
     """docker-registry on a free port, storing in a new directory, or under a new prefix of S3
     (`s3`: (endpoint URL, bucket)); or in `store`, a directory or prefix an earlier one used."""
     exe = shutil.which("docker-registry")
@@ -109,10 +233,10 @@ def start_registry(tmp, s3=None, store=None):
     with open(config, "w") as fh:
         fh.write("version: 0.1\nlog:\n  level: error\nstorage:\n%s  delete:\n    enabled: true\n"
                  "http:\n  addr: 127.0.0.1:%d\n" % (storage, port))
-    return Server([exe, "serve", config], store, os.path.join(tmp, "registry.log"), port=port)
+    return Server([exe, "serve", config], store, os.path.join(tmp, "registry.log"), port=port, netns_pid=netns_pid)
 
 
-def start_accelerator(tmp, s3=None):
+def start_accelerator(tmp, s3=None, netns_pid=None):
     """dogestry serve over a new directory remote, or a new prefix of S3 (`s3`: (endpoint, bucket))."""
     store = os.path.join(tmp, "accelerator-remote-%s" % uuid.uuid4().hex[:6])
     extra = []
@@ -121,7 +245,7 @@ def start_accelerator(tmp, s3=None):
         extra = ["--endpoint-url", s3[0]]
     env = dict(os.environ, PYTHONPATH=os.path.join(tmp, "shim"))
     return Server([VENV_DOGESTRY, "serve", store, "--listen", "127.0.0.1:{PORT}", "--spool-dir", tmp] + extra, store,
-                  os.path.join(tmp, "accelerator.log"), env)
+                  os.path.join(tmp, "accelerator.log"), env, netns_pid=netns_pid)
 
 
 class RegistryBench:
@@ -133,9 +257,25 @@ class RegistryBench:
         self.rss = defaultdict(list)
         self.nonce = uuid.uuid4().hex[:12]
         self.name = "dogestry-regbench-%s" % self.nonce
+        info = self.daemon.api.info()
+        self.skopeo_host, self.relay = args.docker_host, None
+        if tuple(int(n) for n in self.daemon.api.version().get("MinAPIVersion", "1.12").split(".")) > (1, 22):
+            if not args.docker_host.startswith("unix://"):
+                sys.exit("skopeo 1.9 speaks Docker API 1.22, which %s refuses: give a unix:// daemon" % args.docker_host)
+            self.relay = ApiVersionRelay(args.docker_host[len("unix://"):], os.path.join(tmp, "api-1.24.sock"))
+            self.skopeo_host = self.relay.host
+        self.daemon_version = "%s (%s)" % (info.get("ServerVersion"), "containerd store" if any(
+            "containerd" in str(pair) for pair in info.get("DriverStatus") or []) else info.get("Driver"))
 
     def docker(self, *cmd):
         run(["docker", "-H", self.args.docker_host] + list(cmd))
+
+    def skopeo(self, src, dest):
+        daemon = "--src-daemon-host" if src.startswith("docker-daemon:") else "--dest-daemon-host"
+        try:
+            run(["skopeo", "--insecure-policy", "copy", "--quiet", daemon, self.skopeo_host, src, dest])
+        except subprocess.CalledProcessError as exc:
+            sys.exit("skopeo failed: %s" % exc.stderr.decode(errors="replace").strip())
 
     def timed(self, column, row, fn):
         start = time.perf_counter()
@@ -154,13 +294,30 @@ class RegistryBench:
         self.archive = os.path.join(self.tmp, "images.tar")
         self.docker("save", "-o", self.archive, self.name + ":v1", self.name + ":v2")
         shutil.rmtree(ctx)
+        # The classic builder's intermediate images (one per step) outlive the image on the containerd
+        # store, holding its layers: remove them, and start from what the archive loads.
+        intermediates = []
+        for version in ("v1", "v2"):
+            parent = self.daemon.api.inspect_image("%s:%s" % (self.name, version)).get("Parent")
+            while parent and parent not in intermediates:
+                intermediates.append(parent)
+                parent = self.daemon.api.inspect_image(parent).get("Parent")
+        self.forget(check=False)
+        for image in intermediates:
+            try:
+                self.daemon.api.remove_image(image)
+            except docker_errors.APIError:
+                pass        # gone with its child already (classic store)
+        self.restore()
 
-    def forget(self):
+    def forget(self, check=True):
         """Remove every tag of the bench images, so that the daemon holds none of their layers."""
         for image in self.daemon.api.images(name=None):
             for tag in image.get("RepoTags") or []:
                 if self.name in tag:
                     self.daemon.api.remove_image(tag, force=True)
+        if not check:
+            return
         present = self.daemon.present_chain_ids()
         if any(c in present for c in self.e.chain_ids(self.layers["v1"])):
             sys.exit("the daemon still holds layers of the bench image: the cold pulls would not be cold")
@@ -187,7 +344,8 @@ class RegistryBench:
         try:
             targets = []
             for suffix, s3 in self.stores():
-                registry, accelerator = start_registry(self.tmp, s3), start_accelerator(self.tmp, s3)
+                netns = self.args.netns_pid
+                registry, accelerator = start_registry(self.tmp, s3, netns), start_accelerator(self.tmp, s3, netns)
                 started += [("registry" + suffix, registry), ("accelerator" + suffix, accelerator)]
                 if s3:
                     remote = "s3://bench/eng-%s/" % uuid.uuid4().hex[:6]
@@ -208,6 +366,10 @@ class RegistryBench:
                         plan = self.e.plan_push(self.daemon, repo, source)
                         self.e.execute_push(self.daemon, repo, plan, "lz4", self.args.jobs)
                     self.timed("dogestry" + suffix, row, push)
+            layout = os.path.join(self.tmp, "skopeo-oci-%s" % uuid.uuid4().hex[:6])
+            for row, version in (("cold push", "v1"), ("update push", "v2")):
+                self.timed("skopeo", row, lambda version=version: self.skopeo(
+                    "docker-daemon:%s:%s" % (self.name, version), "oci:%s:%s" % (layout, version)))
             # the floor: save, then load into a daemon without the image
             floor_tar = os.path.join(self.tmp, "floor.tar")
             self.timed("floor", "cold push", lambda: self.docker("save", "-o", floor_tar, self.name + ":v1"))
@@ -225,19 +387,24 @@ class RegistryBench:
                         self.e.execute_pull(self.daemon, repo, plan)
                     self.timed("dogestry" + suffix, row, pull)
             self.forget()
+            for row, version in (("cold pull", "v1"), ("update pull", "v2")):
+                self.timed("skopeo", row, lambda version=version: self.skopeo(
+                    "oci:%s:%s" % (layout, version), "docker-daemon:%s:%s" % (self.name, version)))
+            self.forget()
             self.timed("floor", "cold pull", lambda: self.docker("load", "-i", floor_tar))
             os.unlink(floor_tar)
             for suffix, s3, registry, accelerator, remote, _repo in targets:
                 self.stored["registry" + suffix].append(self.stored_bytes(registry.store, s3))
                 self.stored["accelerator" + suffix].append(self.stored_bytes(accelerator.store, s3))
                 self.stored["dogestry" + suffix].append(self.stored_bytes(remote, s3))
+            self.stored["skopeo"].append(du(layout))
         finally:
             for column, server in started:
                 self.rss[column].append(server.stop())
                 if not server.store.startswith(("s3://", "reg-")):
                     shutil.rmtree(server.store, ignore_errors=True)
             for path in os.listdir(self.tmp):
-                if path.startswith("dogestry-remote-"):
+                if path.startswith(("dogestry-remote-", "skopeo-oci-")):
                     shutil.rmtree(os.path.join(self.tmp, path), ignore_errors=True)
             self.restore()
 
@@ -264,8 +431,9 @@ class RegistryBench:
             return text
 
         columns = COLUMNS + (S3_COLUMNS if self.args.s3 else ())
-        print("\n| %d MB image, %d repeat(s)%s | %s |" % (
-            self.args.size_mb, self.args.repeat, ", S3 %s" % self.args.s3 if self.args.s3 else "", " | ".join(columns)))
+        print("\n| %d MB image, %d repeat(s), Docker %s%s | %s |" % (
+            self.args.size_mb, self.args.repeat, self.daemon_version, ", S3 %s" % self.args.s3 if self.args.s3 else "",
+            " | ".join(columns)))
         print("|---|%s" % ("---|" * len(columns)))
         for row in ROWS:
             print("| %s | %s |" % (row, " | ".join(cell(c, row) for c in columns)))
@@ -302,9 +470,27 @@ def main():
     parser.add_argument("--s3", choices=["raw", "shaped"], help="add S3 columns (moto_server), shaped or not")
     parser.add_argument("--s3-delay-ms", type=float, default=30.0)
     parser.add_argument("--s3-mbps", type=float, default=60.0, help="MB/s per connection, each way")
+    parser.add_argument("--docker28", action="store_true", help="against Docker 28 on the containerd store, "
+                        "started (or shared) as the tests start it, in its own network namespace")
+    parser.add_argument("--netns-pid", type=int, help="the daemon at --docker-host lives in this process's "
+                        "network namespace: start the registry and the accelerator in it")
     args = parser.parse_args()
     if not os.path.exists(VENV_DOGESTRY):
         sys.exit("%s is missing: run bash scripts/setup.sh" % VENV_DOGESTRY)
+    extra_docker = None
+    if args.docker28:
+        sys.path.insert(0, os.path.join(REPO, "tests"))
+        from conftest import _ExtraDocker
+        extra_docker = _ExtraDocker("28")
+        extra_docker.acquire()          # registers this process as a user; the last user stops it, if tests started it
+        args.docker_host = extra_docker.host
+        with open(extra_docker.pidfile) as fh:
+            args.netns_pid = int(fh.read().strip())
+    if args.netns_pid:
+        if args.s3:
+            sys.exit("--s3 needs moto on the host's loopback, which a daemon in another network namespace cannot reach")
+        run(in_netns(args.netns_pid, ["ip", "link", "set", "lo", "up"]))
+    os.environ["DOCKER_HOST"] = args.docker_host      # `docker build` (bench.docker_build) goes there too
     tmp = tempfile.mkdtemp(prefix="dogestry-regbench-", dir=args.tmpdir)
     os.makedirs(os.path.join(tmp, "shim"))
     os.symlink(os.path.join(REPO, "plugins", "module_utils"), os.path.join(tmp, "shim", "dogestry"))
@@ -332,6 +518,8 @@ def main():
         if args.s3:
             bench.moto.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        if extra_docker:
+            extra_docker.release()
     print("\nmachine: %d cores, load %.1f at the end; %s" % (os.cpu_count(), os.getloadavg()[0], time.strftime("%Y-%m-%d")))
     sys.exit(0 if ok else 1)
 

@@ -673,6 +673,7 @@ class _RangedReader(Reader):
         self.parts = deque()            # granted parts, in order; the first is being consumed
         self._pos = 0                   # bytes of parts[0] consumed
         self._closed = False
+        self._awaited, self._awaited_until = None, 0      # the part (and the byte of it) read() waits for
         self._changed = threading.Condition(self._budget.lock)
         self._budget.opened(self)
 
@@ -720,7 +721,8 @@ class _RangedReader(Reader):
                                 return
                             part.buffer[part.filled:part.filled + len(data)] = data
                             part.filled += len(data)
-                            self._changed.notify_all()
+                            if self._awaited is part and part.filled >= self._awaited_until:
+                                self._changed.notify_all()
                 finally:
                     body.close()
                 if part.filled < part.length:
@@ -748,7 +750,9 @@ class _RangedReader(Reader):
                 want = min(size, part.length - self._pos)
                 if part.filled - self._pos >= want or part.state == "finished":
                     break
+                self._awaited, self._awaited_until = part, self._pos + want     # wake me then, not at every piece
                 self._changed.wait()
+                self._awaited = None
             if part.filled - self._pos < want:
                 raise part.error or RemoteError("reading %s on %s: a part ended early" % (self._key, self._remote.url))
             data = part.buffer[self._pos:self._pos + want]
