@@ -219,9 +219,8 @@ def main():
         seconds, peak, threads = results[what]
         passed = peak < args.limit_mb * 1e6 or "[baseline]" in what
         ok &= passed
-        rate = args.layer_mb * MiB / 1e6 / seconds
-        print("| %s | %.1f | %.0f | %.0f MB | %d | %s |" % (what, seconds, rate, peak / 1e6, threads,
-                                                         "PASS" if passed else "FAIL"))
+        cells = (what, seconds, args.layer_mb * MiB / 1e6 / seconds, peak / 1e6, threads, "PASS" if passed else "FAIL")
+        print("| %s | %.1f | %.0f | %.0f MB | %d | %s |" % cells)
     print("machine: %d cores, load %.1f; %s" % (os.cpu_count(), os.getloadavg()[0], time.strftime("%Y-%m-%d")))
     sys.exit(0 if ok else 1)
 

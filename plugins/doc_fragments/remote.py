@@ -24,7 +24,7 @@ options:
   jobs:
     description:
       - How many transfers run at the same time (blobs on push; parts of a layer on S3 pulls), from 1 to 64.
-      - An S3 pull holds at most O(jobs) + 2 parts of 8 MiB in memory, shared by the layer being read and the
+      - S3 pulls read ahead into at most O(jobs) + 3 buffers of 8 MiB, shared by the layer being read and the
         next one, whose first parts download while the current one drains.
     type: int
     default: 4

@@ -84,8 +84,8 @@ def _common_prefix(keys: List[str]) -> str:
 class S3Remote(Remote):
     def __init__(self, client, bucket: str, prefix: str = "", part_size: int = DEFAULT_PART_SIZE,
                  jobs: int = 4, region: Optional[str] = None, read_ahead: Optional[int] = None):
-        """`read_ahead`: bytes the ranged readers of this remote may hold at once, all together
-        (default (jobs + 2) x part_size: `jobs` parts of the layer read now and two of the next); see _ReadAhead."""
+        """`read_ahead`: bytes the ranged readers of this remote may hold at once, all together (default
+        (jobs + 2) x part_size; the layer read now is served first, the next one gets the rest); see _ReadAhead."""
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
