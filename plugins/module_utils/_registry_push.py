@@ -8,7 +8,7 @@
 What a client pushes is kept as pushed (format version 2): every blob under its digest, every
 manifest, index or artifact byte for byte, so digests, signatures and referrers stay valid and
 `docker pull` of a pushed digest gets what was pushed. A blob that is a layer (gzip, zstd or tar)
-is also decoded at once, stored by diff_id as lz4 (spool_layer, as for a push from `docker save`)
+is also decoded, while it arrives, and stored by diff_id as lz4 (spool_layer, as for `docker save`)
 and recorded in pushed/sha256/<digest>; an image manifest whose layers all decoded to its config's
 diff_ids then also gets a dogestry manifest, so dogestry_pull loads it the thin way and later
 dogestry pushes reuse its layers. Manifest, referrer record, then tag are written last.
@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from ._docker_archive import looks_like_layer, spool_layer
+from ._docker_archive import SpooledLayer, looks_like_layer, spool_layer
 from ._errors import DogestryError, FormatError
 from ._format import (
     DIGEST_ALGORITHMS, ENCODINGS, PUSHED_PREFIX, Descriptor, ImageRef, LayerEntry, Manifest, OciManifest, blob_key,
@@ -40,9 +40,11 @@ from ._remote import unlink_quietly
 from ._repository import Repository
 
 CHUNK = 1 << 20
+HEAD = 512                      # bytes that tell a layer (gzip, zstd or tar magic) from other blobs
 MAX_MANIFEST = 4 << 20          # the spec's suggested limit for a manifest body
 SESSION_TTL = 3600.0            # an upload untouched this long, or a blob no manifest claimed, is dropped
 MAX_UPLOADS = 1000              # uploads in progress at once (each holds a spool file)
+MAX_DECODERS = 16               # layers decoded while they arrive; more wait for their last byte
 
 
 class ApiError(Exception):
@@ -79,12 +81,65 @@ class PushedLayer:
             raise FormatError("push record %s is malformed (%s)" % (where, exc))
 
 
+class _LayerDecoder:
+    """Decodes a layer from an upload's spool file while the client is still sending it, so that the
+    upload's last byte is followed by a store, not by a decode. The spool file holds what arrived:
+    the decoder follows it and never holds the writer back."""
+
+    def __init__(self, path: str, what: str, encoding: str, spool_dir: str, slots: threading.Semaphore):
+        self._file = open(path, "rb")
+        self._written = 0
+        self._ended = False
+        self._grown = threading.Condition()
+        self._slots = slots
+        self.result: Optional[SpooledLayer] = None      # set when the whole blob decoded
+        self._thread = threading.Thread(target=self._run, args=(what, encoding, spool_dir), daemon=True,
+                                        name="decode-upload")
+        self._thread.start()
+
+    def grew(self, size: int) -> None:
+        with self._grown:
+            self._written = size
+            self._grown.notify()
+
+    def read(self, n: int) -> bytes:
+        with self._grown:
+            while self._file.tell() >= self._written and not self._ended:
+                self._grown.wait()
+            available = self._written - self._file.tell()
+        return self._file.read(min(n, available)) if available > 0 else b""
+
+    def _run(self, what: str, encoding: str, spool_dir: str) -> None:
+        try:
+            self.result = spool_layer(self, what, encoding, spool_dir)
+        except Exception:  # noqa: BLE001  not a layer after all (or no room): stored as pushed only
+            self.result = None
+        finally:
+            self._file.close()
+            self._slots.release()
+
+    def end(self) -> Optional[SpooledLayer]:
+        """The upload is complete (or abandoned): the decoded layer of everything written, if it decoded."""
+        with self._grown:
+            self._ended = True
+            self._grown.notify()
+        self._thread.join()
+        return self.result
+
+    def discard(self) -> None:
+        spooled = self.end()
+        if spooled is not None:
+            unlink_quietly(spooled.path)
+
+
 class _Upload:
     def __init__(self, name: str, path: str, now: float):
         self.name, self.path, self.touched = name, path, now
         self.size = 0
         self.hasher = hashlib.sha256()
         self.lock = threading.Lock()
+        self.head = b""                                 # the first bytes, to tell a layer
+        self.decoder: Optional[_LayerDecoder] = None
 
 
 class RegistryWriter:
@@ -100,6 +155,7 @@ class RegistryWriter:
         self._uploads: Dict[str, _Upload] = {}
         self._pushed: Dict[str, PushedLayer] = {}        # hex of a pushed blob -> what it became
         self._leases: Dict[str, Tuple[str, float]] = {}  # hex of a pushed blob -> (lease key, when) until a manifest
+        self._decoders = threading.Semaphore(MAX_DECODERS)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -164,6 +220,9 @@ class RegistryWriter:
                     upload.size += len(chunk)
                     if remaining is not None:
                         remaining -= len(chunk)
+                    if upload.decoder is not None or len(upload.head) < HEAD:
+                        out.flush()
+                        self._feed_decoder(upload, chunk)
         except OSError as exc:
             self._drop(upload)
             raise ApiError(507, "UNKNOWN", "spooling the upload failed: %s" % (exc.strerror or exc))
@@ -182,26 +241,43 @@ class RegistryWriter:
             self._write(upload, body, length)
             with self._lock:
                 self._uploads.pop(session, None)
+            decoded = upload.decoder.end() if upload.decoder is not None else None
             actual = "sha256:" + upload.hasher.hexdigest() if algorithm == "sha256" else _file_digest(algorithm, upload.path)
-            if actual != digest:
-                os.unlink(upload.path)
-                raise ApiError(400, "DIGEST_INVALID", "the %d bytes uploaded hash to %s, not %s"
-                               % (upload.size, actual, digest[:150]))
             try:
-                self._store(digest, upload.path, upload.size)
+                if actual != digest:
+                    raise ApiError(400, "DIGEST_INVALID", "the %d bytes uploaded hash to %s, not %s"
+                                   % (upload.size, actual, digest[:150]))
+                self._store(digest, upload.path, upload.size, decoded if algorithm == "sha256" else None)
             finally:
                 unlink_quietly(upload.path)
+                if decoded is not None:
+                    unlink_quietly(decoded.path)
         return digest
 
     def cancel(self, name: str, session: str) -> None:
         upload = self._upload(name, session)
         self._drop(upload)
 
+    def _feed_decoder(self, upload: _Upload, chunk: bytes) -> None:
+        """Start decoding once the first bytes show a layer; tell a running decoder the spool grew."""
+        if upload.decoder is None:
+            upload.head += chunk[:HEAD - len(upload.head)]
+            if len(upload.head) < HEAD or not looks_like_layer(upload.head) or not self._decoders.acquire(False):
+                return      # not yet, not a layer, or decoders all busy: _store decodes it after the last byte
+            try:
+                upload.decoder = _LayerDecoder(upload.path, "pushed blob", self.compression, self.spool, self._decoders)
+            except Exception:
+                self._decoders.release()
+                raise
+        upload.decoder.grew(upload.size)
+
     def _drop(self, upload: _Upload) -> None:
         with self._lock:
             for session, found in list(self._uploads.items()):
                 if found is upload:
                     del self._uploads[session]
+        if upload.decoder is not None:
+            upload.decoder.discard()
         unlink_quietly(upload.path)
 
     def _expire(self) -> None:
@@ -236,14 +312,13 @@ class RegistryWriter:
 
     # -- finished blobs -------------------------------------------------------------------------
 
-    def _store(self, digest: str, path: str, size: int) -> None:
+    def _store(self, digest: str, path: str, size: int, spooled: Optional[SpooledLayer] = None) -> None:
         """Store a verified blob as pushed, under a lease until a manifest names it; a layer is also
-        decoded and stored by its diff_id."""
+        stored by its diff_id (`spooled`, decoded while it arrived, or decoded here)."""
         algorithm, hexdigest = split_digest(digest)
         with open(path, "rb") as f:
-            head = f.read(512)
-        spooled = None
-        if algorithm == "sha256" and looks_like_layer(head):
+            head = f.read(HEAD)
+        if spooled is None and algorithm == "sha256" and looks_like_layer(head):
             try:
                 with open(path, "rb") as f:
                     spooled = spool_layer(f, "pushed blob " + digest, self.compression, self.spool)

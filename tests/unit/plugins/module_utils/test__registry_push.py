@@ -263,6 +263,51 @@ def test_manifests_that_are_not_loadable_images_are_kept_as_pushed_but_not_decod
     assert not list(api.repo.remote.list("manifests/")), "no dogestry manifest was written"
 
 
+@pytest.mark.parametrize("decoders", [16, 0], ids=["decoded while arriving", "decoders busy"])
+def test_layers_are_decoded_while_they_arrive_or_after_the_last_byte(tmp_path, monkeypatch, decoders):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils import _registry_push
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._compress import decoder
+    monkeypatch.setattr(_registry_push, "MAX_DECODERS", decoders)
+    repo = Repository(LocalRemote(str(tmp_path / "remote")))
+    writer = RegistryWriter(repo, str(tmp_path))
+    api = RegistryApi(repo, writer=writer)
+    image = Image((os.urandom(3 << 20), b"top" * 100))     # a layer of several chunks, sent in several PATCHes
+    status, headers, _body = call(api, "POST", "/v2/app/blobs/uploads/")
+    location = headers["Location"]
+    blob = image.blobs[0]
+    half = len(blob) // 2
+    assert call(api, "PATCH", location, blob[:half], headers={"Content-Range": "0-%d" % (half - 1)})[0] == 202
+    session = location.rsplit("/", 1)[1]
+    assert (writer._uploads[session].decoder is not None) == bool(decoders)
+    assert call(api, "PUT", location, blob[half:], query={"digest": sha(blob)})[0] == 201
+    for blob in image.blobs[1:] + [image.config]:
+        upload(api, "app", blob)
+    assert call(api, "PUT", "/v2/app/manifests/1", image.manifest(), headers={"Content-Type": DOCKER_MANIFEST})[0] == 201
+    manifest = repo.read_manifest(repo.resolve("app:1")[1])
+    for layer, tar in zip(manifest.layers, image.tars):
+        assert layer.oid == sha(tar)[7:] and layer.encoding == "lz4"
+        with open(os.path.join(repo.remote.root, layer.key), "rb") as stored:
+            lz4 = decoder(layer.encoding, layer.key)
+            assert b"".join(lz4.decode(stored.read())) + lz4.finish() == tar
+    assert os.listdir(writer.spool) == []           # no upload or decoded spool left behind
+    writer.close()
+
+
+@pytest.mark.parametrize("ending", ["wrong digest", "cancelled"])
+def test_a_layer_being_decoded_leaves_nothing_behind_when_its_upload_fails(api, ending):
+    blob = Image((os.urandom(2 << 20),)).blobs[0]
+    status, headers, _body = call(api, "POST", "/v2/app/blobs/uploads/")
+    location = headers["Location"]
+    assert call(api, "PATCH", location, blob)[0] == 202
+    if ending == "cancelled":
+        assert call(api, "DELETE", location, None)[0] == 204
+    else:
+        status, _h, body = call(api, "PUT", location, b"", query={"digest": sha(blob + b"x")})
+        assert status == 400 and json.loads(body)["errors"][0]["code"] == "DIGEST_INVALID"
+    assert os.listdir(api.writer.spool) == []
+    assert list(api.repo.remote.list("")) == []      # nothing stored: no blob, no decoded layer, no record
+
+
 def test_a_blob_that_claims_to_be_gzip_but_is_not_is_kept_as_pushed_only(api):
     blob = b"\x1f\x8b" + os.urandom(200)
     status, headers, _body = call(api, "POST", "/v2/app/blobs/uploads/")
