@@ -8,17 +8,20 @@ Columns (each with a fresh store every repeat):
                2.8, filesystem storage) on loopback
   accelerator  `docker push` / `docker pull` through `dogestry serve` over a directory remote
   dogestry     the modules' engine (dogestry_push / dogestry_pull) into / from a directory remote
+  cli          the `dogestry push` / `dogestry pull` commands (the same engine, plus their start-up)
   skopeo       `skopeo copy docker-daemon:IMG oci:DIR:TAG` and back (`oci:DIR:TAG docker-daemon:IMG`):
                an OCI layout directory as the store, skopeo's defaults (it gzips the layers)
   floor        `docker save` to a file and `docker load` from it
-Rows: cold push, one-layer update push, cold pull (the daemon lacks every layer), one-layer update
-pull (the daemon has the previous release). The image is bench.py's (six layers of text, random,
+Rows: cold push, no-op push (the same image again), one-layer update push, cold pull (the daemon
+lacks every layer), no-op pull (the image again), one-layer update pull (the daemon has the
+previous release). The image is bench.py's (six layers of text, random,
 sparse and mixed data; :v2 differs only in its top layer). Prints medians (min-max), ratios to the
 registry and to the floor, bytes stored, and the servers' peak RSS; exits non-zero if a target
-of issue 8 is missed:
+of issues 8 and 10 is missed:
   - docker pull through the accelerator, cold and update: at most the registry's time
   - one-layer update push, through the accelerator and through dogestry: at most the registry's time
   - cold push through dogestry: at most 0.7x the registry's
+  - no-op push and no-op pull through dogestry: under 0.1 s of engine time
 Ratios over 1.0 within the spread of repeats are noise: judge with --repeat 3 or more.
 
     python3 benchmarks/registry_bench.py [--size-mb 220] [--repeat 3] [--docker-host unix:///...]
@@ -58,8 +61,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import REPO, Engine, Moto, docker_build, free_port, log, make_context, peak_rss, run  # noqa: E402
 
 VENV_DOGESTRY = os.path.join(REPO, ".venv", "bin", "dogestry")
-ROWS = ("cold push", "update push", "cold pull", "update pull")
-COLUMNS = ("registry", "accelerator", "dogestry", "skopeo", "floor")
+ROWS = ("cold push", "no-op push", "update push", "cold pull", "no-op pull", "update pull")
+PUSHES = (("cold push", "v1"), ("no-op push", "v1"), ("update push", "v2"))
+PULLS = (("cold pull", "v1"), ("no-op pull", "v1"), ("update pull", "v2"))
+COLUMNS = ("registry", "accelerator", "dogestry", "cli", "skopeo", "floor")
 S3_COLUMNS = ("registry s3", "accelerator s3", "dogestry s3")
 
 
@@ -270,6 +275,14 @@ class RegistryBench:
     def docker(self, *cmd):
         run(["docker", "-H", self.args.docker_host] + list(cmd))
 
+    def cli(self, *args):
+        """The `dogestry` command of this checkout, on this checkout's engine (the shim)."""
+        env = dict(os.environ, PYTHONPATH=os.path.join(self.tmp, "shim"))
+        try:
+            run([VENV_DOGESTRY] + list(args) + ["--docker-host", self.args.docker_host], env=env)
+        except subprocess.CalledProcessError as exc:
+            sys.exit("dogestry %s failed: %s" % (args[0], exc.stderr.decode(errors="replace").strip()))
+
     def skopeo(self, src, dest):
         daemon = "--src-daemon-host" if src.startswith("docker-daemon:") else "--dest-daemon-host"
         try:
@@ -357,17 +370,20 @@ class RegistryBench:
             # pushes, the images present
             for suffix, _s3, registry, accelerator, _remote, repo in targets:
                 for column, server in (("registry" + suffix, registry), ("accelerator" + suffix, accelerator)):
-                    for row, version in (("cold push", "v1"), ("update push", "v2")):
+                    for row, version in PUSHES:
                         ref = "%s/%s:%s" % (server.host, self.name, version)
                         self.docker("tag", "%s:%s" % (self.name, version), ref)
                         self.timed(column, row, lambda ref=ref: self.docker("push", ref))
-                for row, version in (("cold push", "v1"), ("update push", "v2")):
+                for row, version in PUSHES:
                     def push(source="%s:%s" % (self.name, version), repo=repo):
                         plan = self.e.plan_push(self.daemon, repo, source)
                         self.e.execute_push(self.daemon, repo, plan, "lz4", self.args.jobs)
                     self.timed("dogestry" + suffix, row, push)
+            cli_remote = os.path.join(self.tmp, "dogestry-remote-cli-%s" % uuid.uuid4().hex[:6])
+            for row, version in PUSHES:
+                self.timed("cli", row, lambda version=version: self.cli("push", cli_remote, "%s:%s" % (self.name, version)))
             layout = os.path.join(self.tmp, "skopeo-oci-%s" % uuid.uuid4().hex[:6])
-            for row, version in (("cold push", "v1"), ("update push", "v2")):
+            for row, version in PUSHES:
                 self.timed("skopeo", row, lambda version=version: self.skopeo(
                     "docker-daemon:%s:%s" % (self.name, version), "oci:%s:%s" % (layout, version)))
             # the floor: save, then load into a daemon without the image
@@ -377,17 +393,20 @@ class RegistryBench:
             for suffix, _s3, registry, accelerator, _remote, repo in targets:
                 for column, server in (("registry" + suffix, registry), ("accelerator" + suffix, accelerator)):
                     self.forget()
-                    for row, version in (("cold pull", "v1"), ("update pull", "v2")):
+                    for row, version in PULLS:
                         ref = "%s/%s:%s" % (server.host, self.name, version)
                         self.timed(column, row, lambda ref=ref: self.docker("pull", ref))
                 self.forget()
-                for row, version in (("cold pull", "v1"), ("update pull", "v2")):
+                for row, version in PULLS:
                     def pull(version=version, repo=repo):
                         plan = self.e.plan_pull(self.daemon, repo, "%s:%s" % (self.name, version))
                         self.e.execute_pull(self.daemon, repo, plan)
                     self.timed("dogestry" + suffix, row, pull)
             self.forget()
-            for row, version in (("cold pull", "v1"), ("update pull", "v2")):
+            for row, version in PULLS:
+                self.timed("cli", row, lambda version=version: self.cli("pull", cli_remote, "%s:%s" % (self.name, version)))
+            self.forget()
+            for row, version in PULLS:
                 self.timed("skopeo", row, lambda version=version: self.skopeo(
                     "oci:%s:%s" % (layout, version), "docker-daemon:%s:%s" % (self.name, version)))
             self.forget()
@@ -397,6 +416,7 @@ class RegistryBench:
                 self.stored["registry" + suffix].append(self.stored_bytes(registry.store, s3))
                 self.stored["accelerator" + suffix].append(self.stored_bytes(accelerator.store, s3))
                 self.stored["dogestry" + suffix].append(self.stored_bytes(remote, s3))
+            self.stored["cli"].append(du(cli_remote))
             self.stored["skopeo"].append(du(layout))
         finally:
             for column, server in started:
@@ -457,6 +477,10 @@ class RegistryBench:
         target("one-layer update push through the accelerator", "accelerator", "update push", 1.0)
         target("one-layer update push through dogestry", "dogestry", "update push", 1.0)
         target("cold push through dogestry", "dogestry", "cold push", 0.7)
+        for row in ("no-op push", "no-op pull"):      # issue 10: engine time under 0.1 s
+            got = med(self.samples["dogestry"][row])
+            targets.append(got < 0.1)
+            print("%s  %-62s %.3fs (limit 0.1 s)" % ("PASS" if got < 0.1 else "FAIL", row + " through dogestry", got))
         return all(targets)
 
 
