@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, docker_run_dir, free_port
 
 VENV_BIN = os.path.dirname(sys.executable)
 DOGESTRY = os.path.join(REPO, ".venv", "bin", "dogestry")
@@ -45,6 +45,14 @@ def dogestry(*args, env=None, check=True, timeout=300):
         raise AssertionError("dogestry %s: exit %d\n%s%s" % (" ".join(map(str, args)), proc.returncode,
                                                              proc.stdout, proc.stderr))
     return proc
+
+
+def netns_of_docker(version):
+    """The pid of an extra dockerd, whose network namespace an accelerator must share to be its 127.0.0.1."""
+    with open(os.path.join(docker_run_dir(version), "docker.pid")) as f:
+        pid = int(f.read().strip())
+    subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pid, "ip", "link", "set", "lo", "up"], check=True)
+    return pid
 
 
 class Server:

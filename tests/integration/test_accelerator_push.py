@@ -15,8 +15,8 @@ import urllib.request
 import bcrypt
 import docker as docker_sdk
 
-from conftest import docker_run_dir, free_port
-from dogestry_cli import MiB, docker, dogestry, skopeo
+from conftest import free_port
+from dogestry_cli import MiB, docker, dogestry, netns_of_docker, skopeo
 
 
 def _stored_layers(remote):
@@ -26,18 +26,10 @@ def _stored_layers(remote):
     return found
 
 
-def _in_netns_of(version):
-    """The pid of an extra dockerd, whose network namespace an accelerator must share to be its 127.0.0.1."""
-    with open(os.path.join(docker_run_dir(version), "docker.pid")) as f:
-        pid = int(f.read().strip())
-    subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pid, "ip", "link", "set", "lo", "up"], check=True)
-    return pid
-
-
 def test_docker_push_then_incremental_push_after_restart_then_pull(tmp_path, engine, build_image, name, servers):
     host, client, _env, containerd = engine
     remote = str(tmp_path / "remote")
-    server = servers(remote, tmp_path, netns_pid=_in_netns_of("28") if containerd else None)
+    server = servers(remote, tmp_path, netns_pid=netns_of_docker("28") if containerd else None)
     first = "%s/%s:1" % (server.host, name)
     image_id = build_image(host, first, [{"/big.bin": os.urandom(3 * MiB)}, {"/name.txt": name}],
                            cmd=["/bin/busybox", "cat", "/name.txt"], isolated=True)
@@ -236,7 +228,7 @@ def test_docker26_pushes_through_an_accelerator_in_its_namespace(tmp_path, docke
     """Docker 26 (OCI-layout `docker save`, the classic store) pushes; the digest it printed pulls the very
     manifest it sent, and the engine loads the image into another daemon (20.10), where it runs."""
     remote = str(tmp_path / "remote")
-    server = servers(remote, tmp_path, netns_pid=_in_netns_of("26"))
+    server = servers(remote, tmp_path, netns_pid=netns_of_docker("26"))
     ref = "%s/%s:26" % (server.host, name)
     image_id = build_image(docker26_host, ref, [{"/big.bin": os.urandom(2 * MiB)}, {"/name.txt": name}],
                            cmd=["/bin/busybox", "cat", "/name.txt"], isolated=True)

@@ -1,5 +1,6 @@
 """Pushes and pulls killed (SIGKILL) at random points, on both image stores: the remote never shows a
-tag whose data is incomplete, Docker never holds a half-loaded image, and a re-run finishes.
+tag whose data is incomplete, Docker never holds a half-loaded image, and a re-run finishes. The
+same for an accelerator killed while `docker push` sends through it.
 
 Each trial picks its kill time from a seeded generator (the seed is in every failure message);
 DOGESTRY_FAULT_TRIALS sets the trials per test (default 5, with one more that is never killed)."""
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from dogestry_cli import DOGESTRY, MiB, cli_env, docker, dogestry
+from dogestry_cli import DOGESTRY, MiB, cli_env, docker, dogestry, netns_of_docker
 from s3_faults import FaultProxy
 
 TRIALS = int(os.environ.get("DOGESTRY_FAULT_TRIALS", "5"))
@@ -77,6 +78,44 @@ def test_killed_pushes_never_leave_a_tag_on_incomplete_data(tmp_path, image):
         listed = json.loads(dogestry("tags", remote, "--json").stdout)["tags"]
         assert list(listed) == [ref], why
     assert killed >= TRIALS // 2, "most trials must kill a running push (seed %d)" % seed
+
+
+def test_an_accelerator_killed_during_docker_push_leaves_no_tag_on_incomplete_data(tmp_path, image, engine, servers):
+    host, ref = image
+    containerd = engine[3]
+    netns = netns_of_docker("28") if containerd else None
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    baseline = None
+    killed = 0
+    for trial in range(TRIALS + 1):         # the first is never killed: it times a whole push
+        remote = str(tmp_path / ("remote-%d" % trial))
+        server = servers(remote, tmp_path, ["--spool-dir", str(tmp_path)], netns_pid=netns)
+        target = "%s/%s" % (server.host, ref)
+        docker(host, "tag", ref, target)
+        push = subprocess.Popen(["docker", "-H", host, "push", target], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        start = time.monotonic()
+        delay = rng.uniform(0.05, baseline) if baseline else 300
+        why = "seed %d, trial %d, accelerator killed after %.2fs of a %.2fs push" % (seed, trial, delay, baseline or 0)
+        try:
+            push.wait(delay)
+            assert push.returncode == 0 or baseline, why
+        except subprocess.TimeoutExpired:
+            server.stop(signal.SIGKILL)
+            push.kill()             # Docker would retry against a dead registry for a while
+            push.wait()
+            killed += 1
+            assert_remote_whole(remote, why)
+            server.start()          # restarted, it takes the same push again
+        baseline = baseline or time.monotonic() - start
+        docker(host, "push", target)
+        assert_remote_whole(remote, why)
+        listed = json.loads(dogestry("tags", remote, "--json").stdout)
+        assert list(listed["tags"]) == [target.split("/", 1)[1]] and not listed["broken"], (why, listed)
+        server.stop()
+        docker(host, "rmi", target)
+    assert killed >= TRIALS // 2, "most trials must kill the accelerator during a push (seed %d)" % seed
 
 
 def test_killed_pulls_never_leave_docker_holding_a_half_loaded_image(tmp_path, image, engine):
