@@ -247,6 +247,8 @@ class RegistryWriter:
                 if actual != digest:
                     raise ApiError(400, "DIGEST_INVALID", "the %d bytes uploaded hash to %s, not %s"
                                    % (upload.size, actual, digest[:150]))
+                if algorithm == "sha256" and upload.decoder is None and looks_like_layer(upload.head):
+                    decoded = self._decode(digest, upload.path)      # the decoders were all busy
                 self._store(digest, upload.path, upload.size, decoded if algorithm == "sha256" else None)
             finally:
                 unlink_quietly(upload.path)
@@ -312,34 +314,30 @@ class RegistryWriter:
 
     # -- finished blobs -------------------------------------------------------------------------
 
-    def _store(self, digest: str, path: str, size: int, spooled: Optional[SpooledLayer] = None) -> None:
-        """Store a verified blob as pushed, under a lease until a manifest names it; a layer is also
-        stored by its diff_id (`spooled`, decoded while it arrived, or decoded here)."""
-        algorithm, hexdigest = split_digest(digest)
-        with open(path, "rb") as f:
-            head = f.read(HEAD)
-        if spooled is None and algorithm == "sha256" and looks_like_layer(head):
-            try:
-                with open(path, "rb") as f:
-                    spooled = spool_layer(f, "pushed blob " + digest, self.compression, self.spool)
-            except OSError as exc:
-                raise ApiError(507, "UNKNOWN", "spooling %s failed: %s" % (digest, exc.strerror or exc))
-            except Exception:  # noqa: BLE001  zlib, zstd or tar errors: not a layer after all, kept as pushed only
-                spooled = None
+    def _decode(self, digest: str, path: str) -> Optional[SpooledLayer]:
+        """A complete blob that looks like a layer, decoded into the spool (None if it is not one after all)."""
         try:
-            self.repo.check(create=True)
-            lease = write_lease(self.repo, [hexdigest] + ([spooled.oid] if spooled else []))
-            with self._lock:
-                old = self._leases.pop(hexdigest, None)
-                self._leases[hexdigest] = (lease, self.clock())
-            if old:
-                drop_lease(self.repo, old[0])
-            if spooled is not None and spooled.oid != hexdigest:    # a raw tar is its own decoded copy
-                self.repo.remote.put_file(blob_key(spooled.oid, spooled.encoding), spooled.path)
-            self.repo.remote.put_file(object_key(digest), path)
-        finally:
-            if spooled is not None:
-                unlink_quietly(spooled.path)
+            with open(path, "rb") as f:
+                return spool_layer(f, "pushed blob " + digest, self.compression, self.spool)
+        except OSError as exc:
+            raise ApiError(507, "UNKNOWN", "spooling %s failed: %s" % (digest, exc.strerror or exc))
+        except Exception:  # noqa: BLE001  zlib, zstd or tar errors: not a layer after all, kept as pushed only
+            return None
+
+    def _store(self, digest: str, path: str, size: int, spooled: Optional[SpooledLayer]) -> None:
+        """Store a verified blob as pushed, under a lease until a manifest names it; a layer (`spooled`,
+        its decoded copy) is also stored by its diff_id. The caller removes both spool files."""
+        _algorithm, hexdigest = split_digest(digest)
+        self.repo.check(create=True)
+        lease = write_lease(self.repo, [hexdigest] + ([spooled.oid] if spooled else []))
+        with self._lock:
+            old = self._leases.pop(hexdigest, None)
+            self._leases[hexdigest] = (lease, self.clock())
+        if old:
+            drop_lease(self.repo, old[0])
+        if spooled is not None and spooled.oid != hexdigest:    # a raw tar is its own decoded copy
+            self.repo.remote.put_file(blob_key(spooled.oid, spooled.encoding), spooled.path)
+        self.repo.remote.put_file(object_key(digest), path)
         if spooled is not None:
             layer = (LayerEntry(hexdigest, size, "none", size) if spooled.oid == hexdigest
                      else LayerEntry(spooled.oid, spooled.size, spooled.encoding, spooled.stored_size))
