@@ -120,7 +120,15 @@ class Live:
 def _referenced(repo: Repository, now: float, grace: float) -> Live:
     remote = repo.remote
     live = Live()
-    targets = repo.list_targets().values()
+    malformed: Dict = {}
+    targets = repo.list_targets(malformed=malformed).values()
+    if malformed:
+        # Its content names nothing we can read, so any stored image may be what it was meant to keep:
+        # deleting around it could destroy the only copy; nothing is deleted until someone decides.
+        (_ref, why), more = sorted(malformed.items())[0], len(malformed) - 1
+        raise FormatError("prune refused: %s%s; a malformed tag could name any stored image, so prune deletes nothing "
+                          "while one is there: fix it, or remove it (dogestry_tags state=absent), then prune again"
+                          % (why, " (and %d more malformed tag%s)" % (more, "s" if more > 1 else "") if more else ""))
     roots = {target for target in targets if isinstance(target, str)}
     roots |= _oci_referenced(repo, [target.digest for target in targets if not isinstance(target, str)], live)
     for info in remote.list(TICKETS_PREFIX):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils import _prune
-from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError, RemoteError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError, FormatError, RemoteError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
     ImageRef, blob_key, image_index_key, manifest_key,
 )
@@ -152,3 +152,20 @@ def test_write_lease_fails_when_a_prune_took_what_the_plan_found(s3repo):
                                           r"push was planned: run the push again$"):
         push_lease(s3repo, plan)
     assert not list(s3repo.remote.list("leases/"))      # a failed lease is dropped
+
+
+def test_a_malformed_tag_stops_prune_before_anything_is_deleted(localrepo):
+    store_image(localrepo, "app:1", [b"kept"])
+    store_image(localrepo, "app:2", [b"unreferenced"], tag=False)
+    plan = plan_prune(localrepo, 60, now=time.time() + LATER)
+    assert plan.count == 4
+    localrepo.remote.put("repositories/app/_tags/1", b"\x00junk", overwrite=True)   # it may have named app:2
+    before = all_keys(localrepo)
+    message = (r"^prune refused: tag app:1 on %s does not hold a manifest digest; a malformed tag could name any "
+               r"stored image, so prune deletes nothing while one is there: fix it, or remove it \(dogestry_tags "
+               r"state=absent\), then prune again$" % localrepo.url)
+    with pytest.raises(FormatError, match=message):
+        execute_prune(localrepo, plan)
+    assert all_keys(localrepo) == before
+    with pytest.raises(FormatError, match=message):
+        plan_prune(localrepo, 60, now=time.time() + LATER)
