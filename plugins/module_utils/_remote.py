@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Dict, Iterable, Iterator, Optional
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional
 
 from ._errors import BlobCorruptError, FormatError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
 
@@ -91,6 +91,11 @@ class Remote:
 
     def delete(self, key: str) -> None:
         raise NotImplementedError
+
+    def delete_many(self, keys: List[str]) -> None:
+        """Delete several keys (absent ones are no error); remotes with a batch call (S3) override it."""
+        for key in keys:
+            self.delete(key)
 
     def move(self, key: str, new_key: str) -> None:
         """Move an object aside (verify's repair quarantines damaged objects this way)."""
