@@ -101,6 +101,10 @@ class TicketRemote(HttpRemote):
             self.objects = {str(key): (str(entry["url"]), int(entry["size"])) for key, entry in doc["objects"].items()}
             if not all(url.lower().startswith(("https://", "http://")) for url, _size in self.objects.values()):
                 raise ValueError("object URLs must be http(s)")
+            plain = [url for url, _size in self.objects.values() if url.lower().startswith("http://")]
+            if plain and ticket_url.lower().startswith("https://"):
+                # a ticket that came over TLS must not send the pull's bytes and signatures in the clear
+                raise ValueError("object URL %s is plain http in a ticket fetched over https: refused" % display_url(plain[0]))
         except (ValueError, TypeError, KeyError, AttributeError, FormatError, ImageReferenceError) as exc:
             raise FormatError("%s is not a valid dogestry signed pull URL: %s" % (where, exc))
         self.image = str(self.ref)
