@@ -19,7 +19,8 @@ Sizes are in the ticket because a presigned GET URL cannot be used for HEAD.
 Pulling: `remote_from_url(<that URL>)` fetches the ticket and gives a read-only `TicketRemote`
 that serves exactly those keys and answers the tag key of the ticket's image with the pinned
 manifest, so the engine's plan_pull/execute_pull run unchanged and verify every byte by sha256.
-The URL's signature is the only secret: it never appears in `url` or messages.
+The URL's query (its signature, and with temporary credentials the session token) is the secret: it
+never appears in `url` or messages.
 """
 
 from __future__ import annotations
