@@ -111,6 +111,7 @@ class Repository:
             ref = tag_from_key(info.key)
             if ref and fnmatch.fnmatchcase(ref.name, name_pattern) and fnmatch.fnmatchcase(ref.tag, tag_pattern):
                 refs.append(ref)
+
         def read(ref):
             try:
                 return self.read_target(ref)

@@ -14,8 +14,8 @@ description:
   - Adds a tag to an image already in the remote, or moves it, without Docker and without
     copying any data (like C(docker tag), but on the remote).
   - The new tag names exactly what the source names. For content pushed through C(dogestry serve)
-    (a multi-platform index, an artifact, a signed image) that is the manifest as it was pushed:
-    every platform, the same digest, signatures still valid.
+    (a multi-platform index, an artifact, a signed image) that is the manifest as it was pushed,
+    with every platform, the same digest, and signatures still valid.
   - Removes a tag, whatever it names, and also a tag whose own content is malformed. Data stays on
     the remote; other tags of the same image keep working.
 extends_documentation_fragment:
