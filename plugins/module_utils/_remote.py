@@ -140,22 +140,6 @@ class Reader:
         return False
 
 
-class ReadErrors(Reader):
-    """Wraps a streaming reader so that failures mid-read become one-line RemoteErrors."""
-
-    def __init__(self, reader, errors, describe):
-        self._reader, self._errors, self._describe = reader, errors, describe
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._reader.read(size)
-        except self._errors as exc:
-            raise RemoteError(self._describe(exc))
-
-    def close(self):
-        self._reader.close()
-
-
 class LocalRemote(Remote):
     """A directory on this host (or a mounted NFS/CIFS share)."""
 
