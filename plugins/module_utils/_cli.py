@@ -302,7 +302,8 @@ def cmd_tags(args, out: Output) -> int:
     repo = repository_from_args(args)
     repo.check()
     name, _sep, tag = args.pattern.rpartition(":") if ":" in args.pattern.rsplit("/", 1)[-1] else (args.pattern, "", "*")
-    described, broken = describe_tags(repo, repo.list_targets(name or "*", tag or "*"))
+    malformed = {}
+    described, broken = describe_tags(repo, repo.list_targets(name or "*", tag or "*", malformed), malformed)
     for ref, why in sorted(broken.items()):
         sys.stderr.write("dogestry: warning: tag %s is broken: %s\n" % (ref, why))
     if out.as_json:

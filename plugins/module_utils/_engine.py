@@ -461,8 +461,15 @@ class _LayerReaders:
 
 # ---- tags -----------------------------------------------------------------------------------
 
-def describe_tags(repo: Repository, tags: Dict[ImageRef, Target]) -> Tuple[Dict[str, Dict], Dict[str, str]]:
-    """(described tags, broken tags): a tag whose manifest is missing or damaged is reported, not fatal.
+def target_digest(target: Target) -> str:
+    """The digest a tag names: a dogestry manifest's, or that of OCI content kept as pushed."""
+    return target.digest if isinstance(target, Descriptor) else "sha256:" + target
+
+
+def describe_tags(repo: Repository, tags: Dict[ImageRef, Target],
+                  malformed: Optional[Dict[ImageRef, str]] = None) -> Tuple[Dict[str, Dict], Dict[str, str]]:
+    """(described tags, broken tags): a tag whose manifest is missing or damaged, or whose own content is
+    malformed (`malformed`, from Repository.list_targets), is reported, not fatal.
     A tag naming OCI content pushed through the registry API is described by its decoded image, if any."""
     def read(target):
         try:
@@ -474,10 +481,11 @@ def describe_tags(repo: Repository, tags: Dict[ImageRef, Target]) -> Tuple[Dict[
             return None, exc
     unique = sorted(set(tags.values()), key=str)
     manifests = dict(zip(unique, parallel_map(read, unique, READ_JOBS)))
-    described, broken = {}, {}
+    described = {}
+    broken = {str(ref): "malformed tag: %s" % why for ref, why in sorted((malformed or {}).items())}
     for ref, target in sorted(tags.items()):
         oid, manifest = manifests[target]
-        digest = target.digest if isinstance(target, Descriptor) else "sha256:" + target
+        digest = target_digest(target)
         if isinstance(manifest, Exception):
             broken[str(ref)] = "manifest %s: %s" % (digest, manifest)
             continue
@@ -492,28 +500,38 @@ def describe_tags(repo: Repository, tags: Dict[ImageRef, Target]) -> Tuple[Dict[
 
 @dataclass
 class TagChange:
+    """What a tag operation does. Targets are copied as stored: a tag naming OCI content (an index, an
+    artifact, a signed image) is copied as that same descriptor, so its digest and signatures stay valid."""
     ref: ImageRef
-    before: Optional[str]       # manifest oid the tag points at now
-    after: Optional[str]        # manifest oid it will point at; None removes the tag
+    before: Optional[Target]        # what the tag names now (None: no such tag, or `malformed`)
+    after: Optional[Target]         # what it will name; None removes the tag
+    malformed: Optional[str] = None     # why the tag's current content is no tag document
 
     @property
     def reason(self) -> Optional[str]:
-        if self.before == self.after:
+        if self.before == self.after and self.malformed is None:
             return None
+        was = (" (was %s)" % target_digest(self.before)[:19] if self.before is not None
+               else " (was malformed: %s)" % self.malformed if self.malformed else "")
         if self.after is None:
-            return "%s would be removed" % self.ref
-        return "%s would point at manifest sha256:%s%s" % (
-            self.ref, self.after[:12], " (was sha256:%s)" % self.before[:12] if self.before else "")
+            return "%s would be removed%s" % (self.ref, was)
+        return "%s would point at manifest %s%s" % (self.ref, target_digest(self.after)[:19], was)
 
 
 def plan_tag(repo: Repository, ref: ImageRef, source: Optional[str]) -> TagChange:
-    """Point `ref` at the image `source` names (a tag or an ID prefix), or remove it (source None)."""
+    """Point `ref` at what `source` names (a tag, copied as stored, or an ID prefix), or remove it (source None)."""
     repo.check()
-    before = repo.read_tag(ref)
-    after = repo.resolve(source)[1] if source is not None else None
-    if after is not None:
-        repo.read_manifest(after)   # never tag what cannot be read back
-    return TagChange(ref, before, after)
+    try:
+        before, malformed = repo.read_target(ref), None
+    except FormatError as exc:
+        before, malformed = None, str(exc)     # a tag that cannot be read can still be replaced or removed
+    after = repo.resolve_target(source)[1] if source is not None else None
+    # never tag what cannot be read back (each read verifies the manifest against its digest)
+    if isinstance(after, Descriptor):
+        repo.read_oci_manifest(after.digest)
+    elif after is not None:
+        repo.read_manifest(after)
+    return TagChange(ref, before, after, malformed)
 
 
 def execute_tag(repo: Repository, change: TagChange) -> None:
@@ -521,5 +539,8 @@ def execute_tag(repo: Repository, change: TagChange) -> None:
         return
     if change.after is None:
         repo.delete_tag(change.ref)
+    elif isinstance(change.after, Descriptor):
+        repo.hold_oci_content()     # a no-op on the version-2 remote such content comes from
+        repo.write_oci_tag(change.ref, change.after)
     else:
         repo.write_tag(change.ref, change.after)

@@ -22,15 +22,20 @@ Pushes that *reuse* old, unreferenced blobs are protected by leases and a prune 
   waits while a prune marker is live, then checks that the objects its plan found are still
   there (a prune that finished in between is caught here: "run the push again");
 * prune writes ``leases/prune-<uuid>.json`` first, then re-reads tags, tickets and leases right
-  before deleting, and deletes image-index entries, manifests, then blobs (reverse write order).
+  before deleting, and deletes image-index entries, manifests, then blobs (reverse write order),
+  in batches (S3: DeleteObjects, 1000 keys a request).  A timer rewrites the marker every
+  MARKER_REFRESH seconds until prune is done, and deleting stops if it could not for MARKER_TTL / 2.
 
 Either prune reads the lease (and spares its oids), or the lease was written after prune's
-marker, so the push sees the marker and waits it out before checking.  Markers older than
-MARKER_TTL (a crashed prune) are ignored and later pruned.
+marker, so the push sees the marker and waits it out before checking.  Markers not rewritten for
+MARKER_TTL (a crashed prune) are ignored and later pruned.  A marker's age is judged by the store's
+clock alone (the pusher's lease, just written, tells the store's time), so a pusher whose clock
+disagrees with the store's is not fooled either way.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -48,8 +53,10 @@ from ._transfer import parallel_map
 
 LEASES_PREFIX = "leases/"
 MARKER_PREFIX = LEASES_PREFIX + "prune-"
-MARKER_TTL = 600            # seconds a prune marker counts as a running prune (refreshed per phase)
+MARKER_TTL = 600            # seconds a prune marker counts as a running prune after it was last rewritten
+MARKER_REFRESH = MARKER_TTL / 4     # a running prune rewrites its marker this often
 MARKER_POLL = 1.0
+DELETE_BATCH = 1000         # keys per Remote.delete_many call (S3's DeleteObjects limit)
 LEASE_TTL = 24 * 3600       # a push's lease protects its oids this long from its creation, whatever the grace
 MIN_GRACE_SECONDS = 60      # young garbage is judged by the store's clock: spare a minute of skew at least
 DELETE_ORDER = ("image_index", "referrers", "oci_manifests", "manifests", "blobs", "tickets", "leases")
@@ -69,7 +76,7 @@ def write_lease(repo: Repository, oids: Iterable[str], expect: Iterable[str] = (
     repo.remote.put(key, canonical_json({"dogestry_lease": 1, "created": int(time.time()),
                                          "oids": sorted(set(oids))}))
     try:
-        _wait_for_prunes(repo)
+        _wait_for_prunes(repo, key)
         expect = sorted(set(expect))
         gone = [k for k in expect if k not in repo.remote.stat(expect)] if expect else []
         if gone:
@@ -96,10 +103,14 @@ def drop_lease(repo: Repository, lease_key: str) -> None:
     repo.remote.delete(lease_key)
 
 
-def _wait_for_prunes(repo: Repository) -> None:
+def _wait_for_prunes(repo: Repository, lease_key: str) -> None:
+    """Wait while a prune marker is live by the store's clock: the lease just written carries the store's
+    time (its modification time), and this host's monotonic clock says how long ago that was."""
+    written = repo.remote.stat([lease_key]).get(lease_key)
+    store_then, since = (written.modified if written else time.time()), time.monotonic()
     while True:
-        now = time.time()
-        running = [info for info in repo.remote.list(MARKER_PREFIX) if info.modified > now - MARKER_TTL]
+        store_now = store_then + (time.monotonic() - since)
+        running = [info for info in repo.remote.list(MARKER_PREFIX) if info.modified > store_now - MARKER_TTL]
         if not running:
             return
         time.sleep(MARKER_POLL)
@@ -120,7 +131,15 @@ class Live:
 def _referenced(repo: Repository, now: float, grace: float) -> Live:
     remote = repo.remote
     live = Live()
-    targets = repo.list_targets().values()
+    malformed: Dict = {}
+    targets = repo.list_targets(malformed=malformed).values()
+    if malformed:
+        # Its content names nothing we can read, so any stored image may be what it was meant to keep:
+        # deleting around it could destroy the only copy; nothing is deleted until someone decides.
+        (_ref, why), more = sorted(malformed.items())[0], len(malformed) - 1
+        raise FormatError("prune refused: %s%s; a malformed tag could name any stored image, so prune deletes nothing "
+                          "while one is there: fix it, or remove it (dogestry_tags state=absent), then prune again"
+                          % (why, " (and %d more malformed tag%s)" % (more, "s" if more > 1 else "") if more else ""))
     roots = {target for target in targets if isinstance(target, str)}
     roots |= _oci_referenced(repo, [target.digest for target in targets if not isinstance(target, str)], live)
     for info in remote.list(TICKETS_PREFIX):
@@ -294,20 +313,62 @@ def plan_prune(repo: Repository, grace_seconds: float, now: Optional[float] = No
     return PrunePlan(repo.url, grace_seconds, now, garbage, young, live)
 
 
+class _Marker:
+    """A running prune's marker: written on entry, rewritten every MARKER_REFRESH seconds by a timer thread
+    however long a phase takes, deleted on exit. `check()` before each batch of deletions stops the prune
+    when the marker could not be rewritten for MARKER_TTL / 2: pushes might soon stop waiting for it."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.key = "%s%s.json" % (MARKER_PREFIX, uuid.uuid4().hex)
+        self._stop = threading.Event()
+        self._written = 0.0
+        self._error: Optional[Exception] = None
+
+    def _write(self) -> None:
+        self.repo.remote.put(self.key, canonical_json({"dogestry_prune": 1, "written": int(time.time())}), overwrite=True)
+        self._written = time.monotonic()
+
+    def _keep_fresh(self) -> None:
+        while not self._stop.wait(MARKER_REFRESH):
+            try:
+                self._write()
+            except DogestryError as exc:     # try again at the next tick; check() stops the prune if it lasts
+                self._error = exc
+
+    def check(self) -> None:
+        stale = time.monotonic() - self._written
+        if stale > MARKER_TTL / 2:
+            raise RemoteError("prune stopped: its marker %s on %s could not be rewritten for %d s (%s); pushes could "
+                              "stop waiting for it: run the prune again" % (self.key, self.repo.url, stale, self._error))
+
+    def __enter__(self) -> "_Marker":
+        self._write()
+        self._thread = threading.Thread(target=self._keep_fresh, name="dogestry-prune-marker", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.repo.remote.delete(self.key)
+
+
 def execute_prune(repo: Repository, plan: PrunePlan, jobs: int = JOBS) -> Dict:
     """Delete the plan's garbage that is still garbage: tags, tickets and leases are re-read first."""
     result = plan.result()
     if not plan.count:
         result.update(deleted_count=0, deleted_bytes=0, kept=[])
         return result
-    marker = "%s%s.json" % (MARKER_PREFIX, uuid.uuid4().hex)
-    repo.remote.put(marker, canonical_json({"dogestry_prune": 1, "started": int(time.time())}))
-    deleted: Dict[str, List[str]] = {c: [] for c in DELETE_ORDER}
+    deleted: Dict[str, List[ObjectInfo]] = {c: [] for c in DELETE_ORDER}
     kept: List[str] = []
-    try:
+    with _Marker(repo) as marker:
         live = _referenced(repo, time.time(), plan.grace_seconds)
+
+        def delete(batch: List[ObjectInfo]) -> None:
+            marker.check()
+            repo.remote.delete_many([info.key for info in batch])
         for category in DELETE_ORDER:
-            repo.remote.put(marker, canonical_json({"dogestry_prune": 1, "phase": category}), overwrite=True)
             doomed = []
             for info in plan.garbage[category]:
                 kind = _category(info.key)
@@ -315,10 +376,8 @@ def execute_prune(repo: Repository, plan: PrunePlan, jobs: int = JOBS) -> Dict:
                     kept.append(info.key)
                 else:
                     doomed.append(info)
-            parallel_map(lambda info: repo.remote.delete(info.key), doomed, jobs)
+            parallel_map(delete, [doomed[i:i + DELETE_BATCH] for i in range(0, len(doomed), DELETE_BATCH)], jobs)
             deleted[category] = doomed
-    finally:
-        repo.remote.delete(marker)
     result.update(
         deleted={c: sorted(info.key for info in deleted[c]) for c in DELETE_ORDER},
         deleted_count=sum(len(v) for v in deleted.values()),

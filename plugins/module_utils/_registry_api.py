@@ -250,7 +250,7 @@ class RegistryApi:
             self._refreshed = now
         if not self._holds_images():
             return
-        for oid in sorted(set(self.repo.list_tags().values())):
+        for oid in sorted(set(self.repo.list_tags(malformed={}).values())):     # a malformed tag hides no other
             try:
                 self._learn(oid)
             except (RemoteNotFoundError, FormatError, BlobCorruptError):
@@ -276,7 +276,7 @@ class RegistryApi:
         raise ApiError(404, "MANIFEST_UNKNOWN", "%s:%s is not on this remote" % (names[-1], tag))
 
     def _name_exists(self, name: str) -> bool:
-        return self._holds_images() and bool(self.repo.list_targets(name))
+        return self._holds_images() and bool(self.repo.list_targets(name, malformed={}))
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -461,7 +461,7 @@ class RegistryApi:
 
     def _tags(self, names: List[str], query: Dict[str, str], head: bool) -> Response:
         for name in names if self._holds_images() else ():
-            tags = sorted(ref.tag for ref in self.repo.list_targets(name))
+            tags = sorted(ref.tag for ref in self.repo.list_targets(name, malformed={}))     # served: the readable ones
             if tags:
                 page, more = self._page(tags, query)
                 extra = []
@@ -472,7 +472,7 @@ class RegistryApi:
         raise ApiError(404, "NAME_UNKNOWN", "repository %s is not on this remote" % names[-1])
 
     def _catalog(self, query: Dict[str, str], head: bool) -> Response:
-        names = sorted({ref.name for ref in self.repo.list_targets()}) if self._holds_images() else []
+        names = sorted({ref.name for ref in self.repo.list_targets(malformed={})}) if self._holds_images() else []
         page, more = self._page(names, query)
         extra = []
         if more and page:

@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Dict, Iterable, Iterator, Optional
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional
 
 from ._errors import BlobCorruptError, FormatError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
 
@@ -92,6 +92,11 @@ class Remote:
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
+    def delete_many(self, keys: List[str]) -> None:
+        """Delete several keys (absent ones are no error); remotes with a batch call (S3) override it."""
+        for key in keys:
+            self.delete(key)
+
     def move(self, key: str, new_key: str) -> None:
         """Move an object aside (verify's repair quarantines damaged objects this way)."""
         raise NotImplementedError
@@ -133,22 +138,6 @@ class Reader:
     def __exit__(self, *exc_info):
         self.close()
         return False
-
-
-class ReadErrors(Reader):
-    """Wraps a streaming reader so that failures mid-read become one-line RemoteErrors."""
-
-    def __init__(self, reader, errors, describe):
-        self._reader, self._errors, self._describe = reader, errors, describe
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._reader.read(size)
-        except self._errors as exc:
-            raise RemoteError(self._describe(exc))
-
-    def close(self):
-        self._reader.close()
 
 
 class LocalRemote(Remote):
@@ -272,11 +261,13 @@ class LocalRemote(Remote):
             raise self._fail(exc, "writing", key)
         if overwrite:
             self._makedirs_for(key)
+            target = self._inside(key)
             try:
-                os.replace(tmp, self._inside(key))
+                os.replace(tmp, target)
             except OSError as exc:
                 unlink_quietly(tmp)
                 raise self._fail(exc, "writing", key)
+            self._sync_dir(os.path.dirname(target), key)
             return True
         return self.put_file(key, tmp)
 
@@ -287,6 +278,7 @@ class LocalRemote(Remote):
             self._makedirs_for(key)
             target = self._inside(key)
             os.link(path, target)
+            self._sync_dir(os.path.dirname(target), key)
             return True
         except FileExistsError:
             if not stat_module.S_ISREG(os.lstat(target).st_mode):
@@ -300,10 +292,32 @@ class LocalRemote(Remote):
 
     def _makedirs_for(self, key):
         self._inside(key)   # never create directories through a symlink
+        parent = os.path.dirname(self._path(key))
+        missing = []
+        while not os.path.isdir(parent) and parent != os.path.dirname(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
         try:
             os.makedirs(os.path.dirname(self._path(key)), exist_ok=True)
         except OSError as exc:
             raise self._fail(exc, "creating directories for", key)
+        for created in reversed(missing):       # a new directory is durable once its parent is synced
+            self._sync_dir(os.path.dirname(created), key)
+
+    def _sync_dir(self, path: str, key: str) -> None:
+        """fsync a directory, so that an entry just linked, renamed or created in it survives a crash:
+        a write is acknowledged (and a tag may name it) only once its name is on disk, not only its bytes."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise self._fail(exc, "syncing the directory of", key)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):     # a filesystem that cannot sync directories
+                raise self._fail(exc, "syncing the directory of", key)
+        finally:
+            os.close(fd)
 
     def delete(self, key):
         try:
@@ -315,10 +329,13 @@ class LocalRemote(Remote):
 
     def move(self, key, new_key):
         self._makedirs_for(new_key)
+        source, target = self._inside(key), self._inside(new_key)
         try:
-            os.rename(self._inside(key), self._inside(new_key))
+            os.rename(source, target)
         except OSError as exc:
             raise self._fail(exc, "moving to %s" % new_key, key)
+        self._sync_dir(os.path.dirname(target), new_key)
+        self._sync_dir(os.path.dirname(source), key)
 
     def remove_stale_staging(self, older_than: float) -> None:
         """Temp files of interrupted pushes; left alone while younger than `older_than` seconds."""

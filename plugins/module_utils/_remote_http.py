@@ -9,6 +9,11 @@
 plain HTTP, so `list` (image-ID prefixes, tag listing) is refused with a clear message; pulling
 by name:tag needs only GET and HEAD.  Uses urllib only (no extra dependency).
 
+A CDN answers 503 or resets a connection now and then: a request is tried up to MAX_ATTEMPTS times
+with jittered exponential backoff (a Retry-After is honoured) on 408, 429, 5xx and on connections
+that fail before a response, and a body cut short is resumed from the byte it reached with a Range
+request of the same version (If-Range on its ETag or Last-Modified), as the S3 remote does.
+
 A URL that carries a query string or ends in ``.json`` is a signed pull URL instead (see _ticket;
 _remotes.remote_from_url tells them apart).
 """
@@ -16,8 +21,9 @@ _remotes.remote_from_url tells them apart).
 from __future__ import annotations
 
 import calendar
-import re
 import http.client
+import random
+import re
 import ssl
 import time
 import urllib.error
@@ -27,12 +33,17 @@ from typing import Optional
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from ._errors import RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
-from ._remote import ObjectInfo, ReadErrors, Reader, Remote, read_bounded
+from ._remote import ObjectInfo, Reader, Remote, read_bounded
 from ._transfer import parallel_map
 
 TIMEOUT = 60            # seconds one read may wait for any byte
 MIN_RATE = 16 << 10     # bytes/s a transfer must average once RATE_GRACE has passed, or it is cut off
 RATE_GRACE = 30         # seconds a transfer may be slow before MIN_RATE applies (slow starts, tiny objects)
+MAX_ATTEMPTS = 6        # tries of one request, and resumptions of one body (as the S3 remote's)
+BACKOFF_BASE = 0.5      # seconds before the first retry, doubled at each one ...
+BACKOFF_MAX = 8.0       # ... up to this (each wait jittered down by up to half): about 15 s in all
+RETRY_AFTER_MAX = 30    # seconds of a server's Retry-After honoured at most
+RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
 
 
 def _one_line(text) -> str:
@@ -60,6 +71,23 @@ def signed_url_expiry(url: str) -> Optional[float]:
 
 def format_time(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _backoff(attempt: int) -> float:
+    return min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+def _retry_after(headers) -> float:
+    value = (headers or {}).get("Retry-After") or ""
+    return min(float(value), RETRY_AFTER_MAX) if value.strip().isdigit() else 0.0
+
+
+class _Retry(Exception):
+    """A failure worth another try: `error` is raised if none is left; `after` is the server's Retry-After."""
+
+    def __init__(self, error: RemoteError, after: float = 0.0):
+        super().__init__(str(error))
+        self.error, self.after = error, after
 
 
 def _s3_error_code(body: bytes):
@@ -119,8 +147,62 @@ class RateGuard(Reader):
         self._response.close()
 
 
+class _ResumingBody(Reader):
+    """A GET's body that survives a connection reset or cut short mid-body: the rest is asked for from the
+    byte reached (Range), of the same version (If-Range on the first response's ETag, or Last-Modified),
+    and a server that then answers with anything but that rest is refused. Rate-guarded piece by piece."""
+
+    def __init__(self, remote: "HttpRemote", url: str, what: str):
+        self._remote, self._url, self._what = remote, url, what
+        self._offset, self._resumed = 0, 0
+        response = remote._request(url, "reading")
+        length = response.headers.get("Content-Length")
+        self._length = int(length) if length and length.isdigit() else None
+        etag = response.headers.get("ETag")
+        self._etag = etag if etag and not etag.startswith("W/") else None      # If-Range takes strong ones only
+        self._validator = self._etag or response.headers.get("Last-Modified")
+        self._body = RateGuard(response, what)
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            try:
+                data = self._body.read(size)
+            except (OSError, http.client.HTTPException) as exc:
+                failure = _one_line(exc) or type(exc).__name__
+            else:
+                if data or self._length is None or self._offset >= self._length:
+                    self._offset += len(data)
+                    return data
+                failure = "the body ended at byte %d of %d" % (self._offset, self._length)
+            self._resume(failure)
+
+    def _resume(self, failure: str) -> None:
+        self._resumed += 1
+        self._body.close()
+        if self._resumed >= MAX_ATTEMPTS or not self._validator or self._length is None:
+            raise RemoteError("%s failed: %s%s" % (self._what, failure, "" if self._validator and self._length is not None
+                                                   else " (the server gives no length and version to resume it by)"))
+        self._remote.sleep(_backoff(self._resumed))
+        response = self._remote._request(self._url, "reading", headers={
+            "Range": "bytes=%d-" % self._offset, "If-Range": self._validator})
+        content_range = response.headers.get("Content-Range") or ""
+        etag = response.headers.get("ETag")
+        if response.status != 206 or not content_range.startswith("bytes %d-" % self._offset) or (
+                self._etag and etag != self._etag):
+            response.close()
+            raise RemoteError("%s failed: %s" % (self._what, (
+                "it changed while it was read (the server sent it whole again, not from byte %d)" % self._offset
+                if response.status == 200 and etag != self._etag else
+                "the server did not resume it at byte %d (HTTP %d %s)" % (self._offset, response.status, content_range))))
+        self._body = RateGuard(response, self._what)
+
+    def close(self):
+        self._body.close()
+
+
 class HttpRemote(Remote):
     read_only = True
+    sleep = staticmethod(time.sleep)        # between retries (tests record the waits instead)
 
     def __init__(self, base_url: str, validate_certs: bool = True, ca_bundle: Optional[str] = None, jobs: int = 4):
         self.base = base_url if base_url.endswith("/") else base_url + "/"
@@ -150,24 +232,47 @@ class HttpRemote(Remote):
     def _display(self, key: str) -> str:
         return display_url(self._url_for(key))
 
-    def _request(self, url: str, what: str, method: str = "GET"):
-        request = urllib.request.Request(url, method=method, headers={"User-Agent": "dogestry"})
+    def _request(self, url: str, what: str, method: str = "GET", headers=None):
+        """The response to one request, retried (MAX_ATTEMPTS in all, with backoff) while it fails in a way
+        another try may not: 408, 429, 5xx, a reset or a timeout before the response."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._attempt(url, what, method, headers)
+            except _Retry as retry:
+                if attempt >= MAX_ATTEMPTS:
+                    raise type(retry.error)("%s (%d attempts)" % (retry.error, attempt))
+                self.sleep(max(_backoff(attempt), retry.after))
+
+    def _attempt(self, url: str, what: str, method: str, headers):
+        request = urllib.request.Request(url, method=method, headers=dict(headers or {}, **{"User-Agent": "dogestry"}))
         try:
             return self._opener.open(request, timeout=TIMEOUT)
         except urllib.error.HTTPError as exc:
             with exc:
-                body = exc.read() if method != "HEAD" else b""
-            raise self._http_error(exc.code, body, url, what)
+                try:
+                    body = exc.read() if method != "HEAD" else b""
+                except (OSError, http.client.HTTPException):
+                    body = b""
+            error = self._http_error(exc.code, body, url, what, exc.reason)
+            if exc.code in RETRY_STATUSES:
+                raise _Retry(error, _retry_after(exc.headers))
+            raise error
         except urllib.error.URLError as exc:
             reason = exc.reason
-            if isinstance(reason, ssl.SSLError):
+            if isinstance(reason, ssl.SSLCertVerificationError):
                 raise RemoteError("TLS verification failed for %s: set ca_bundle, or validate_certs=false for a "
                                   "test server (%s)" % (display_url(url), _one_line(reason)))
-            raise RemoteError("cannot reach %s: %s" % (display_url(url), _one_line(reason)))
-        except (OSError, ValueError) as exc:
+            if isinstance(reason, str):     # urllib's own refusals (an unknown scheme): no network involved
+                raise RemoteError("%s %s failed: %s" % (what, display_url(url), _one_line(reason)))
+            raise _Retry(RemoteError("cannot reach %s: %s" % (display_url(url), _one_line(reason))))
+        except (OSError, http.client.HTTPException) as exc:    # reset or closed before the response
+            raise _Retry(RemoteError("%s %s failed: %s" % (what, display_url(url), _one_line(exc) or type(exc).__name__)))
+        except ValueError as exc:
             raise RemoteError("%s %s failed: %s" % (what, display_url(url), _one_line(exc)))
 
-    def _http_error(self, status: int, body: bytes, url: str, what: str) -> RemoteError:
+    def _http_error(self, status: int, body: bytes, url: str, what: str, reason: str = "") -> RemoteError:
         shown = display_url(url)
         code, message = _s3_error_code(body)
         if status == 403 and "expired" in message.lower():
@@ -183,7 +288,7 @@ class HttpRemote(Remote):
             return RemoteAuthError("access denied %s %s (HTTP %d%s): the server needs no credentials we can send; "
                                    "make the files public or use a signed pull URL"
                                    % (what, shown, status, (" " + code) if code else ""))
-        return RemoteError("%s %s failed: HTTP %d %s" % (what, shown, status, _one_line(message or code)))
+        return RemoteError("%s %s failed: HTTP %d %s" % (what, shown, status, _one_line(message or code or reason)))
 
     # -- Remote -------------------------------------------------------------------------------
 
@@ -191,8 +296,7 @@ class HttpRemote(Remote):
         return self._open_url(self._url_for(key), "reading %s" % self._display(key))
 
     def _open_url(self, url: str, what: str):
-        return ReadErrors(RateGuard(self._request(url, "reading"), what), (OSError, http.client.HTTPException),
-                          lambda exc: "%s failed: %s" % (what, _one_line(exc)))
+        return _ResumingBody(self, url, what)
 
     def get_url(self, url: str, what: str, limit: int = 1 << 24) -> bytes:
         """A whole small document at a full URL (a signed URL's ticket), bounded in size and time."""

@@ -60,6 +60,7 @@ MiB = 1 << 20
 DEFAULT_PART_SIZE = 8 * MiB
 MIN_PART_SIZE = 5 * MiB          # S3's minimum for every part but the last
 MAX_PARTS = 10000
+MAX_DELETE_KEYS = 1000           # keys per DeleteObjects request (S3's limit)
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 MAX_ATTEMPTS = 6                 # botocore "standard" retries (throttling, 5xx, connection errors): ~30 s at most
 LIST_MIN_GROUPS = 8              # stat(): below this many probes, never list
@@ -450,6 +451,30 @@ class S3Remote(Remote):
             if self._status(exc) == 404 and self._code(exc) != "NoSuchBucket":
                 return
             raise self._error(exc, "deleting", key)
+
+    def delete_many(self, keys):
+        """DeleteObjects, MAX_DELETE_KEYS a request (`jobs` requests at once); a store without it gets one
+        DELETE per key. Absent keys are no error, as for delete()."""
+        batches = [list(keys[i:i + MAX_DELETE_KEYS]) for i in range(0, len(keys), MAX_DELETE_KEYS)]
+        parallel_map(self._delete_batch, batches, self.jobs)
+
+    def _delete_batch(self, keys: List[str]) -> None:
+        if not keys:
+            return
+        try:
+            response = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(key)} for key in keys], "Quiet": True})
+        except (BotoCoreError, ClientError) as exc:
+            if self._code(exc) in _UNSUPPORTED_CODES or self._status(exc) == 501:
+                for key in keys:
+                    self.delete(key)
+                return
+            raise self._error(exc, "deleting %d objects, the first" % len(keys), keys[0])
+        failed = [error for error in response.get("Errors") or () if error.get("Code") != "NoSuchKey"]
+        if failed:
+            raise RemoteError("deleting s3://%s/%s failed: %s (%s)%s" % (
+                self.bucket, failed[0].get("Key"), _one_line(failed[0].get("Message") or ""), failed[0].get("Code"),
+                "; %d more keys failed" % (len(failed) - 1) if len(failed) > 1 else ""))
 
     def move(self, key, new_key):
         """Server-side copy (multipart past 5 GB, via boto3's managed copy), then delete."""

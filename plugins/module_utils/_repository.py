@@ -90,13 +90,18 @@ class Repository:
     def delete_tag(self, ref: ImageRef) -> None:
         self.remote.delete(tag_key(ref.name, ref.tag))
 
-    def list_tags(self, name_pattern: str = "*", tag_pattern: str = "*") -> Dict[ImageRef, str]:
+    def list_tags(self, name_pattern: str = "*", tag_pattern: str = "*",
+                  malformed: Optional[Dict[ImageRef, str]] = None) -> Dict[ImageRef, str]:
         """Tags naming dogestry manifests whose name and tag match the shell-style patterns, with their oids."""
-        return {ref: target for ref, target in self.list_targets(name_pattern, tag_pattern).items()
+        return {ref: target for ref, target in self.list_targets(name_pattern, tag_pattern, malformed).items()
                 if isinstance(target, str)}
 
-    def list_targets(self, name_pattern: str = "*", tag_pattern: str = "*") -> Dict[ImageRef, Target]:
-        """Every tag whose name and tag match the shell-style patterns, with what it names."""
+    def list_targets(self, name_pattern: str = "*", tag_pattern: str = "*",
+                     malformed: Optional[Dict[ImageRef, str]] = None) -> Dict[ImageRef, Target]:
+        """Every tag whose name and tag match the shell-style patterns, with what it names.
+
+        A tag whose content is not a tag document raises FormatError, unless `malformed` is a dict: then
+        it is recorded there (ref -> why) and left out, so one bad object does not hide the others."""
         prefix = "repositories/"
         literal = name_pattern.split("*")[0].split("?")[0].split("[")[0]
         if literal and literal == name_pattern:
@@ -106,8 +111,22 @@ class Repository:
             ref = tag_from_key(info.key)
             if ref and fnmatch.fnmatchcase(ref.name, name_pattern) and fnmatch.fnmatchcase(ref.tag, tag_pattern):
                 refs.append(ref)
-        targets = parallel_map(self.read_target, sorted(refs), READ_JOBS)
-        return {ref: target for ref, target in zip(sorted(refs), targets) if target is not None}
+
+        def read(ref):
+            try:
+                return self.read_target(ref)
+            except FormatError as exc:
+                if malformed is None:
+                    raise
+                return exc
+        refs.sort()
+        targets = {}
+        for ref, target in zip(refs, parallel_map(read, refs, READ_JOBS)):
+            if isinstance(target, FormatError):
+                malformed[ref] = str(target)
+            elif target is not None:
+                targets[ref] = target
+        return targets
 
     # -- manifests and configs ----------------------------------------------------------------
 
@@ -232,6 +251,12 @@ class Repository:
     def resolve(self, text: str, platform: Optional[Tuple[str, str, Optional[str]]] = None) -> Tuple[Optional[ImageRef], str]:
         """'name:tag' or a unique image-ID prefix -> (tag or None, manifest oid). A tag naming an OCI index
         gives the image of `platform` (os, architecture, variant; default linux/amd64)."""
+        ref, target = self.resolve_target(text)
+        return ref, self.image_for(target, platform or ("linux", "amd64", None), str(ref))
+
+    def resolve_target(self, text: str) -> Tuple[Optional[ImageRef], Target]:
+        """'name:tag' or a unique image-ID prefix -> (tag or None, what it names as it is stored: a dogestry
+        manifest oid, or the descriptor of OCI content kept as pushed)."""
         text = str(text).strip()
         if looks_like_id_prefix(text):
             hexprefix = id_prefix_hex(text)
@@ -254,4 +279,4 @@ class Repository:
         target = self.read_target(ref)
         if target is None:
             raise ImageReferenceError("%s is not on %s: no such tag (dogestry_tags lists them)" % (ref, self.url))
-        return ref, self.image_for(target, platform or ("linux", "amd64", None), str(ref))
+        return ref, target

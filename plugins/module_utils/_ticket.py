@@ -19,7 +19,8 @@ Sizes are in the ticket because a presigned GET URL cannot be used for HEAD.
 Pulling: `remote_from_url(<that URL>)` fetches the ticket and gives a read-only `TicketRemote`
 that serves exactly those keys and answers the tag key of the ticket's image with the pinned
 manifest, so the engine's plan_pull/execute_pull run unchanged and verify every byte by sha256.
-The URL's signature is the only secret: it never appears in `url` or messages.
+The URL's query (its signature, and with temporary credentials the session token) is the secret: it
+never appears in `url` or messages.
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ class TicketRemote(HttpRemote):
             self.objects = {str(key): (str(entry["url"]), int(entry["size"])) for key, entry in doc["objects"].items()}
             if not all(url.lower().startswith(("https://", "http://")) for url, _size in self.objects.values()):
                 raise ValueError("object URLs must be http(s)")
+            plain = [url for url, _size in self.objects.values() if url.lower().startswith("http://")]
+            if plain and ticket_url.lower().startswith("https://"):
+                # a ticket that came over TLS must not send the pull's bytes and signatures in the clear
+                raise ValueError("object URL %s is plain http in a ticket fetched over https: refused" % display_url(plain[0]))
         except (ValueError, TypeError, KeyError, AttributeError, FormatError, ImageReferenceError) as exc:
             raise FormatError("%s is not a valid dogestry signed pull URL: %s" % (where, exc))
         self.image = str(self.ref)

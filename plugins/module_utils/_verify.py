@@ -209,7 +209,12 @@ def _check_index(repo: Repository, manifests: Dict[str, Manifest], report: Verif
 
 
 def _check_tags(repo: Repository, manifests: Dict[str, Manifest], report: VerifyReport) -> None:
-    for ref, target in sorted(repo.list_targets().items()):
+    malformed: Dict = {}
+    targets = repo.list_targets(malformed=malformed)
+    for ref, why in sorted(malformed.items()):
+        report.tags += 1
+        report.problems.append(Problem(tag_key(ref.name, ref.tag), "broken", "%s: fix or remove the tag" % why, False))
+    for ref, target in sorted(targets.items()):
         report.tags += 1
         if isinstance(target, Descriptor):
             report.problems.extend(_check_oci(repo, ref, target))

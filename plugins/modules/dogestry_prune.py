@@ -16,6 +16,9 @@ description:
     M(dogestry.dogestry.dogestry_tags), then prune.
   - Unreferenced objects younger than O(grace_period) are kept, and so is everything a push in
     flight has announced, so a push running at the same time never loses its blobs.
+  - A malformed tag (anything but a tag document where a tag should be) makes it fail, naming the tag,
+    before anything is deleted, since it could name any stored image. Fix it, or remove it with
+    M(dogestry.dogestry.dogestry_tags) (O(dogestry.dogestry.dogestry_tags#module:state=absent)), then prune.
   - In check mode, lists what would be deleted and how many bytes it takes.
 extends_documentation_fragment:
   - dogestry.dogestry.remote

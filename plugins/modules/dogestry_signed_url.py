@@ -15,6 +15,11 @@ description:
     that URL (O(dogestry.dogestry.dogestry_pull#module:signed_url)) pulls the image, with no AWS
     credentials and no other configuration, verifying every byte as usual.
   - The URL is a bearer credential until it expires; set C(no_log) on tasks that print it.
+  - Signed with temporary credentials (O(session_token), an instance role), the URL carries the session token,
+    as every presigned S3 URL then must, in its C(X-Amz-Security-Token) parameter. That value is
+    percent-encoded byte for byte, so that Ansible's no_log masking (which replaces a secret wherever it
+    occurs in a result) leaves the URL usable. If the token or the secret key occurs anywhere else in the
+    URL, where masking would break it, the task fails instead.
   - Expired tickets are removed by M(dogestry.dogestry.dogestry_prune).
 extends_documentation_fragment:
   - dogestry.dogestry.remote
@@ -60,7 +65,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 url:
-  description: The signed pull URL. Absent in check mode.
+  description:
+    - The signed pull URL. Absent in check mode.
+    - With temporary credentials it includes the session token (see the description); treat it as a secret.
   returned: success and not in check mode
   type: str
 expires_at:
@@ -76,8 +83,9 @@ image:
 """
 
 import time
+from urllib.parse import unquote
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError, RemoteAuthError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
 from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
 from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import mint_pull_ticket, ticket_objects
@@ -85,13 +93,29 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import m
 MAX_EXPIRY = 7 * 86400
 
 
-def survive_masking(url, secret):
-    """Ansible masks a no_log value wherever it appears in a result, which would turn the URL's
-    X-Amz-Security-Token into ********: percent-encode every byte of that value instead. It is the
-    same value to S3 (query values are decoded before the signature is checked)."""
-    if not secret or secret not in url:
-        return url
-    return url.replace(secret, "".join("%%%02X" % byte for byte in secret.encode("utf-8")))
+TOKEN_PARAMETER = "X-Amz-Security-Token"
+
+
+def survive_masking(url, secrets):
+    """The URL as Ansible's no_log masking will leave it intact, or why it cannot be.
+
+    A URL presigned with temporary credentials carries the session token in its X-Amz-Security-Token
+    parameter, and Ansible replaces every no_log value (`secrets`: option name -> value) wherever it occurs
+    in a result with ********. So that one parameter's value is percent-encoded byte for byte (the same
+    value to S3, which decodes query values before it checks the signature) and nothing else is touched.
+    Returns (url, None), or (None, the option whose value still occurs in the URL: its scheme, host, path
+    or another parameter, where masking would break it)."""
+    base, sep, query = url.partition("?")
+    fields = query.split("&") if sep else []
+    for number, field in enumerate(fields):
+        name, _eq, value = field.partition("=")
+        if name == TOKEN_PARAMETER:
+            fields[number] = "%s=%s" % (name, "".join("%%%02X" % byte for byte in unquote(value).encode("utf-8")))
+    encoded = base + sep + "&".join(fields)
+    for option, secret in sorted(secrets.items()):
+        if secret and str(secret) in encoded:
+            return None, option
+    return encoded, None
 
 
 class DogestrySigner:
@@ -109,7 +133,14 @@ class DogestrySigner:
             return dict(changed=True, image=str(self.ref), expires_at=int(time.time()) + self.expires_in,
                         msg="would sign a pull of %s on %s for %ds" % (self.ref, self.repo.url, self.expires_in))
         url, expires_at = mint_pull_ticket(self.repo, self.ref, self.expires_in)
-        return dict(changed=True, url=survive_masking(url, self.module.params["session_token"]), image=str(self.ref), expires_at=expires_at,
+        ansible = self.module.module
+        url, leaked = survive_masking(url, {option: ansible.params.get(option)
+                                            for option, spec in ansible.argument_spec.items() if spec.get("no_log")})
+        if leaked:
+            raise RemoteAuthError("cannot return a signed URL of %s: the value of %s occurs in it outside its own parameter, "
+                                  "where Ansible's no_log masking would replace it with ******** and break the URL; sign "
+                                  "with other credentials (the ticket written stays unused and expires)" % (self.ref, leaked))
+        return dict(changed=True, url=url, image=str(self.ref), expires_at=expires_at,
                     msg="signed a pull of %s on %s, valid until %s UTC" % (
                         self.ref, self.repo.url, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(expires_at))))
 

@@ -13,7 +13,11 @@ description:
   - Lists the tags of a remote, filtered by name and tag patterns, with their image IDs and sizes.
   - Adds a tag to an image already in the remote, or moves it, without Docker and without
     copying any data (like C(docker tag), but on the remote).
-  - Removes a tag. Data stays on the remote; other tags of the same image keep working.
+  - The new tag names exactly what the source names. For content pushed through C(dogestry serve)
+    (a multi-platform index, an artifact, a signed image) that is the manifest as it was pushed,
+    with every platform, the same digest, and signatures still valid.
+  - Removes a tag, whatever it names, and also a tag whose own content is malformed. Data stays on
+    the remote; other tags of the same image keep working.
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
@@ -117,23 +121,26 @@ tags:
       stored_size: 1414642
 broken:
   description:
-    - When listing, the matching tags whose manifest is missing or damaged, with what is wrong; they are left
-      out of RV(tags), and each gives a warning. Move or remove them, or push the image again.
+    - When listing, the matching tags whose manifest is missing or damaged, or whose own content is malformed,
+      with what is wrong; they are left out of RV(tags), and each gives a warning. Move or remove them, or push
+      the image again.
   returned: when O(state) is omitted
   type: dict
   sample:
     myapp:old: "manifest sha256:ec43de92e9af…: not found: /srv/dogestry/manifests/sha256/ec43de92e9af…"
 actions:
-  description: What was (or would be, in check mode) done.
+  description:
+    - What was (or would be, in check mode) done. An image pushed by M(dogestry.dogestry.dogestry_push) is named
+      by its image ID, content pushed through C(dogestry serve) by its manifest digest.
   returned: always
   type: list
   elements: str
   sample: ["Tagged myapp:latest -> sha256:1dc66c9bbfee (was sha256:0aa4bd2a41c3)"]
 """
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import describe_tags, execute_tag, plan_tag
+from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import describe_tags, execute_tag, plan_tag, target_digest
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format import MANIFEST_MEDIA_TYPE, parse_image_ref
 from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
 
 
@@ -153,7 +160,8 @@ class DogestryTagger:
     def run(self):
         if self.state is None:
             self.repo.check()
-            tags, broken = describe_tags(self.repo, self.repo.list_targets(self.name, self.tag))
+            malformed = {}
+            tags, broken = describe_tags(self.repo, self.repo.list_targets(self.name, self.tag, malformed), malformed)
             for ref, why in sorted(broken.items()):
                 self.module.module.warn("tag %s on %s is broken: %s" % (ref, self.repo.url, why))
             return dict(changed=False, tags=tags, broken=broken, actions=[],
@@ -163,22 +171,38 @@ class DogestryTagger:
         change = plan_tag(self.repo, self.ref, self.image if self.state == "present" else None)
         if not self.module.check_mode:
             execute_tag(self.repo, change)
-        described = describe_tags(self.repo, {self.ref: change.after})[0] if change.after else {}
-        before = describe_tags(self.repo, {self.ref: change.before})[0] if change.before else {}
+        before = self.describe(change.before, change.malformed)
+        after = self.describe(change.after)
         actions = []
         if change.reason:
+            was = " (was %s)" % self.shown(before) if before else ""
             if change.after is None:
-                actions.append("Removed %s (was %s)" % (self.ref, before.get(str(self.ref), {}).get(
-                    "image_id", "a broken tag")[:19]))
+                actions.append("Removed %s%s" % (self.ref, was))
             else:
-                was = " (was %s)" % before[str(self.ref)]["image_id"][:19] if before else ""
-                actions.append("Tagged %s -> %s%s" % (self.ref, described[str(self.ref)]["image_id"][:19], was))
-        result = dict(changed=change.reason is not None, tags=described, actions=actions,
+                actions.append("Tagged %s -> %s%s" % (self.ref, self.shown(after), was))
+        result = dict(changed=change.reason is not None, tags=after, actions=actions,
                       msg=("%s (check mode)" % change.reason if self.module.check_mode else actions[0])
                       if change.reason else "%s is already as requested on %s" % (self.ref, self.repo.url))
         if self.module.diff_mode:
-            result["diff"] = dict(before={"tags": before}, after={"tags": described})
+            result["diff"] = dict(before={"tags": before}, after={"tags": after})
         return result
+
+    def describe(self, target, malformed=None):
+        """{name:tag: what the tag names} ({} for no tag); a tag naming something unreadable says why."""
+        if malformed is not None:
+            return {str(self.ref): {"broken": "malformed tag: %s" % malformed}}
+        if target is None:
+            return {}
+        described, broken = describe_tags(self.repo, {self.ref: target})
+        return described or {str(self.ref): {"manifest": target_digest(target), "broken": broken[str(self.ref)]}}
+
+    def shown(self, described):
+        """How an action names what a tag names: an image pushed by dogestry_push by its image ID (as docker
+        does), OCI content kept as pushed (an index, an artifact) by its own digest."""
+        entry = described[str(self.ref)]
+        if "broken" in entry:
+            return "a broken tag"
+        return (entry.get("image_id") if entry["media_type"] == MANIFEST_MEDIA_TYPE else entry["manifest"])[:19]
 
 
 def main():

@@ -12,7 +12,7 @@ version_added: 0.2.0
 description:
   - Reads every manifest, config and image-index entry of a remote, and every layer blob a manifest
     names (or O(sample) of them; the others are checked by size), as C(restic check --read-data) does.
-    Tags that name a missing or damaged manifest are reported too.
+    Tags that name a missing or damaged manifest, and malformed tags, are reported too; the rest is checked all the same.
   - With O(repair=true), damaged objects (corrupt blobs and manifests, index entries naming another
     image) are moved aside under C(quarantine/<time>/) on the remote; nothing is deleted. The next push of
     an affected image stores them anew.

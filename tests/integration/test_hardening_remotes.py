@@ -16,11 +16,13 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import (
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import BlobCorruptError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
-    ImageRef, image_index_key, manifest_key, ref_document,
+    ImageRef, image_index_key, manifest_key, ref_document, tag_key,
 )
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote_http import HttpRemote
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
 from ansible_collections.dogestry.dogestry.plugins.module_utils._verify import verify
+from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.flaky_http import FlakyServer
 
 MiB = 1 << 20
 
@@ -123,3 +125,27 @@ def test_a_damaged_stored_layer_is_uploaded_again_not_reused(daemon, build_image
     daemon.remove(name + ":1")
     daemon.remove(name + ":2")
     assert pull(daemon, repo, name + ":2")["image_id"] == image
+
+
+def test_a_pull_over_http_survives_503s_resets_and_cut_bodies(daemon, build_image, tmp_path, name, monkeypatch):
+    """A CDN in a bad hour: the layer's body is cut twice, the tag answers 503 and resets, and every other
+    request meets a seeded share of all three. The pull loads the image, every byte verified, and no wait
+    between retries is slept (they are recorded)."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    waits = []
+    monkeypatch.setattr(HttpRemote, "sleep", staticmethod(waits.append), raising=False)
+    local = Repository(remote_from_url(str(tmp_path / "remote")))
+    image = build_image(daemon.host, name + ":1", [{"/data": os.urandom(3 * MiB)}])
+    manifest = local.read_manifest(push(daemon, local, name + ":1")["manifest"][7:])
+    script = {"GET /" + manifest.layers[-1].key: ["truncate", "503", "truncate", "reset"],
+              "GET /" + tag_key(name, "1"): ["503", "reset"]}
+    server = FlakyServer(local.remote.root, script, seed=seed, rates={"503": 0.1, "reset": 0.1, "truncate": 0.1})
+    try:
+        daemon.remove(name + ":1")
+        assert pull(daemon, Repository(remote_from_url(server.url)), name + ":1")["image_id"] == image, "seed %d" % seed
+    finally:
+        server.stop()
+    layer_gets = [r for r in server.requests if r.method == "GET" and r.path == "/" + manifest.layers[-1].key]
+    assert [r.fault for r in layer_gets] == ["truncate", "503", "truncate", "reset", None], "seed %d" % seed
+    assert [r.range is not None for r in layer_gets] == [False, True, True, True, True], "seed %d" % seed
+    assert len(waits) >= 5 and daemon.inspect(image) is not None, "seed %d" % seed

@@ -121,3 +121,23 @@ def test_signed_url_minted_with_a_session_token_survives_no_log(tmp_path, docker
     ], env={"AWS_CA_BUNDLE": ""})
     assert pulled["gone"]["failed"] and "signed pull URL not found (HTTP 404" in pulled["gone"]["msg"], pulled["gone"]
     assert "********" not in pulled["gone"]["msg"]
+
+
+@pytest.mark.parametrize("token", ["http", "X-Amz"])
+def test_a_session_token_found_elsewhere_in_the_url_fails_instead_of_returning_a_broken_url(
+        tmp_path, docker_host, s3_endpoint, bucket, build_image, token):
+    """Ansible replaces a no_log value wherever it occurs in a result: a token that also occurs in the URL's
+    scheme or parameter names would come back as ********://… (or worse, percent-encoded there by us)."""
+    name = "dogestry-test-%s" % uuid.uuid4().hex[:8]
+    build_image(docker_host, name + ":1", [BASE, {"/short": token}])
+    remote = "s3://%s/short/" % bucket
+    creds = dict(defaults(s3_endpoint)["group/dogestry.dogestry.dogestry"], session_token=token)
+    minted = run_tasks(tmp_path, [
+        push(remote, [name + ":1"], "push"),
+        {"dogestry.dogestry.dogestry_signed_url": {"remote": remote, "image": name + ":1"}, "register": "url"},
+    ], module_defaults={"group/dogestry.dogestry.dogestry": creds}, env={"AWS_CA_BUNDLE": ""})
+    result = minted["url"]
+    assert result.get("failed") and "url" not in result, result
+    assert result["msg"].startswith("cannot return a signed URL of %s: the value of session_token occurs in it outside "
+                                    "its own parameter" % (name + ":1")), result["msg"]
+    assert "\n" not in result["msg"]

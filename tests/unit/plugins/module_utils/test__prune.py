@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils import _prune
-from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError, RemoteError
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError, FormatError, RemoteError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
     ImageRef, blob_key, image_index_key, manifest_key,
 )
@@ -71,13 +71,133 @@ def test_deleting_a_tag_never_deletes_data_another_tag_uses(s3repo):
     assert plan_prune(s3repo, 60, now=time.time() + LATER).count == 0
 
 
-def test_deletion_order_is_reverse_write_order(s3repo):
-    store_image(s3repo, "app:1", [b"x", b"y"], tag=False)
+def test_deletion_order_is_reverse_write_order(localrepo):
+    store_image(localrepo, "app:1", [b"x", b"y"], tag=False)
     order = []
-    delete = s3repo.remote.delete
-    s3repo.remote.delete = lambda key: (order.append(key.split("/")[0]), delete(key))
-    execute_prune(s3repo, plan_prune(s3repo, 60, now=time.time() + LATER), jobs=1)
+    delete = localrepo.remote.delete
+    localrepo.remote.delete = lambda key: (order.append(key.split("/")[0]), delete(key))
+    execute_prune(localrepo, plan_prune(localrepo, 60, now=time.time() + LATER), jobs=1)
     assert [k for k in order if k != "leases"] == ["images", "manifests", "blobs", "blobs", "blobs"]
+
+
+class S3Calls:
+    def __init__(self, remote):
+        self.names = []
+        remote.client.meta.events.register("before-call.s3.*", lambda model, **_: self.names.append(model.name))
+
+
+def test_s3_prune_deletes_in_batches_of_a_thousand(s3repo):
+    """One DeleteObjects per 1000 keys, not a DeleteObject per key (1,500 round trips for 1,500 blobs)."""
+    s3repo.check(create=True)
+    keys = ["blobs/sha256/%s/%s" % (("%064x" % n)[:2], "%064x" % n) for n in range(1500)]
+    parallel = _prune.parallel_map
+    parallel(lambda key: s3repo.remote.put(key, b"x"), keys, 16)
+    plan = plan_prune(s3repo, 60, now=time.time() + LATER)
+    assert plan.count == 1500
+    calls = S3Calls(s3repo.remote)
+    result = execute_prune(s3repo, plan)
+    assert result["deleted_count"] == 1500 and not list(s3repo.remote.list("blobs/"))
+    assert calls.names.count("DeleteObjects") == 2, calls.names
+    assert calls.names.count("DeleteObject") == 1, calls.names     # the prune's own marker
+
+
+def test_the_prune_marker_is_refreshed_while_a_phase_is_deleting(localrepo, monkeypatch):
+    """A phase that deletes for longer than the marker's life must not let the marker go stale: pushes
+    would then stop waiting and reuse what is being deleted. Deleting here waits until the marker was
+    rewritten after the phase began (a timer does it), or gives up after 30 s."""
+    monkeypatch.setattr(_prune, "MARKER_REFRESH", 0.05, raising=False)
+    store_image(localrepo, "app:1", [b"x"], tag=False)
+    plan = plan_prune(localrepo, 60, now=time.time() + LATER)
+    writes = []
+    put, delete = localrepo.remote.put, localrepo.remote.delete
+
+    def recording_put(key, data, overwrite=False):
+        if key.startswith(_prune.MARKER_PREFIX):
+            writes.append(key)
+        return put(key, data, overwrite)
+
+    def slow_delete(key):
+        if not key.startswith("leases/"):
+            seen, deadline = len(writes), time.monotonic() + 30
+            while len(writes) == seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(writes) > seen, "the prune marker was not rewritten while a phase was deleting"
+        delete(key)
+    monkeypatch.setattr(localrepo.remote, "put", recording_put)
+    monkeypatch.setattr(localrepo.remote, "delete", slow_delete)
+    assert execute_prune(localrepo, plan, jobs=1)["deleted_count"] == 4
+    assert not list(localrepo.remote.list(_prune.MARKER_PREFIX))
+
+
+def test_prune_stops_deleting_when_its_marker_cannot_be_rewritten(localrepo, monkeypatch):
+    monkeypatch.setattr(_prune, "MARKER_TTL", 0.2)
+    monkeypatch.setattr(_prune, "MARKER_REFRESH", 0.01)
+    manifest = store_image(localrepo, "app:1", [b"x"], tag=False)[1]
+    plan = plan_prune(localrepo, 60, now=time.time() + LATER)
+    put, delete = localrepo.remote.put, localrepo.remote.delete
+    writes = []
+
+    def failing_put(key, data, overwrite=False):
+        if key.startswith(_prune.MARKER_PREFIX):
+            writes.append(key)
+            if len(writes) > 1:
+                raise RemoteError("the store is read-only now")
+        return put(key, data, overwrite)
+
+    def slow_delete(key):
+        deadline = time.monotonic() + 30
+        while len(writes) < 2 and time.monotonic() < deadline:     # a rewrite was tried, and failed
+            time.sleep(0.01)
+        time.sleep(0.15)        # longer than MARKER_TTL / 2 since the one marker write that worked
+        delete(key)
+    monkeypatch.setattr(localrepo.remote, "put", failing_put)
+    monkeypatch.setattr(localrepo.remote, "delete", slow_delete)
+    with pytest.raises(RemoteError, match=r"^prune stopped: its marker leases/prune-\w+.json on .* could not be rewritten "
+                                          r"for \d+ s \(the store is read-only now\); pushes could stop waiting"):
+        execute_prune(localrepo, plan, jobs=1)
+    assert localrepo.remote.stat([manifest.config_key, manifest.layers[0].key])     # blobs come later: kept
+
+
+def _skewed_store(repo, monkeypatch, skew):
+    """Make the directory remote's clock `skew` seconds off this host's: every lease it stores gets that mtime."""
+    put = repo.remote.put
+
+    def put_with_skew(key, data, overwrite=False):
+        done = put(key, data, overwrite)
+        if key.startswith(_prune.LEASES_PREFIX):
+            os.utime(repo.remote._path(key), (time.time() + skew,) * 2)
+        return done
+    monkeypatch.setattr(repo.remote, "put", put_with_skew)
+
+
+def test_a_pusher_waits_for_a_live_marker_when_the_store_clock_is_behind(localrepo, monkeypatch):
+    """The store's clock an hour behind this host's: a marker the store wrote just now still counts."""
+    monkeypatch.setattr(_prune, "MARKER_POLL", 0.05)
+    localrepo.check(create=True)
+    _skewed_store(localrepo, monkeypatch, -3600)
+    localrepo.remote.put("leases/prune-x.json", b"{}")
+    threading.Timer(0.5, localrepo.remote.delete, ["leases/prune-x.json"]).start()
+    write_lease(localrepo, ["0" * 64])
+    assert not localrepo.remote.stat(["leases/prune-x.json"]), "write_lease did not wait for the running prune"
+
+
+def test_a_pusher_ignores_a_stale_marker_when_the_store_clock_is_ahead(localrepo, monkeypatch):
+    """The store's clock an hour ahead: a marker it wrote 30 minutes ago (a crashed prune) is stale."""
+    monkeypatch.setattr(_prune, "MARKER_POLL", 0.01)
+    localrepo.check(create=True)
+    _skewed_store(localrepo, monkeypatch, 3600)
+    localrepo.remote.put("leases/prune-x.json", b"{}")
+    os.utime(localrepo.remote._path("leases/prune-x.json"), (time.time() + 1800,) * 2)
+    polls = []
+    listing = localrepo.remote.list
+
+    def list_markers(prefix):
+        if prefix == _prune.MARKER_PREFIX:
+            polls.append(prefix)
+            assert len(polls) < 5, "write_lease keeps waiting for a prune marker that is 30 minutes old by the store's clock"
+        return listing(prefix)
+    monkeypatch.setattr(localrepo.remote, "list", list_markers)
+    assert write_lease(localrepo, ["0" * 64]).startswith("leases/")
 
 
 def test_a_lease_taken_after_planning_is_honoured(s3repo):
@@ -152,3 +272,20 @@ def test_write_lease_fails_when_a_prune_took_what_the_plan_found(s3repo):
                                           r"push was planned: run the push again$"):
         push_lease(s3repo, plan)
     assert not list(s3repo.remote.list("leases/"))      # a failed lease is dropped
+
+
+def test_a_malformed_tag_stops_prune_before_anything_is_deleted(localrepo):
+    store_image(localrepo, "app:1", [b"kept"])
+    store_image(localrepo, "app:2", [b"unreferenced"], tag=False)
+    plan = plan_prune(localrepo, 60, now=time.time() + LATER)
+    assert plan.count == 4
+    localrepo.remote.put("repositories/app/_tags/1", b"\x00junk", overwrite=True)   # it may have named app:2
+    before = all_keys(localrepo)
+    message = (r"^prune refused: tag app:1 on %s does not hold a manifest digest; a malformed tag could name any "
+               r"stored image, so prune deletes nothing while one is there: fix it, or remove it \(dogestry_tags "
+               r"state=absent\), then prune again$" % localrepo.url)
+    with pytest.raises(FormatError, match=message):
+        execute_prune(localrepo, plan)
+    assert all_keys(localrepo) == before
+    with pytest.raises(FormatError, match=message):
+        plan_prune(localrepo, 60, now=time.time() + LATER)

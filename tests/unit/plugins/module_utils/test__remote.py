@@ -113,3 +113,39 @@ def test_os_errors_on_write_become_one_line_remote_errors(remote, monkeypatch, e
         remote.put("blobs/k", b"v")
     assert type(caught.value).__name__ == cls
     assert fragment in str(caught.value) and remote.root in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.fixture
+def syscalls(monkeypatch):
+    """Every link, rename and fsync, in order, with the paths they touched (an fsync's from its descriptor)."""
+    log = []
+    for name in ("link", "replace", "rename"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda src, dst, _real=real, _name=name: (log.append((_name, dst)), _real(src, dst))[1])
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (log.append(("fsync", os.readlink("/proc/self/fd/%d" % fd))), fsync(fd))[1])
+    return log
+
+
+def _dirs_synced_after(log, call, path):
+    """The directories fsynced after the first `call` on `path`."""
+    start = log.index((call, path))
+    return {target for name, target in log[start:] if name == "fsync" and os.path.isdir(target)}
+
+
+def test_an_acknowledged_write_survives_a_crash_its_directories_are_synced(remote, syscalls):
+    """A link() or rename() is durable once its directory is fsynced, and a new directory once its parent is."""
+    root = remote.root
+    assert remote.put("blobs/sha256/ab/abcd", b"blob") is True
+    blob = os.path.join(root, "blobs", "sha256", "ab", "abcd")
+    assert _dirs_synced_after(syscalls, "link", blob) >= {os.path.dirname(blob)}, syscalls
+    created = {root, os.path.join(root, "blobs"), os.path.join(root, "blobs", "sha256")}     # parents of new dirs
+    assert {t for n, t in syscalls if n == "fsync"} >= created | {os.path.dirname(blob)}, syscalls
+
+    remote.put("repositories/app/_tags/1", b"sha256:0\n", overwrite=True)
+    tag = os.path.join(root, "repositories", "app", "_tags", "1")
+    assert _dirs_synced_after(syscalls, "replace", tag) == {os.path.dirname(tag)}, syscalls
+
+    remote.move("blobs/sha256/ab/abcd", "quarantine/t/blobs/sha256/ab/abcd")
+    moved = os.path.join(root, "quarantine", "t", "blobs", "sha256", "ab", "abcd")
+    assert _dirs_synced_after(syscalls, "rename", moved) == {os.path.dirname(moved), os.path.dirname(blob)}, syscalls

@@ -2,19 +2,30 @@
 
 import functools
 import http.server
+import os
 import threading
 import time
 
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
-    RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
+    FormatError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remote_http import HttpRemote, signed_url_expiry
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import TicketRemote
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
+from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.flaky_http import FlakyServer
+
+
+@pytest.fixture(autouse=True)
+def waits(monkeypatch):
+    """The waits between retries, recorded instead of slept (tests stay fast; the schedule is asserted)."""
+    recorded = []
+    monkeypatch.setattr(HttpRemote, "sleep", staticmethod(recorded.append), raising=False)
+    return recorded
 
 
 def _serve(handler):
@@ -181,3 +192,85 @@ def test_a_dripping_server_is_cut_off(hostile, monkeypatch):
                                           r"the server is stalling, aborted$"):
         HttpRemote(hostile[0]).get("drip")
     assert time.monotonic() - started < 5     # not the 100 s the body would take
+
+
+@pytest.fixture
+def cdn(tmp_path):
+    """cdn(script=None, **options) -> a FlakyServer over tmp_path/cdn holding `blob` (300 kB of random bytes)."""
+    root = tmp_path / "cdn"
+    root.mkdir()
+    (root / "blob").write_bytes(os.urandom(300000))
+    started = []
+    yield lambda script=None, **options: started.append(FlakyServer(str(root), script, **options)) or started[-1]
+    for server in started:
+        server.stop()
+
+
+def test_503s_and_resets_before_the_response_are_retried_with_backoff(cdn, waits):
+    server = cdn({"/blob": ["503", "reset", "503"], "/other": ["reset", "503"]})
+    remote = HttpRemote(server.url)
+    data = open(os.path.join(server.root, "blob"), "rb").read()
+    assert remote.get("blob") == data
+    assert [r.fault for r in server.requests] == ["503", "reset", "503", None]
+    assert len(waits) == 3 and all(0 < wait <= 10 for wait in waits), waits
+    with open(os.path.join(server.root, "other"), "wb") as f:
+        f.write(b"12345")
+    assert remote.stat(["other"])["other"].size == 5           # HEAD is retried too
+    assert [r.method for r in server.requests[4:]] == ["HEAD", "HEAD", "HEAD"]
+
+
+@pytest.mark.parametrize("how", ["open", "get"])
+def test_a_body_cut_short_is_resumed_from_the_byte_reached(cdn, how):
+    server = cdn({"/blob": ["truncate", "truncate", None]})
+    data = open(os.path.join(server.root, "blob"), "rb").read()
+    remote = HttpRemote(server.url)
+    if how == "open":
+        with remote.open("blob", len(data)) as body:
+            got = b"".join(iter(lambda: body.read(65536), b""))
+    else:
+        got = remote.get("blob")
+    assert got == data
+    first, second, third = server.requests
+    assert (first.range, second.range, third.range) == (None, "bytes=150000-", "bytes=225000-"), server.requests
+    assert second.if_range and second.if_range == third.if_range        # the same version, or nothing
+
+
+def test_an_object_that_changed_before_the_resume_is_refused(cdn):
+    server = cdn({"/blob": ["change"]})
+    with pytest.raises(RemoteError, match=r"^reading http://127.0.0.1:\d+/blob failed: it changed while it was read "
+                                          r"\(the server sent it whole again, not from byte 150000\)$"):
+        HttpRemote(server.url).get("blob")
+    assert [r.range for r in server.requests] == [None, "bytes=150000-"]
+
+
+def test_retries_end_with_one_line_naming_the_last_failure(cdn, waits):
+    server = cdn({"/blob": ["503"] * 10})
+    with pytest.raises(RemoteError, match=r"^reading http://127.0.0.1:\d+/blob failed: HTTP 503 .* \(6 attempts\)$"):
+        HttpRemote(server.url).get("blob")
+    assert len(server.requests) == 6 and len(waits) == 5
+
+
+def test_client_errors_are_not_retried(cdn, waits):
+    server = cdn()
+    with pytest.raises(RemoteNotFoundError):
+        HttpRemote(server.url).get("nope")
+    assert len(server.requests) == 1 and waits == []
+
+
+def test_a_seeded_storm_of_faults_still_reads_every_byte(cdn):
+    seed = int.from_bytes(os.urandom(4), "big")
+    server = cdn(seed=seed, rates={"503": 0.2, "reset": 0.2, "truncate": 0.2})
+    data = open(os.path.join(server.root, "blob"), "rb").read()
+    remote = HttpRemote(server.url)
+    for _round in range(10):
+        assert remote.get("blob") == data, "seed %d" % seed
+    assert set(server.injected) == {"503", "reset", "truncate"}, "seed %d: %s" % (seed, server.injected)
+
+
+def test_a_ticket_fetched_over_https_may_not_send_objects_over_http():
+    doc = {"dogestry_ticket": 1, "image": "a:1", "manifest": "sha256:" + "0" * 64, "expires_at": 2 ** 40,
+           "objects": {"dogestry.json": {"url": "http://cdn.example/x?X-Amz-Signature=1", "size": 1}}}
+    with pytest.raises(FormatError, match=r"is not a valid dogestry signed pull URL: object URL http://cdn.example/x "
+                                          r"is plain http in a ticket fetched over https: refused$"):
+        TicketRemote("https://h/t.json?X-Amz-Signature=s3cr3t", doc)
+    assert TicketRemote("http://h/t.json?X-Amz-Signature=s3cr3t", doc).objects      # http throughout is the user's choice

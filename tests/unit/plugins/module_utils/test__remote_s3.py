@@ -110,6 +110,32 @@ def test_fallback_when_store_rejects_if_none_match(remote):
     assert remote._conditional is False and remote.get("k") == b"1"
 
 
+def test_delete_many_batches_and_falls_back_where_delete_objects_is_missing(remote):
+    keys = ["d/%04d" % n for n in range(1203)] + ["d/absent"]
+    for key in keys[:1203]:
+        remote.client.put_object(Bucket=remote.bucket, Key=remote._key(key), Body=b"x")
+    counter = CountingClient(remote.client)
+    remote.delete_many(keys[:1100] + keys[-1:])
+    assert counter.calls == ["DeleteObjects", "DeleteObjects"] and len(list(remote.list("d/"))) == 103
+
+    def refuse(**_):
+        raise remote.client.exceptions.ClientError(
+            {"Error": {"Code": "NotImplemented", "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": 501}},
+            "DeleteObjects")
+    remote.client.meta.events.register("provide-client-params.s3.DeleteObjects", refuse)
+    remote.delete_many(keys[1100:])
+    assert not list(remote.list("d/")) and counter.calls.count("DeleteObject") == 104
+
+
+def test_delete_many_names_a_key_the_store_would_not_delete(remote):
+    def answer(**_):
+        return {"Errors": [{"Key": "pre/fix/d/1", "Code": "AccessDenied", "Message": "Access Denied"}]}
+    remote.client.delete_objects = answer
+    with pytest.raises(RemoteError, match=r"^deleting s3://%s/pre/fix/d/1 failed: Access Denied \(AccessDenied\)$"
+                       % remote.bucket):
+        remote.delete_many(["d/1", "d/2"])
+
+
 def test_put_file_small_is_create_only_and_consumes_file(remote, tmp_path):
     for content, expected in ((b"abc", True), (b"xyz", False)):
         path = tmp_path / "f"
