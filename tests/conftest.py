@@ -10,6 +10,11 @@
 - build_image:   build small busybox-based images with chosen layers on either daemon
 
 Servers are started only when none answers, and stopped at the end of the session if we started them.
+
+Tiers: a test that asks for a Docker daemon (any fixture in SLOW_FIXTURES) or whose module runs
+ansible-playbook (ansible_runner) or molecule is marked `slow` at collection, so new tests are marked
+by what they use. `pytest -m "not slow"` (scripts/test.sh --fast) runs the rest: unit tests, moto,
+`dogestry` processes; no root, Docker or molecule.
 """
 
 import hashlib
@@ -50,6 +55,26 @@ def _link_collection():
 
 
 _link_collection()
+
+SLOW_FIXTURES = {"docker_host", "docker26_host", "docker28_host", "any_docker_host", "engine", "build_image"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: needs a Docker daemon, ansible-playbook or molecule "
+                                       "(set from the fixtures a test uses; deselect with -m 'not slow')")
+
+
+def _runs_ansible(module):
+    """The test module runs ansible-playbook (tests/integration/ansible_runner) or molecule."""
+    return any(getattr(value, "__module__", None) == "ansible_runner" for value in vars(module).values()) \
+        or "molecule" in module.__name__
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = getattr(item, "module", None)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or (module is not None and _runs_ansible(module)):
+            item.add_marker(pytest.mark.slow)
 
 
 def free_port():
