@@ -100,10 +100,11 @@ def assert_remote_whole(remote, why):
 
 
 @pytest.fixture
-def image(engine, build_image, name, fault_seed):
+def image(engine, build_image, fault_seed):
     host, _client, _env, _containerd = engine
-    ref = name + ":1"
     content = random.Random("image-%d" % fault_seed)
+    name = "dogestry-fault-%08x" % content.getrandbits(32)     # a replay builds the same image
+    ref = name + ":1"
     build_image(host, ref, [{"/a.bin": content.randbytes(6 * MiB)}, {"/b.bin": content.randbytes(6 * MiB)},
                             {"/name.txt": name}], cmd=["/bin/busybox", "cat", "/name.txt"], isolated=True)
     return host, ref
