@@ -69,11 +69,15 @@ class GateProxy:
             return
 
     def close(self):
+        """Drop every connection as a killed client's would drop: shutdown() first, since close() alone
+        leaves a socket that another thread is blocked on open, and Docker would go on waiting on it
+        (Docker 28 then keeps the half-loaded layer's ingest locked, and the next load waits for it)."""
         self._closed.set()
         self._listener.close()
         with self._lock:
             for sock in self._sockets:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                for step in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+                    try:
+                        step()
+                    except OSError:
+                        pass
