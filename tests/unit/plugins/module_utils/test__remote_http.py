@@ -180,4 +180,4 @@ def test_a_dripping_server_is_cut_off(hostile, monkeypatch):
     with pytest.raises(RemoteError, match=r"^reading http://127.0.0.1:\d+/drip: \d+ bytes in \d s, under 16 KiB/s: "
                                           r"the server is stalling, aborted$"):
         HttpRemote(hostile[0]).get("drip")
-    assert time.monotonic() - started < 5     # not the 100 s the body would take
+    assert time.monotonic() - started < 50    # cut off, not the 100 s the body would take (a margin a busy machine keeps)
