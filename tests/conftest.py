@@ -467,7 +467,7 @@ def s3_endpoint():
     url = "http://127.0.0.1:%d" % port
     exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
     proc = _start([exe, "-H", "127.0.0.1", "-p", str(port)],
-                  os.path.join(tempfile.gettempdir(), "dogestry-test-moto.log"))
+                  os.path.join(tempfile.gettempdir(), "dogestry-test-moto-%d.log" % os.getuid()))
     wait_for(lambda: urllib.request.urlopen(url + "/moto-api/", timeout=2).status == 200, 60, "moto_server")
     yield url
     _stop(proc)

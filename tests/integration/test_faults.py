@@ -173,7 +173,7 @@ def test_an_accelerator_killed_during_docker_push_leaves_no_tag_on_incomplete_da
                 server.stop(signal.SIGKILL)
                 push.kill()             # Docker would retry against a dead registry for a while
                 push.wait()
-                why += ", accelerator killed after %d of %d bytes received" % (_received(str(spool), seen), total)
+                why += ", accelerator killed after %d of %d bytes received" % (_received(str(spool), seen), total or 0)
                 assert_remote_whole(remote, why)
                 server.start()          # restarted, it takes the same push again
                 break
@@ -182,7 +182,7 @@ def test_an_accelerator_killed_during_docker_push_leaves_no_tag_on_incomplete_da
             if at is None:
                 assert total > 0, "%s: the accelerator's spool saw nothing of the push" % why
                 break
-            print("%s: the kill at byte %d of %d came too late (attempt %d)" % (why, at, total, attempt))
+            print("%s: the kill at byte %s of %s came too late (attempt %d)" % (why, at, total, attempt))
             server.stop()
             docker(host, "rmi", target)
         else:
