@@ -93,7 +93,8 @@ options:
     type: int
     default: 300
 requirements:
-  - docker (Docker SDK for Python) >= 5.0.0
-  - lz4 >= 3.1.0
-  - boto3 >= 1.28.0 (for S3 remotes)
+  - docker (Docker SDK for Python) >= 7.1.0
+  - lz4 >= 4.0.0
+  - zstandard >= 0.19.0 (to push the zstd-compressed layers of Docker's containerd image store)
+  - boto3 >= 1.35.2 (for S3 remotes)
 """

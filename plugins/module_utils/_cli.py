@@ -7,7 +7,8 @@
 
 Installed as the `dogestry` console script by the top-level pyproject.toml (package `dogestry`
 is this directory). Output: one human line per result, `--json` for scripts; exit status 1 with
-a one-line error on failure (2 for usage errors, from argparse).
+a one-line error on failure (2 for usage errors), on stderr, and with `--json` also as a document
+{"error": ..., "exit_status": ...} on stdout.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ._repository import Repository
 from ._remote import LocalRemote, Reader
 from ._remotes import remote_from_url
 from ._transfer import MAX_JOBS
+from ._version import require, require_for_url
 
 S3_FLAGS = ("access_key", "secret_key", "session_token", "profile", "region", "endpoint_url")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -57,6 +59,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("%r is not 0 or a positive number" % text)
+    return value
+
+
 def _jobs(text: str) -> int:
     value = _positive(text)
     if value > MAX_JOBS:
@@ -64,8 +76,23 @@ def _jobs(text: str) -> int:
     return value
 
 
+class UsageError(SystemExit):
+    """argparse's exit 2, with its message kept for main() (--json reports it on stdout too)."""
+
+    def __init__(self, message: str):
+        SystemExit.__init__(self, 2)
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        sys.stderr.write("%s: error: %s\n" % (self.prog, message))
+        raise UsageError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print results as JSON (for scripts)")
     common.add_argument("--jobs", type=_jobs, default=4, help="parallel transfers (default 4, at most %d)" % MAX_JOBS)
     s3 = common.add_argument_group("S3 remotes (default: boto3's chain: AWS_* variables, ~/.aws, instance role)")
@@ -75,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--no-verify-certs", dest="validate_certs", action="store_false")
     s3.add_argument("--ca-bundle", default=os.environ.get("AWS_CA_BUNDLE"))
 
-    docker = argparse.ArgumentParser(add_help=False)
+    docker = _Parser(add_help=False)
     docker.add_argument("--docker-host", action="append", default=None,
                         help="Docker daemon (default $DOCKER_HOST or the local socket); pull: repeatable")
     docker.add_argument("--timeout", type=_positive, default=300)
 
-    parser = argparse.ArgumentParser(prog="dogestry", description="Docker images through a plain object store.")
+    parser = _Parser(prog="dogestry", description="Docker images through a plain object store.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     push = commands.add_parser("push", parents=[common, docker], help="push images from Docker to REMOTE")
@@ -100,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", parents=[common],
                                  help="read REMOTE's objects and report what is missing or corrupt (exit 1 if any)")
     verify.add_argument("remote")
-    verify.add_argument("--sample", type=int, metavar="N", help="read only N random layers in full (default: all)")
+    verify.add_argument("--sample", type=_non_negative, metavar="N",
+                        help="read only N random layers in full (default: all)")
     verify.add_argument("--repair", action="store_true", help="move damaged objects to quarantine/ on the remote")
     serve = commands.add_parser("serve", parents=[common], help="serve REMOTE as a registry (pull and push)")
     serve.add_argument("remote")
@@ -124,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def repository_from_args(args) -> Repository:
     options = {name: getattr(args, name, None) for name in S3_FLAGS}
     options.update(jobs=args.jobs, validate_certs=args.validate_certs, ca_bundle=args.ca_bundle)
+    require_for_url(args.remote)
     return Repository(remote_from_url(args.remote, **options))
 
 
@@ -146,6 +175,15 @@ class Output:
         if self.progress:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
+
+    def error(self, message: str, status: int) -> int:
+        """One line on stderr; with --json, scripts get the same as a document on stdout."""
+        self.done()
+        message = message.replace("\n", " ")
+        sys.stderr.write("dogestry: error: %s\n" % message)
+        if self.as_json:
+            self.result({"error": message, "exit_status": status}, "")
+        return status
 
 
 class Progress:
@@ -191,6 +229,7 @@ class Progress:
 
 def _daemons(args) -> List:
     from ._docker import Daemon
+    require(["docker", "lz4", "zstandard"], "Docker images")
     hosts = args.docker_host or [None]
     return [Daemon(host, args.timeout) for host in hosts]
 
@@ -206,8 +245,8 @@ def cmd_push(args, out: Output) -> int:
                               lambda oid, stored_size: progress_bar.advance(stored_size))
         out.done()
         line = result.get("reason") or "%s: already on %s" % (plan.ref, repo.url)
-        if result.get("bytes_transferred") is not None:
-            line += " (%s uploaded)" % human_size(result["bytes_transferred"])
+        if result.get("bytes_transferred"):
+            line += " (%s)" % human_size(result["bytes_transferred"])
         out.result(dict(result, image=str(plan.ref)), line)
     return 0
 
@@ -262,7 +301,7 @@ def cmd_pull(args, out: Output) -> int:
 def _pull_into(repo, daemons, args, out: Output) -> int:
     """Plan for each daemon, then load into all of them at once (each layer is fetched once: see
     _SpooledRemote); a progress bar for one daemon. A daemon that fails does not stop the others."""
-    from ._engine import execute_pull, human_size, plan_pull
+    from ._engine import execute_pull, plan_pull
     plans = [(daemon, plan_pull(daemon, repo, args.image)) for daemon in daemons]
 
     def pull(daemon, plan, report=lambda layer: None):
@@ -286,8 +325,7 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
         if error is not None:
             continue
         if result.get("reason"):
-            line = "%s on %s: %s (%s downloaded)" % (plan.ref or args.image, daemon.host, result["reason"],
-                                                     human_size(result.get("bytes_transferred") or 0))
+            line = "%s: %s" % (daemon.host, result["reason"])
         else:
             line = "%s on %s: up to date" % (plan.ref or args.image, daemon.host)
         out.result(dict(result, docker_host=daemon.host), line)
@@ -318,8 +356,6 @@ def cmd_tags(args, out: Output) -> int:
 
 def cmd_verify(args, out: Output) -> int:
     from ._verify import verify
-    if args.sample is not None and args.sample < 0:
-        raise DogestryError("--sample must be 0 or more, got %d" % args.sample)
     report = verify(repository_from_args(args), args.sample, repair=args.repair, jobs=args.jobs)
     out.result(report.result(), report.summary())
     return 1 if report.unrepaired else 0
@@ -396,18 +432,20 @@ COMMANDS = {"push": cmd_push, "pull": cmd_pull, "tags": cmd_tags, "prune": cmd_p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:       # already on stderr, as argparse puts it
+        if "--json" in argv:
+            Output(True).result({"error": exc.message, "exit_status": 2}, "")
+        return 2
     out = Output(args.json)
     try:
         return COMMANDS[args.command](args, out)
     except DogestryError as exc:
-        out.done()
-        sys.stderr.write("dogestry: error: %s\n" % str(exc).replace("\n", " "))
-        return 1
+        return out.error(str(exc), 1)
     except KeyboardInterrupt:
-        out.done()
-        sys.stderr.write("dogestry: interrupted\n")
-        return 130
+        return out.error("interrupted", 130)
 
 
 def run() -> None:

@@ -10,7 +10,8 @@ hash/encode/spool each missing layer -> upload in parallel -> config -> manifest
 Pull: tag -> manifest -> config (verified) -> plan by ChainID -> stream each missing layer
 (S3: parallel ranged GETs) -> verify while streaming into docker load (manifest.json last) -> tag.
 
-Every plan has a `reason`: a sentence saying what a real run would change, or None.
+Every plan has a `reason`: a sentence saying what a real run would change, or None; the result of
+a real run carries `describe(done=True)`, the same sentence saying what was done.
 """
 
 from __future__ import annotations
@@ -72,16 +73,21 @@ class PushPlan:
 
     @property
     def reason(self) -> Optional[str]:
+        return self.describe(done=False)
+
+    def describe(self, done: bool) -> Optional[str]:
+        """What a real run would change (done=False), or what it changed (done=True); None for nothing."""
         if self.up_to_date:
             return None
         if self.same_as:
-            return "%s: tag would be set to the image pushed as %s" % (self.ref, self.same_as)
+            return "%s: tag %s to the image pushed as %s" % (self.ref, "set" if done else "would be set", self.same_as)
         if self.existing:
-            return "%s: tag %s -> %s (image already stored)" % (
-                self.ref, "would be set" if not self.current else "would move", self.image_id[:19])
+            verb = ("set" if done else "would be set") if not self.current else ("moved" if done else "would move")
+            return "%s: tag %s -> %s (image already stored)" % (self.ref, verb, self.image_id[:19])
         layers = len(_unique(self.diff_ids))
-        return "%s: %d of %d layers%s missing on the remote" % (
-            self.ref, len(self.missing), layers, " and the config" if self.config_missing else "")
+        return "%s: %d of %d layers%s %s" % (
+            self.ref, len(self.missing), layers, " and the config" if self.config_missing else "",
+            "uploaded" if done else "missing on the remote")
 
     def result(self) -> Dict:
         return {
@@ -228,8 +234,9 @@ def _tag_existing(repo: Repository, plan: PushPlan, result: Dict) -> Dict:
         repo.write_source(plan.daemon_id, plan.existing)
     if plan.current != plan.existing:
         repo.write_tag(plan.ref, plan.existing)
-    result.update(manifest="sha256:" + plan.existing, bytes_transferred=0,
-                  changed=plan.current != plan.existing)
+    changed = plan.current != plan.existing
+    result.update(manifest="sha256:" + plan.existing, bytes_transferred=0, changed=changed,
+                  reason=plan.describe(done=True) if changed else None)
     return result
 
 
@@ -272,7 +279,7 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         repo.write_source(plan.daemon_id, manifest_oid)
     repo.write_tag(plan.ref, manifest_oid)
     result.update(manifest="sha256:" + manifest_oid, bytes_transferred=sum(uploaded.values()) + (
-        len(saved.config_bytes) if plan.config_missing else 0))
+        len(saved.config_bytes) if plan.config_missing else 0), reason=plan.describe(done=True))
     return result
 
 
@@ -323,14 +330,19 @@ class PullPlan:
 
     @property
     def reason(self) -> Optional[str]:
+        return self.describe(done=False)
+
+    def describe(self, done: bool) -> Optional[str]:
+        """What a real run would change (done=False), or what it changed (done=True); None for nothing."""
         if self.image_present:
             if self.tag_present:
                 return None
-            return "%s: image %s is present, tag would be set" % (self.ref, self.manifest.image_id[:19])
+            return "%s: image %s is present, tag %s" % (self.ref, self.manifest.image_id[:19],
+                                                        "set" if done else "would be set")
         stored = sum(layer.stored_size for layer in self.missing)
-        return "%s: %d of %d layers (%s) to download" % (
+        return "%s: %d of %d layers (%s) %s" % (
             self.ref or self.requested, len(self.missing), len(_unique([l.oid for l in self.manifest.layers])),
-            human_size(stored))
+            human_size(stored), "downloaded" if done else "to download")
 
     def result(self) -> Dict:
         return {
@@ -393,7 +405,7 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
         return result
     if plan.image_present:
         daemon.tag(plan.daemon_image_id, plan.ref.name, plan.ref.tag)
-        result.update(bytes_transferred=0)
+        result.update(bytes_transferred=0, reason=plan.describe(done=True))
         return result
     missing = {layer.oid for layer in plan.missing}
     readers = _LayerReaders(repo.remote, plan.missing)
@@ -420,6 +432,7 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
             daemon.remove(plan.daemon_image_id)     # registered without its layers: never leave it usable
         raise DockerError("Docker daemon %s accepted the archive but has no complete image %s afterwards"
                           % (daemon.host, plan.daemon_image_id))
+    result["reason"] = plan.describe(done=True)
     return result
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
-from ansible.module_utils.compat.version import LooseVersion
 
 from ._compress import HAS_LZ4, LZ4_IMPORT_ERROR
 from ._docker import DEFAULT_DOCKER_HOST, DOCKER_IMPORT_ERROR, HAS_DOCKER, Daemon
@@ -18,7 +17,7 @@ from ._errors import DogestryError
 from ._remotes import remote_from_url
 from ._repository import Repository
 from ._transfer import MAX_JOBS
-from ._version import MINIMUM_VERSIONS
+from ._version import installed_versions, require_for_url, too_old
 
 REMOTE_ARGSPEC = dict(
     remote=dict(type="str", required=True),
@@ -42,30 +41,15 @@ DOCKER_ARGSPEC = dict(
 )
 
 
-def installed_versions():
-    """Versions of the libraries the engine uses, None where missing (reported with failures)."""
-    versions = {}
-    for name in MINIMUM_VERSIONS:
-        try:
-            versions[name] = __import__(name).__version__
-        except (ImportError, AttributeError):
-            versions[name] = None
-    return versions
-
-
-def too_old(versions, names):
-    """'docker 4.4.0 (needs >= 5.0.0)' for each of `names` installed below its minimum."""
-    return ["%s %s (needs >= %s)" % (name, versions[name], MINIMUM_VERSIONS[name]) for name in names
-            if versions[name] and LooseVersion(versions[name]) < LooseVersion(MINIMUM_VERSIONS[name])]
-
-
 def _repository_from_params(params) -> Repository:
     """Pure: params -> Repository; raises DogestryError."""
     if params["jobs"] is not None and not 1 <= params["jobs"] <= MAX_JOBS:
         raise DogestryError("jobs must be between 1 and %d, got %d" % (MAX_JOBS, params["jobs"]))
     options = {name: params.get(name) for name in S3_OPTIONS}
     options["jobs"] = params["jobs"]
-    return Repository(remote_from_url(params.get("signed_url") or params["remote"], **options))
+    url = params.get("signed_url") or params["remote"]     # a signed URL wins over a remote from module_defaults
+    require_for_url(url)
+    return Repository(remote_from_url(url, **options))
 
 
 class DogestryModule:
@@ -84,7 +68,7 @@ class DogestryModule:
             self.module.fail_json(msg=missing_required_lib("docker"), exception=DOCKER_IMPORT_ERROR)
         if needs_docker and not HAS_LZ4:
             self.module.fail_json(msg=missing_required_lib("lz4"), exception=LZ4_IMPORT_ERROR)
-        old = too_old(installed_versions(), ("docker", "lz4") if needs_docker else ())
+        old = too_old(installed_versions(), ("docker", "lz4", "zstandard") if needs_docker else ())
         if old:
             self.module.fail_json(msg="too old on %s: %s; upgrade with pip" % (self.module._name, ", ".join(old)))
 

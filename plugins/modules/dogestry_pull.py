@@ -41,6 +41,8 @@ options:
     description:
       - A signed pull URL minted by M(dogestry.dogestry.dogestry_signed_url). It is all the pull
         needs, with no credentials and no O(remote); O(image) defaults to the image it was minted for.
+      - When given, it wins over O(remote) and the S3 connection options, so a play can keep setting
+        O(remote) for the action group in C(module_defaults) while a task pulls by signed URL.
       - Expired or altered URLs fail the task.
     type: str
   image:
@@ -131,10 +133,11 @@ bytes_transferred:
   type: int
   sample: 1412767
 reason:
-  description: What changed (or would change), or null.
+  description:
+    - What was done, or null. In check mode, what would be done (C(... to download), C(tag would be set)).
   returned: always
   type: str
-  sample: "myapp:20131210: 1 of 3 layers (12.0 MiB) to download"
+  sample: "myapp:20131210: 1 of 3 layers (12.0 MiB) downloaded"
 """
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_pull, human_size, plan_pull
@@ -187,8 +190,8 @@ def main():
         signed_url=dict(type="str", no_log=True),
         image=dict(type="str", aliases=["name"]),
     )
-    module = DogestryModule(argument_spec, supports_check_mode=True,
-                            required_one_of=[("remote", "signed_url")], mutually_exclusive=[("remote", "signed_url")])
+    # Not mutually exclusive: `remote` often comes from the action group's module_defaults; signed_url wins.
+    module = DogestryModule(argument_spec, supports_check_mode=True, required_one_of=[("remote", "signed_url")])
     try:
         module.exit_json(**DogestryPuller(module).pull())
     except DogestryError as exc:

@@ -103,9 +103,10 @@ images:
       description: Whether this image changed the remote.
       type: bool
     reason:
-      description: What changed (or would change), or null.
+      description:
+        - What was done, or null. In check mode, what would be done (C(... missing on the remote), C(tag would be set)).
       type: str
-      sample: "myapp:20131210: 1 of 3 layers missing on the remote"
+      sample: "myapp:20131210: 1 of 3 layers uploaded"
     layers_transferred:
       description: Layer digests (diff_ids) uploaded, or to upload in check mode.
       type: list

@@ -1,6 +1,7 @@
 """The CLI's argument handling, and the layering rules of the second front end."""
 
 import ast
+import json
 import os
 import sys
 
@@ -134,3 +135,29 @@ def test_progress_bar_without_sizes_estimates_by_layers():
 def test_no_progress_bar_in_a_pipe_or_with_json(capsys):
     Progress(Output(True), "pulling", 1, 10).advance(10)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv,status,words", [
+    (["tags", "/nonexistent/dogestry-remote", "--json"], 1, "/nonexistent/dogestry-remote"),
+    (["tags", "ftp://host/x", "--json"], 1, "ftp"),
+    (["verify", "/r", "--sample", "-1", "--json"], 2, "--sample"),
+    (["pull", "/r", "--json"], 2, "IMAGE"),
+])
+def test_json_errors_are_a_document_on_stdout_too(argv, status, words, capsys):
+    assert _cli.main(argv) == status
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["exit_status"] == status and words in doc["error"] and "\n" not in doc["error"], doc
+    assert "error: " in captured.err.strip().splitlines()[-1]       # people still read stderr
+
+
+def test_errors_without_json_leave_stdout_empty(capsys):
+    assert _cli.main(["tags", "/nonexistent/dogestry-remote"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("dogestry: error: ")
+
+
+@pytest.mark.parametrize("sample", ["-1", "-2"])
+def test_a_negative_sample_is_a_usage_error(sample, capsys):
+    assert _cli.main(["verify", "/r", "--sample", sample]) == 2
+    assert "--sample" in capsys.readouterr().err

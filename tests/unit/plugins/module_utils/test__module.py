@@ -1,17 +1,8 @@
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError, RemoteUnsupportedError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._module import _repository_from_params, too_old
+from ansible_collections.dogestry.dogestry.plugins.module_utils._module import _repository_from_params
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
-
-
-@pytest.mark.parametrize("versions, expected", [
-    ({"docker": "7.1.0", "lz4": "4.4.5"}, []),
-    ({"docker": "4.4.0", "lz4": "4.4.5"}, ["docker 4.4.0 (needs >= 5.0.0)"]),
-    ({"docker": None, "lz4": "3.0.2"}, ["lz4 3.0.2 (needs >= 3.1.0)"]),
-])
-def test_too_old(versions, expected):
-    assert too_old(versions, ("docker", "lz4")) == expected
 
 
 def params(**overrides):
