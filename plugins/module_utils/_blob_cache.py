@@ -8,11 +8,12 @@
 A blob that is not cached yet is fetched once, by a thread of its own, into a temp file at the
 remote's pace; every client that asks for it meanwhile (the first one too) reads that file as it
 grows, each at its own pace, so a slow client holds back nobody (distribution's proxy blob store
-has the same concern). The fetch verifies what it read (the caller's `verify`) and only then
-renames the temp file into the cache, so nothing unverified is ever cached; readers decode and
-verify again as they serve, and drop an entry that fails. A cache that cannot keep up (a full or
-failing disk, too many fetches at once) degrades to reading the remote directly: a client's
-download never fails because of the cache.
+has the same concern). The fetch checks what it reads (the caller's `verifier`) and only then
+renames the temp file into the cache: nothing unverified is ever cached, and the clients following
+the fetch need not hash those bytes again. Readers of an entry decode and verify it as they serve
+it, and drop an entry that fails. A cache that cannot keep up (a full or failing disk, too many
+fetches at once) degrades to reading the remote directly, still checked: a download never fails
+because of the cache.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import os
 import threading
 import uuid
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from ._errors import BlobCorruptError
 from ._remote import Reader
@@ -48,7 +49,7 @@ class _Fetch:
 
 
 class _Tee(Reader):
-    """The remote object as the fetch's `verify` reads it, appended to the temp file as it goes."""
+    """The remote object as the fetch's verifier reads it, appended to the temp file as it goes."""
 
     def __init__(self, reader, fetch: _Fetch):
         self._reader, self._fetch = reader, fetch
@@ -71,13 +72,15 @@ class _Follower(Reader):
     """A client's reader of a fetch in flight: the temp file up to what is written, waiting for more.
 
     If the fetch fails for any reason but corrupt content, this reader goes on by itself from the
-    remote (`fetch()` again, skipping what it has read): the client is served uncached."""
+    remote (_Checked): the client is served uncached, and its bytes are still checked."""
 
-    def __init__(self, cache: "BlobCache", key: str, flight: _Fetch, fetch: Callable[[], object]):
-        self._cache, self._key, self._flight, self._fetch = cache, key, flight, fetch
+    verified_reads = True       # verified() raises unless every byte read here was the blob's
+
+    def __init__(self, cache: "BlobCache", key: str, flight: _Fetch, fetch: Callable[[], object], verifier):
+        self._cache, self._key, self._flight, self._fetch, self._verifier = cache, key, flight, fetch, verifier
         self._fd = os.open(flight.tmp, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self._offset = 0
-        self._direct = None
+        self._direct: Optional[_Checked] = None
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -97,16 +100,22 @@ class _Follower(Reader):
             return b""
         if isinstance(error, BlobCorruptError):
             raise error
-        self._direct = skipped(self._fetch(), self._offset)
+        self._direct = _Checked(self._fetch(), self._verifier, self._offset)
         return self._direct.read(size)
 
     def verified(self) -> None:
-        """Wait for the fetch to end; BlobCorruptError if what it read (and this reader served) was corrupt."""
+        """Wait until the bytes read are known to be the blob's; BlobCorruptError if they were not."""
+        if self._direct is not None:
+            self._direct.verified()
+            return
         with self._flight.changed:
             while not self._flight.done:
                 self._flight.changed.wait()
         if isinstance(self._flight.error, BlobCorruptError):
             raise self._flight.error
+        if self._flight.error is not None:      # the fetch broke after this reader's last byte: check on our own
+            self._direct = _Checked(self._fetch(), self._verifier, self._offset)
+            self._direct.verified()
 
     def discard(self) -> None:
         self._cache.discard(self._key)
@@ -115,6 +124,66 @@ class _Follower(Reader):
         os.close(self._fd)
         if self._direct is not None:
             self._direct.close()
+
+
+class _Checked(Reader):
+    """The remote object read afresh, checked as it is read (the verifier stepped along with the
+    reads), its first `skip` bytes dropped: how a follower goes on when the fetch it followed failed."""
+
+    def __init__(self, reader, verifier, skip: int):
+        self._reader, self._skip = reader, skip
+        self._pending: "collections.deque[bytes]" = collections.deque()    # read, not handed out yet
+        self._steps = verifier(_Tap(reader, self._pending)) if verifier is not None else None
+        self._ended = False
+
+    def _pull(self) -> None:
+        while not self._pending and not self._ended:
+            if self._steps is None:
+                data = self._reader.read(READ_STEP)
+                self._pending.extend([data] if data else [])
+                self._ended = not data
+            else:
+                self._ended = next(self._steps, self) is self     # the verifier raises at the end if corrupt
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            self._pull()
+            if not self._pending:
+                return b""
+            data = self._pending.popleft()
+            if self._skip:
+                dropped = min(self._skip, len(data))
+                self._skip -= dropped
+                data = data[dropped:]
+            if size is not None and 0 <= size < len(data):
+                self._pending.appendleft(data[size:])
+                data = data[:size]
+            if data:
+                return data
+
+    def verified(self) -> None:
+        while not self._ended:
+            self._pending.clear()
+            self._pull()
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class _Tap(Reader):
+    """Hands on what it reads (for _Checked)."""
+
+    def __init__(self, reader, sink):
+        self._reader, self._sink = reader, sink
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._reader.read(size)
+        if data:
+            self._sink.append(data)
+        return data
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 def skipped(reader, count: int):
@@ -129,6 +198,8 @@ def skipped(reader, count: int):
 
 class _Cached(Reader):
     """A cache entry being served (verified when it was cached); discard() drops a bad entry."""
+
+    verified_reads = False      # the caller checks what it reads: a cached file may have rotted
 
     def __init__(self, cache: "BlobCache", key: str, handle):
         self._cache, self._key, self._handle = cache, key, handle
@@ -151,6 +222,8 @@ class _Cached(Reader):
 
 class Uncached(Reader):
     """A remote reader served without the cache: nothing to wait for, nothing to drop."""
+
+    verified_reads = False
 
     def __init__(self, reader):
         self._reader = reader
@@ -216,13 +289,15 @@ class BlobCache:
         self._on_hit()
         return _Cached(self, key, handle)
 
-    def open(self, key: str, fetch: Callable[[], object], verify: Optional[Callable[[Reader], None]] = None):
+    def open(self, key: str, fetch: Callable[[], object], verifier: Optional[Callable[[Reader], Iterator]] = None):
         """A reader of `key`: the cache entry, or a fetch into the cache (started now or in flight).
 
         `fetch()` opens the remote object (called here by the first client, so that a missing blob
-        raises to it); `verify(reader)` reads a fetched object to its end and raises if it is not
-        the blob (None: the caller verifies every read itself). Readers have `verified()`, which
-        waits until the bytes they read are known good, and `discard()`; close them always."""
+        raises to it); `verifier(reader)` iterates over a fetched object, reading it as it goes, and
+        raises BlobCorruptError at the end if it is not the blob (None: nothing is checked here, the
+        caller verifies every read itself). Readers have `discard()` and `verified()`; where
+        `verified_reads` is true, verified() waits until every byte read is known to be the blob's
+        (raising BlobCorruptError otherwise), so the caller need not hash them again. Close them always."""
         cached = self.open_cached(key)
         if cached is not None:
             return cached
@@ -242,7 +317,7 @@ class BlobCache:
             follower = None
             if flight is not None:
                 try:
-                    follower = _Follower(self, key, flight, fetch)
+                    follower = _Follower(self, key, flight, fetch, verifier)
                 except OSError as exc:
                     LOG.warning("cache %s: cannot read (%s): serving %s uncached", self.root, exc.strerror or exc, name)
         if leader and follower is None:
@@ -261,19 +336,16 @@ class BlobCache:
             follower.close()
             self._land(name, flight, exc)
             raise
-        threading.Thread(target=self._run, args=(name, flight, reader, verify), daemon=True,
+        threading.Thread(target=self._run, args=(name, flight, reader, verifier), daemon=True,
                          name="dogestry-fetch-%s" % name[:12]).start()
         return follower
 
-    def _run(self, name: str, flight: _Fetch, reader, verify) -> None:
+    def _run(self, name: str, flight: _Fetch, reader, verifier) -> None:
         tee = _Tee(reader, flight)
         error = None
         try:
-            if verify is not None:
-                verify(tee)
-            else:
-                while tee.read(READ_STEP):
-                    pass
+            for _checked in verifier(tee) if verifier is not None else iter(lambda: tee.read(READ_STEP), b""):
+                pass
         except BaseException as exc:    # the readers get it (or go on from the remote): nothing is lost here
             error = exc
             if isinstance(exc, _CacheWriteError):

@@ -171,11 +171,6 @@ def _then(chunks: Iterator[bytes], action) -> Iterator[bytes]:
     action()
 
 
-def _drain(chunks: Iterator[bytes]) -> None:
-    for _chunk in chunks:
-        pass
-
-
 def _exactly(reader, count: int, what: str) -> Iterator[bytes]:
     """The next `count` bytes of `reader`; BlobCorruptError if it ends before."""
     while count:
@@ -663,11 +658,13 @@ class RegistryApi:
             else:
                 # Through the cache: a range is cut from a verified entry, or from the one fetch of the
                 # blob in flight, its last piece held back until that fetch has verified the whole.
-                stored = self._open_stored(key, self._stored_size(info), lambda reader: _drain(verified_chunks(reader, layer)))
+                stored = self._open_stored(key, self._stored_size(info), lambda reader: verified_chunks(reader, layer))
         except RemoteNotFoundError:
             raise ApiError(404, "BLOB_UNKNOWN", "blob %s is missing from the remote" % ref)
         if span:
             chunks = _then(_decoded_range(stored, layer, start, end), stored.verified)
+        elif stored.verified_reads:      # the cache checks every byte this reader reads: decode only
+            chunks = _then(_decoded_range(stored, layer, 0, info.size - 1), stored.verified)
         else:
             chunks = verified_chunks(stored, layer)
         return Response(status, headers, self._served(stored, _pieces(chunks)), length)
@@ -689,15 +686,17 @@ class RegistryApi:
         if span:
             return Response(status, headers, self._served(*self._stored_range(key, start, end)), length)
         what = "blob %s on %s" % (digest, self.repo.url)
-        stored = self._open_stored(key, size, lambda reader: _drain(_hashed(_read_all(reader), digest, what)))
-        return Response(status, headers, self._served(stored, _hashed(_pieces(_read_all(stored)), digest, what)), length)
+        stored = self._open_stored(key, size, lambda reader: _hashed(_read_all(reader), digest, what))
+        chunks = _pieces(_read_all(stored))
+        chunks = _then(chunks, stored.verified) if stored.verified_reads else _hashed(chunks, digest, what)
+        return Response(status, headers, self._served(stored, chunks), length)
 
-    def _open_stored(self, key: str, size: Optional[int], verify):
-        """A reader of a stored object: through the cache (which fetches it once, and keeps it if `verify`
+    def _open_stored(self, key: str, size: Optional[int], verifier):
+        """A reader of a stored object: through the cache (which fetches it once, and keeps it if `verifier`
         passes), or straight from the remote."""
         if self.cache is None:
             return Uncached(self.repo.remote.open(key, size=size))
-        return self.cache.open(key, lambda: self.repo.remote.open(key, size=size), verify)
+        return self.cache.open(key, lambda: self.repo.remote.open(key, size=size), verifier)
 
     def _stored_range(self, key: str, start: int, end: int):
         """(reader, chunks) of bytes start..end of a blob stored as pushed: from its cache entry (verified when

@@ -26,16 +26,19 @@ class Fetches:
 
 
 def expecting(data):
-    """A verify(reader) that reads the object to its end and raises unless it is `data`."""
-    def verify(reader):
-        got = b"".join(iter(lambda: reader.read(1 << 16), b""))
+    """A verifier: reads the object as it is iterated, and raises at the end unless it was `data`."""
+    def verifier(reader):
+        got = b""
+        for chunk in iter(lambda: reader.read(1 << 16), b""):
+            got += chunk
+            yield chunk
         if got != data:
             raise BlobCorruptError("not the blob")
-    return verify
+    return verifier
 
 
-def read_all(cache, key, fetch, verify=None):
-    with cache.open(key, fetch, verify) as reader:
+def read_all(cache, key, fetch, verifier=None):
+    with cache.open(key, fetch, verifier) as reader:
         data = reader.read()
         reader.verified()
     return data
@@ -155,12 +158,16 @@ def test_a_full_cache_disk_serves_the_blob_uncached(tmp_path, monkeypatch):
     assert "k/big" not in cache and os.listdir(str(tmp_path)) == []
 
 
-def test_a_fetch_broken_mid_blob_lets_its_readers_go_on_from_the_remote(tmp_path):
+def test_a_fetch_broken_mid_blob_lets_its_readers_go_on_from_the_remote_still_checked(tmp_path):
     data = os.urandom(1 << 20)
     objects = [Gated(data, fail_at=300000), Gated(data)]
     cache = BlobCache(str(tmp_path), 10 << 20)
     assert read_all(cache, "k/b", lambda: objects.pop(0), expecting(data)) == data
     assert objects == [] and "k/b" not in cache
+    changed = data[:-1] + bytes([data[-1] ^ 1])          # the remote changed under the broken fetch
+    objects = [Gated(data, fail_at=300000), Gated(changed)]
+    with pytest.raises(BlobCorruptError):
+        read_all(cache, "k/b", lambda: objects.pop(0), expecting(data))
 
 
 def test_a_corrupt_fetch_fails_its_readers_and_is_not_cached(tmp_path):
@@ -190,3 +197,19 @@ def test_restart_finds_entries_and_drops_interrupted_fetches(tmp_path):
     again = BlobCache(str(tmp_path), 1000)
     assert "k/kept" in again and again.size == 10 and not (tmp_path / "half.0123.tmp").exists()
     assert read_all(again, "k/kept", Fetches(b"never")) == b"k" * 10
+
+
+def test_a_reader_that_stopped_before_a_fetch_broke_still_gets_a_verdict(tmp_path):
+    data = os.urandom(1 << 20)
+    changed = data[:-1] + bytes([data[-1] ^ 1])
+    cache = BlobCache(str(tmp_path), 10 << 20)
+    for second, verdict in ((data, None), (changed, BlobCorruptError)):
+        objects = [Gated(data, fail_at=300000), Gated(second)]
+        with cache.open("k/r", lambda: objects.pop(0), expecting(data)) as reader:
+            assert reader.read(10) == data[:10]         # a range: the client wants no more
+            if verdict is None:
+                reader.verified()
+            else:
+                with pytest.raises(verdict):
+                    reader.verified()
+        assert objects == [] and "k/r" not in cache
