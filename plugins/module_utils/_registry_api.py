@@ -11,7 +11,8 @@ No HTTP server here (_server.py is the glue), so every rule is testable without 
 An image dogestry_push stored is shown as `Manifest.oci_bytes()`, its layers uncompressed (digest =
 diff_id), decoded from their stored encoding while streaming; what was pushed through this API is
 served as pushed. Every blob is verified while it streams: the last chunk of a body is held back
-until the whole blob has been verified, so a corrupt blob is never received whole.
+until the whole blob has been verified, so a corrupt blob is never received whole. Ranges read
+only what they need (_stored_range, _decoded_range: a range cannot be checked on its own).
 """
 
 from __future__ import annotations
