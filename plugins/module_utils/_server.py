@@ -38,6 +38,7 @@ import threading
 import time
 import traceback
 import types
+from traceback import format_exc
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import parse_qs
 
@@ -314,7 +315,7 @@ class WsgiApp:
                 body = _RequestBody(body, environ.get("CONTENT_LENGTH")) if body is not None else None
                 response = self.api.handle(method, path, query, headers, body=body)
         except Exception:  # a bug, not a remote failure: answer 500 and keep serving
-            LOG.error("internal error on %s %s: %s", printable(method, 20), target, printable(traceback.format_exc(), 4000))
+            LOG.error("internal error on %s %s: %s", printable(method, 20), target, printable(format_exc(), 4000))
             response = error_response(ApiError(500, "UNKNOWN", "internal error"), method == "HEAD")
 
         def log_line(body):
@@ -370,7 +371,7 @@ class _HeadFirstIO(socket.SocketIO):
 class _HeadFirstReader(StreamReader):
     """cheroot's socket reader, over a _HeadFirstIO."""
 
-    def __init__(self, sock, head: bytes, bufsize: int):       # pylint: disable=super-init-not-called
+    def __init__(self, sock, head: bytes, bufsize: int):  # pylint: disable=super-init-not-called,non-parent-init-called
         _pyio.BufferedReader.__init__(self, _HeadFirstIO(sock, head), bufsize)
         self.bytes_read = 0
 
@@ -394,8 +395,9 @@ class _HeaderGate:
     longer than HEADER_SECONDS gets 408, one over MAX_HEADER gets 431; past MAX_WAITING connections
     waiting, the one that has waited longest is dropped."""
 
-    def __init__(self, dispatch, timeout: float, max_waiting: int = MAX_WAITING, clock=time.monotonic):
-        self._dispatch, self._timeout, self._max_waiting, self._clock = dispatch, timeout, max_waiting, clock
+    def __init__(self, dispatch, timeout: float, max_waiting: int = MAX_WAITING):
+        self._dispatch, self._timeout, self._max_waiting = dispatch, timeout, max_waiting
+        self._clock = time.monotonic
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         for end in (self._wake_r, self._wake_w):
@@ -436,12 +438,28 @@ class _HeaderGate:
                     except OSError:
                         pass
                 else:
-                    self._advance(key.data)
+                    self._safely(self._advance, key.data, key.data.conn)
             while self._arrivals:
-                self._take(self._arrivals.popleft())
+                conn = self._arrivals.popleft()
+                self._safely(self._take, conn, conn)
             self._expire()
         for waiting in list(self._waiting.values()):
             self._close(waiting)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _safely(self, step, argument, conn) -> None:
+        """One connection's step; a failure (a bug) costs that connection, never the gate thread."""
+        try:
+            step(argument)
+        except Exception:  # pylint: disable=broad-except
+            LOG.error("header gate: %s", printable(format_exc(), 4000))
+            waiting = self._waiting.get(getattr(conn.socket, "fileno", lambda: -1)())
+            if waiting is not None and waiting.conn is conn:
+                self._close(waiting)
+            else:
+                _close_quietly(conn)
 
     def _take(self, conn) -> None:
         try:
@@ -504,13 +522,14 @@ class _HeaderGate:
 
     def _expire(self) -> None:
         now = self._clock()
-        for waiting in list(self._waiting.values()):
+        while self._waiting:
+            waiting = next(iter(self._waiting.values()))
             if waiting.deadline > now:
                 break           # deadlines are in arrival order
-            if getattr(waiting.conn, "handshaken", True) or not isinstance(waiting.conn.socket, ssl.SSLSocket):
-                self._refuse(waiting, 408, "the request head did not arrive within %.0f s" % HEADER_SECONDS)
+            if isinstance(waiting.conn.socket, ssl.SSLSocket) and not waiting.conn.handshaken:
+                self._close(waiting)            # no TLS yet to answer in
             else:
-                self._close(waiting)
+                self._refuse(waiting, 408, "the request head did not arrive within %.0f s" % HEADER_SECONDS)
 
     def _refuse(self, waiting: _Waiting, status: int, message: str) -> None:
         body = oci_error(status, message)
@@ -603,7 +622,7 @@ class _Server(cheroot_wsgi.Server):
         """cheroot's messages (a client that reset, a worker's crash), one escaped line each."""
         text = printable(str(msg), 1000)
         if traceback:
-            text += " " + printable(sys.modules["traceback"].format_exc(), 4000)
+            text += " " + printable(format_exc(), 4000)
         LOG.log(level if level >= logging.WARNING else logging.DEBUG, "http: %s", text)
 
 

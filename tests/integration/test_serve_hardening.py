@@ -17,7 +17,6 @@ import time
 import bcrypt
 import pytest
 
-from conftest import free_port
 from dogestry_cli import MiB
 
 BOUND = 60      # seconds within which what must happen happens (generous: the machine is shared)
