@@ -371,8 +371,9 @@ class _HeadFirstIO(socket.SocketIO):
 class _HeadFirstReader(StreamReader):
     """cheroot's socket reader, over a _HeadFirstIO."""
 
-    def __init__(self, sock, head: bytes, bufsize: int):  # pylint: disable=super-init-not-called,non-parent-init-called
-        _pyio.BufferedReader.__init__(self, _HeadFirstIO(sock, head), bufsize)
+    def __init__(self, sock, head: bytes, bufsize: int):  # pylint: disable=super-init-not-called
+        # StreamReader's own __init__ would make a plain SocketIO: build its BufferedReader over ours
+        _pyio.BufferedReader.__init__(self, _HeadFirstIO(sock, head), bufsize)  # pylint: disable=non-parent-init-called
         self.bytes_read = 0
 
     def has_data(self):
