@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 from ._errors import DogestryError, RemoteMissingError, RemoteNotFoundError
 from ._repository import Repository
 
-from ._remote import LocalRemote, Reader
+from ._remote import LocalRemote
 from ._remotes import remote_from_url
 from ._transfer import MAX_JOBS
 from ._version import require, require_for_url
@@ -251,22 +251,6 @@ def cmd_push(args, out: Output) -> int:
     return 0
 
 
-class _EofCommit(Reader):
-    """A cache reader that keeps what it read once it reached the end (the engine verifies each read)."""
-
-    def __init__(self, reader):
-        self._reader = reader
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._reader.read(size)
-        if not data or size is None or size < 0:
-            self._reader.commit()
-        return data
-
-    def close(self):
-        self._reader.close()
-
-
 class _SpooledRemote:
     """The remote, with layers kept in a spool directory for one `pull` into several daemons:
     each layer is downloaded once, and every daemon's load still decodes and verifies it."""
@@ -277,7 +261,7 @@ class _SpooledRemote:
         self._cache = BlobCache(spool_dir, 1 << 62)
 
     def open(self, key, size=None):
-        return _EofCommit(self._cache.open(key, lambda: self._remote.open(key, size)))
+        return self._cache.open(key, lambda: self._remote.open(key, size))     # kept once fetched whole
 
     def __getattr__(self, name):
         return getattr(self._remote, name)

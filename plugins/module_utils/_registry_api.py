@@ -11,7 +11,8 @@ No HTTP server here (_server.py is the glue), so every rule is testable without 
 An image dogestry_push stored is shown as `Manifest.oci_bytes()`, its layers uncompressed (digest =
 diff_id), decoded from their stored encoding while streaming; what was pushed through this API is
 served as pushed. Every blob is verified while it streams: the last chunk of a body is held back
-until the whole blob has been verified, so a corrupt blob is never received whole.
+until the whole blob has been verified, so a corrupt blob is never received whole. Ranges read
+only what they need (_stored_range, _decoded_range: a range cannot be checked on its own).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from time import monotonic as _monotonic
 from urllib.parse import quote
 
-from ._docker_archive import LoadLayer, verified_chunks
+from ._blob_cache import Uncached, skipped
+from ._compress import decoder
+from ._docker_archive import CHUNK, LoadLayer, verified_chunks
 from ._errors import (
     BlobCorruptError, DockerError, DogestryError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError,
     RemoteNotFoundError,
@@ -36,7 +39,8 @@ from ._format import (
     referrers_prefix, sha256_hex, split_digest,
 )
 from ._metrics import Metrics
-from ._registry_push import ApiError, RegistryWriter
+from ._registry_push import MAX_MANIFEST, ApiError, RegistryWriter
+from ._remote import Remote
 from ._repository import Repository
 
 # distribution's reference grammar for repository paths (no domain: that is the host we are)
@@ -49,10 +53,14 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _NS = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_CONTENT_LENGTH = re.compile(r"^[0-9]{1,20}$")
+MAX_NAME = 255              # distribution's limit on a repository name (so no path component passes NAME_MAX)
+MAX_PATH = 2048             # longer request paths are refused before any pattern is matched against them
 DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 MAX_PAGE = 10000
 MAX_REFERRERS = 1000        # descriptors one referrers response lists
 PIECE = 256 << 10           # bytes per write to a client
+RANGE_PIECE = 4 << 20       # bytes per ranged read of a stored object
 INDEX_REFRESH_SECONDS = 5.0     # a digest miss re-reads the tags at most this often
 
 
@@ -75,22 +83,29 @@ def _header(headers: Dict[str, List[str]], name: str) -> Optional[str]:
     return values[0] if values else None
 
 
+def _at_most(digits: str, limit: int) -> int:
+    """int(digits), capped at `limit` (Python's int() refuses strings of over 4300 digits)."""
+    digits = digits.lstrip("0") or "0"
+    return limit if len(digits) > len(str(limit)) else min(int(digits), limit)
+
+
 def parse_range(header: Optional[str], size: int) -> Optional[Tuple[int, int]]:
     """'bytes=a-b' -> (start, end inclusive) within size; None without a header; ApiError 416 if unsatisfiable."""
     if not header:
         return None
     match = _RANGE.match(header.strip())
-    bad = ApiError(416, "BLOB_UNKNOWN", "range %r not satisfiable for %d bytes" % (header[:100], size))
+    bad = ApiError(416, "BLOB_UNKNOWN", "range %r not satisfiable for %d bytes" % (header[:100], size),
+                   [("Content-Range", "bytes */%d" % size)])
     if not match or (not match.group(1) and not match.group(2)):
         raise bad
     first, last = match.group(1), match.group(2)
     if not first:                       # suffix range: the last N bytes
-        count = int(last)
+        count = _at_most(last, size)
         if count == 0 or size == 0:
             raise bad
-        return max(0, size - count), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
+        return size - count, size - 1
+    start = _at_most(first, size)
+    end = _at_most(last, size - 1) if last else size - 1
     if start >= size or start > end:
         raise bad
     return start, end
@@ -157,14 +172,31 @@ def _then(chunks: Iterator[bytes], action) -> Iterator[bytes]:
     action()
 
 
-def _sliced(chunks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
-    """Bytes start..end (inclusive) of a stream; the stream is still read to its end (verification)."""
+def _exactly(reader, count: int, what: str) -> Iterator[bytes]:
+    """The next `count` bytes of `reader`; BlobCorruptError if it ends before."""
+    while count:
+        data = reader.read(min(count, PIECE))
+        if not data:
+            raise BlobCorruptError("%s ends %d bytes before its recorded size" % (what, count))
+        count -= len(data)
+        yield data
+
+
+def _decoded_range(stored, layer: LoadLayer, start: int, end: int) -> Iterator[bytes]:
+    """Bytes start..end of a stored layer's decoded content, decoding no further than `end`."""
+    dec = decoder(layer.encoding, layer.what)
     offset = 0
-    for chunk in chunks:
-        lo, hi = max(start - offset, 0), min(end + 1 - offset, len(chunk))
-        if lo < hi:
-            yield chunk[lo:hi]
-        offset += len(chunk)
+    while offset <= end:
+        chunk = stored.read(CHUNK)
+        for data in dec.decode(chunk) if chunk else (dec.finish(),):
+            first, last = max(start - offset, 0), min(end + 1 - offset, len(data))
+            if first < last:
+                yield data[first:last]
+            offset += len(data)
+            if offset > end:
+                return
+        if not chunk:
+            raise BlobCorruptError("%s is corrupt: it decodes to %d bytes, not %d" % (layer.what, offset, layer.size))
 
 
 @dataclass(frozen=True)
@@ -288,6 +320,7 @@ class RegistryApi:
         clock = clock or time.monotonic
         head = method == "HEAD"
         try:
+            self._check_path(path)
             if path == "/dogestry/pull" and self.puller is not None:
                 return self._server_side_pull(method, query)
             if method not in ("GET", "HEAD") or _UPLOAD_ROUTE.match(path):
@@ -295,7 +328,7 @@ class RegistryApi:
             if path in ("/v2", "/v2/"):
                 return self._json({}, head)
             if path == "/healthz":
-                return self._health(head)
+                return self.health(head)
             if path == "/metrics":
                 status, body, content_type = self.metrics.render()
                 return Response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))],
@@ -328,6 +361,18 @@ class RegistryApi:
             # The remote is unreachable or refused: say so, and let the client retry.
             return error_response(ApiError(503, "UNAVAILABLE", str(exc)), head)
 
+    @staticmethod
+    def _check_path(path: str) -> None:
+        """A path too long to be a request of this API, or a repository name over MAX_NAME: 400 before
+        the remote sees it (a name component over the filesystem's NAME_MAX would fail there)."""
+        if len(path) > MAX_PATH:
+            raise ApiError(400, "NAME_INVALID", "request path of %d characters: longer than any this registry answers"
+                           % len(path))
+        route = _ROUTE.match(path) or _UPLOAD_ROUTE.match(path)
+        if route and len(route.group("name")) > MAX_NAME:
+            raise ApiError(400, "NAME_INVALID", "repository name of %d characters: at most %d"
+                           % (len(route.group("name")), MAX_NAME))
+
     # -- server-side pulls --------------------------------------------------------------------
 
     def _server_side_pull(self, method: str, query: Dict[str, str]) -> Response:
@@ -352,8 +397,7 @@ class RegistryApi:
         writer = self.writer
         if writer is None:
             raise ApiError(405, "UNSUPPORTED", "%s is not supported: this accelerator is read-only" % method)
-        length = _header(headers, "content-length")
-        length = int(length) if length and length.isdigit() else None
+        length = self._content_length(_header(headers, "content-length"), max(writer.max_blob, MAX_MANIFEST))
         upload = _UPLOAD_ROUTE.match(path)
         if upload:
             name, session = upload.group("name"), upload.group("session")
@@ -393,6 +437,19 @@ class RegistryApi:
             return self._empty(202)
         raise ApiError(405, "UNSUPPORTED", "%s of %s is not supported: tags are deleted by name, and data by "
                        "dogestry prune" % (method, kind))
+
+    @staticmethod
+    def _content_length(text: Optional[str], limit: int) -> Optional[int]:
+        """The request body's declared length (None: chunked or none), refused before a byte is read if it is
+        not a plain number or is over what any write here takes."""
+        if text is None:
+            return None
+        if not _CONTENT_LENGTH.match(text):
+            raise ApiError(400, "SIZE_INVALID", "invalid Content-Length %r" % text[:30])
+        if int(text) > limit:
+            raise ApiError(413, "SIZE_INVALID", "a body of %s bytes is over what this accelerator takes (%d bytes)"
+                           % (text, limit))
+        return int(text)
 
     def _start_upload(self, name: str, query: Dict[str, str], body, length: Optional[int]) -> Response:
         writer = self.writer
@@ -442,9 +499,19 @@ class RegistryApi:
                    ("Docker-Distribution-API-Version", "registry/2.0")] + list(extra)
         return Response(status, headers, b"" if head else body, 0 if head else len(body))
 
-    def _health(self, head: bool) -> Response:
-        Repository(self.repo.remote).check()     # read afresh: the remote may have gone away, or arrived
-        return self._json({"status": "ok", "remote": self.repo.url}, head)
+    def health(self, head: bool = False, detailed: bool = True) -> Response:
+        """/healthz: whether the remote answers (read afresh: it may have gone away, or arrived). Undetailed
+        (a client without credentials where they are required: a load balancer, a systemd check) it says
+        only ok or unavailable, never where the remote is or why it failed."""
+        try:
+            Repository(self.repo.remote).check()
+        except DogestryError:
+            if detailed:
+                raise
+            self.metrics.remote_error()
+            return error_response(ApiError(503, "UNAVAILABLE", "the remote is not available (details for "
+                                                               "authenticated clients)"), head)
+        return self._json({"status": "ok", "remote": self.repo.url} if detailed else {"status": "ok"}, head)
 
     @staticmethod
     def _page(items: List[str], query: Dict[str, str]) -> Tuple[List[str], bool]:
@@ -583,14 +650,25 @@ class RegistryApi:
             body = config[start:end + 1] if span else config
             return Response(status, headers, body, len(body))
         key = blob_key(info.oid, info.encoding)
-
-        def fetch():
-            return self.repo.remote.open(key, size=self._stored_size(info))
+        layer = LoadLayer(info.oid, info.size, info.encoding, None, "layer sha256:%s on %s" % (info.oid, self.repo.url))
         try:
-            stored = self.cache.open(key, fetch) if self.cache is not None else fetch()
+            if span and self.cache is None:
+                # Decoded from the remote up to the range's last byte, unverified: only the whole layer
+                # can be checked, and a client that asks for a range checks the whole it assembles.
+                stored = Uncached(self.repo.remote.open(key))
+            else:
+                # Through the cache: a range is cut from a verified entry, or from the one fetch of the
+                # blob in flight, its last piece held back until that fetch has verified the whole.
+                stored = self._open_stored(key, self._stored_size(info), lambda reader: verified_chunks(reader, layer))
         except RemoteNotFoundError:
             raise ApiError(404, "BLOB_UNKNOWN", "blob %s is missing from the remote" % ref)
-        return Response(status, headers, self._layer_body(stored, info, start, end, span is not None), length)
+        if span:
+            chunks = _then(_decoded_range(stored, layer, start, end), stored.verified)
+        elif stored.verified_reads:      # the cache checks every byte this reader reads: decode only
+            chunks = _then(_decoded_range(stored, layer, 0, info.size - 1), stored.verified)
+        else:
+            chunks = verified_chunks(stored, layer)
+        return Response(status, headers, self._served(stored, _pieces(chunks)), length)
 
     def _verbatim_blob(self, digest: str, key: str, size: int, range_header: Optional[str], head: bool) -> Response:
         """A blob stored as pushed: streamed from the remote (through the cache), verified as it goes."""
@@ -606,11 +684,39 @@ class RegistryApi:
         if head:
             return Response(status, headers, b"", 0)
 
-        def fetch():
-            return self.repo.remote.open(key, size=size)
-        stored = self.cache.open(key, fetch) if self.cache is not None else fetch()
-        verified = _hashed(_pieces(_read_all(stored)), digest, "blob %s on %s" % (digest, self.repo.url))
-        return Response(status, headers, self._verified_body(stored, verified, start, end, span is not None), length)
+        if span:
+            return Response(status, headers, self._served(*self._stored_range(key, start, end)), length)
+        what = "blob %s on %s" % (digest, self.repo.url)
+        stored = self._open_stored(key, size, lambda reader: _hashed(_read_all(reader), digest, what))
+        chunks = _pieces(_read_all(stored))
+        chunks = _then(chunks, stored.verified) if stored.verified_reads else _hashed(chunks, digest, what)
+        return Response(status, headers, self._served(stored, chunks), length)
+
+    def _open_stored(self, key: str, size: Optional[int], verifier):
+        """A reader of a stored object: through the cache (which fetches it once, and keeps it if `verifier`
+        passes), or straight from the remote."""
+        if self.cache is None:
+            return Uncached(self.repo.remote.open(key, size=size))
+        return self.cache.open(key, lambda: self.repo.remote.open(key, size=size), verifier)
+
+    def _stored_range(self, key: str, start: int, end: int):
+        """(reader, chunks) of bytes start..end of a blob stored as pushed: from its cache entry (verified when
+        it was cached) or by ranged reads of the stored object. A range cannot be checked against the
+        blob's digest without the rest of the blob; the spec lets a registry serve ranges of what it
+        stores, and the client that asks for ranges verifies the whole it puts together, so no more of
+        the blob is read than the range."""
+        entry = self.cache.open_cached(key) if self.cache is not None else None
+        if entry is not None:
+            entry.seek(start)
+            return entry, _exactly(entry, end - start + 1, key)
+        remote = self.repo.remote
+        if type(remote).get_range is Remote.get_range:
+            # the interface's fallback get_range streams from byte 0 at each call: one stream, skipped to start
+            reader = Uncached(remote.open(key))
+            return reader, _exactly(skipped(reader, start), end - start + 1, key)
+        pieces = (remote.get_range(key, first, min(first + RANGE_PIECE, end + 1) - 1)
+                  for first in range(start, end + 1, RANGE_PIECE))
+        return None, _pieces(pieces)
 
     def _stored(self, info: BlobInfo) -> bool:
         """The remote still holds the blob. A HEAD answers what a push will rely on (a blob it need not
@@ -625,30 +731,22 @@ class RegistryApi:
                 return layer.stored_size or None
         return None
 
-    def _layer_body(self, stored, info: BlobInfo, start: int, end: int, ranged: bool) -> Iterator[bytes]:
-        layer = LoadLayer(info.oid, info.size, info.encoding, None,
-                          "layer sha256:%s on %s" % (info.oid, self.repo.url))
-        return self._verified_body(stored, _pieces(verified_chunks(stored, layer)), start, end, ranged)
-
-    def _verified_body(self, stored, verified: Iterator[bytes], start: int, end: int, ranged: bool) -> Iterator[bytes]:
-        """Send what `verified` yields from `stored` (raising BlobCorruptError at its end if a byte was wrong)."""
-        commit = getattr(stored, "commit", lambda: None)
+    def _served(self, stored, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Send what `chunks` yields (read from `stored`), the last piece only once they all were read
+        without error: a blob that fails verification (BlobCorruptError) is never received whole."""
         try:
-            # commit (into the cache) runs once every byte was verified, before the last piece is sent
-            chunks = _then(verified, commit)
-            if ranged:
-                chunks = _sliced(chunks, start, end)
             yield from _held_back(chunks)
         except BlobCorruptError:
             self.metrics.remote_error()
-            if hasattr(stored, "discard"):
+            if stored is not None:
                 stored.discard()        # a cache entry that went bad: the next request refetches
             raise
         except RemoteError:
             self.metrics.remote_error()
             raise
         finally:
-            stored.close()
+            if stored is not None:
+                stored.close()
 
     def _config(self, manifest: Manifest) -> bytes:
         with self._lock:
