@@ -266,8 +266,8 @@ def _uploads(server, name, since):
     return log.count('"PUT /v2/%s/blobs/uploads/' % name) + log.count('"POST /v2/%s/blobs/uploads/?digest' % name)
 
 
-def test_a_damaged_pushed_layer_is_sent_again_or_found_by_verify_and_repaired(tmp_path, docker_host, build_image,
-                                                                            name, servers):
+def test_a_damaged_pushed_layer_is_sent_again_or_found_by_verify_and_repaired(
+        tmp_path, docker_host, build_image, name, servers):
     """docker push through the accelerator; then a stored layer is truncated (HEAD no longer vouches for it: the
     next push sends it again and the good copy replaces it) or has a byte flipped (dogestry verify hashes it,
     --repair quarantines it, the next push sends it again); what is pulled back runs."""
@@ -320,8 +320,8 @@ def test_a_damaged_pushed_layer_is_sent_again_or_found_by_verify_and_repaired(tm
         docker(docker_host, "rmi", "-f", ref + ":3", check=False)
 
 
-def test_a_multi_member_gzip_layer_copied_by_skopeo_is_decoded_and_pulled_by_the_engine(tmp_path, docker_host, name,
-                                                                                          servers):
+def test_a_multi_member_gzip_layer_copied_by_skopeo_is_decoded_and_pulled_by_the_engine(
+        tmp_path, docker_host, name, servers):
     """A layer written as several gzip members (as pigz -i and eStargz write them, here by the gzip tool itself),
     copied into the accelerator by skopeo as is: decoded whole, so dogestry pull loads the image and it runs."""
     from conftest import _base_layer_tar
