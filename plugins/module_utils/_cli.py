@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="read REMOTE's objects and report what is missing or corrupt (exit 1 if any)")
     verify.add_argument("remote")
     verify.add_argument("--sample", type=_non_negative, metavar="N",
-                        help="read only N random layers in full (default: all)")
+                        help="read only N random blobs in full (default: all)")
     verify.add_argument("--repair", action="store_true", help="move damaged objects to quarantine/ on the remote")
     serve = commands.add_parser("serve", parents=[common], help="serve REMOTE as a registry (pull and push)")
     serve.add_argument("remote")

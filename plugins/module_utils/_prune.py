@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteError, RemoteNotFoundError
 from ._format import (
@@ -66,15 +66,21 @@ JOBS = 8
 # ---- leases (the push side) -----------------------------------------------------------------
 
 def write_lease(repo: Repository, oids: Iterable[str], expect: Iterable[str] = ()) -> str:
-    """Announce the oids a push is about to reference; returns the lease key for drop_lease().
+    """Announce what a push is about to reference; returns the lease key for drop_lease().
 
+    `oids` are sha256 hex digests (layers, configs, dogestry manifests) or full digests
+    ("sha512:<hex>" blobs, OCI manifests kept as pushed, which prune follows like a tag's).
     Then wait while a prune is running, and check that every key in `expect` (what the push plan
     found already stored) still exists; if one is gone a prune won the race: raise RemoteError
     so the push is re-planned (nothing was written that references the missing object).
     """
     key = "%s%s.json" % (LEASES_PREFIX, uuid.uuid4().hex)
-    repo.remote.put(key, canonical_json({"dogestry_lease": 1, "created": int(time.time()),
-                                         "oids": sorted(set(oids))}))
+    oids = set(oids)
+    digests = {oid for oid in oids if ":" in oid}
+    doc = {"dogestry_lease": 1, "created": int(time.time()), "oids": sorted(oids - digests)}
+    if digests:     # a field of its own: releases that read only "oids" (sha256 hex) still parse the lease
+        doc["digests"] = sorted(digests)
+    repo.remote.put(key, canonical_json(doc))
     try:
         _wait_for_prunes(repo, key)
         expect = sorted(set(expect))
@@ -147,13 +153,17 @@ def _referenced(repo: Repository, now: float, grace: float) -> Live:
         if expiry is not None and expiry >= now:
             live.tickets += 1
             roots.add(parse_digest(_json(repo, info.key)["manifest"]))
+    leased_digests = []
     for info in remote.list(LEASES_PREFIX):
         if not info.key.startswith(MARKER_PREFIX) and _lease_expiry(info) >= now:
             live.leases += 1
-            oids = {parse_digest("sha256:" + str(oid)) for oid in _json(repo, info.key).get("oids", [])}
+            oids, digests = _lease(repo, info.key)
             live.manifests |= oids
             live.configs |= oids
             live.blobs |= oids
+            live.blobs.update(_blob_id(digest) for digest in digests)
+            leased_digests.extend(digests)
+    roots |= _oci_referenced(repo, leased_digests, live)       # a manifest being put, and what it names
     # Leased oids may name a manifest the push reuses: read those too (absent ones are skipped).
     todo, followed = roots | live.manifests, set()
     while todo:
@@ -203,6 +213,17 @@ def _blob_id(digest: str) -> str:
     """How Live.blobs and _category name a blob: the hex of sha256 (every encoding), else the digest."""
     algorithm, hexdigest = split_digest(digest)
     return hexdigest if algorithm == "sha256" else digest
+
+
+def _lease(repo: Repository, key: str) -> Tuple[Set[str], List[str]]:
+    """A lease's sha256 oids and full digests; a malformed one stops the prune (it may protect anything)."""
+    doc = _json(repo, key)
+    try:
+        oids = {parse_digest("sha256:" + str(oid)) for oid in doc.get("oids", [])}
+        digests = ["%s:%s" % split_digest(digest) for digest in doc.get("digests", [])]
+    except (FormatError, TypeError) as exc:
+        raise FormatError("%s on %s is malformed (%s): fix or delete it before pruning" % (key, repo.url, exc))
+    return oids, digests
 
 
 def _lease_expiry(info: ObjectInfo) -> float:

@@ -35,13 +35,14 @@ from ._errors import (
     RemoteNotFoundError,
 )
 from ._format import (
-    OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, Manifest, blob_key, load_json, object_key,
-    referrers_prefix, sha256_hex, split_digest,
+    OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, LayerEntry, Manifest, blob_key, load_json,
+    object_key, referrers_prefix, sha256_hex, split_digest,
 )
 from ._metrics import Metrics
-from ._registry_push import MAX_MANIFEST, ApiError, RegistryWriter
+from ._registry_push import MAX_MANIFEST, SMALL_BLOB, ApiError, RegistryWriter, StoredBlobs
 from ._remote import Remote
 from ._repository import Repository
+from ._verify import read_verified
 
 # distribution's reference grammar for repository paths (no domain: that is the host we are)
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -426,7 +427,7 @@ class RegistryApi:
             if ":" not in ref and not _TAG.match(ref):
                 raise ApiError(400, "TAG_INVALID", "invalid tag %r" % ref[:130])
             digest, manifest = writer.put_manifest(name, ref, _header(headers, "content-type"), body,
-                                                   self._thin_manifest_exists)
+                                                   self._thin_manifest_exists, self._vouched)
             extra = [("OCI-Subject", manifest.subject.digest)] if manifest.subject is not None else []
             return self._empty(201, [("Location", "/v2/%s/manifests/%s" % (name, digest)),
                                      ("Docker-Content-Digest", digest)] + extra)
@@ -470,14 +471,26 @@ class RegistryApi:
                         + list(extra), b"", 0)
 
     def _blob_size(self, digest: str) -> Optional[int]:
-        """Size of a blob this registry can vouch for: stored as pushed, or a layer of a stored image."""
+        vouched = self._vouched(digest)
+        return vouched[0] if vouched is not None else None
+
+    def _vouched(self, digest: str) -> Optional[Tuple[int, str]]:
+        """(size, key) of a blob this registry vouches for to a push (a mount, the blobs a manifest names):
+        stored as pushed and still what was pushed, or a layer or config of a stored image, stored whole."""
         key = object_key(digest)
         found = self.repo.remote.stat([key]).get(key)
-        if found is not None:
-            return found.size
-        with self._lock:
-            info = self._blobs.get(digest.partition(":")[2]) if digest.startswith("sha256:") else None
-        return info.size if info is not None and self._stored(info) else None
+        if found is not None and self._stored_blobs().vouches(digest, found.size):
+            return found.size, key
+        return self._image_blob(digest)
+
+    def _image_blob(self, digest: str) -> Optional[Tuple[int, str]]:
+        """(size, key) of a layer or config of a stored image, stored whole: its manifest tells what it was
+        stored as (no push record needed)."""
+        info = self._known(self._blobs, digest[7:], _monotonic) if digest.startswith("sha256:") else None
+        return (info.size, blob_key(info.oid, info.encoding or "none")) if info is not None and self._stored(info) else None
+
+    def _stored_blobs(self) -> StoredBlobs:
+        return self.writer.blobs if self.writer is not None else StoredBlobs(self.repo)
 
     def _thin_manifest_exists(self, digest: str) -> bool:
         """An index may name an image dogestry_push stored, by the digest of its Manifest.oci_bytes()."""
@@ -672,6 +685,9 @@ class RegistryApi:
 
     def _verbatim_blob(self, digest: str, key: str, size: int, range_header: Optional[str], head: bool) -> Response:
         """A blob stored as pushed: streamed from the remote (through the cache), verified as it goes."""
+        if head and not (self._stored_blobs().vouches(digest, size)       # a push would skip sending it
+                         or (self._image_blob(digest) or (0, None))[1] == key):
+            raise ApiError(404, "BLOB_UNKNOWN", "blob %s on this remote is damaged: push it again" % digest)
         span = parse_range(range_header, size)
         start, end = span if span else (0, size - 1)
         length = end - start + 1 if size else 0
@@ -719,10 +735,25 @@ class RegistryApi:
         return None, _pieces(pieces)
 
     def _stored(self, info: BlobInfo) -> bool:
-        """The remote still holds the blob. A HEAD answers what a push will rely on (a blob it need not
-        send), so it is checked, not taken from memory: a prune may have removed an untagged image's blobs."""
+        """The remote still holds the blob whole. A HEAD answers what a push will rely on (a blob it need not
+        send), so it is checked, not taken from memory: a prune may have removed an untagged image's blobs,
+        and a damaged copy must be sent again. Its size must be the stored size its manifest gives; a small
+        blob is read and verified."""
         key = blob_key(info.oid, info.encoding or "none")
-        return key in self.repo.remote.stat([key])
+        found = self.repo.remote.stat([key]).get(key)
+        expected = info.manifest.config_size if info.encoding is None else self._stored_size(info)
+        if found is None or (expected is not None and found.size != expected):
+            return False
+        if found.size > SMALL_BLOB:
+            return True
+        layer = LayerEntry(info.oid, info.size, info.encoding or "none", found.size)
+        try:
+            if info.encoding is None:
+                return sha256_hex(self.repo.remote.get(key)) == info.oid
+            read_verified(self.repo, layer, "layer sha256:%s on %s" % (info.oid, self.repo.url))
+            return True
+        except (BlobCorruptError, RemoteNotFoundError, FormatError):
+            return False
 
     @staticmethod
     def _stored_size(info: BlobInfo) -> Optional[int]:
