@@ -309,7 +309,7 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
         if error is not None:
             continue
         if result.get("reason"):
-            line = "%s: %s" % (daemon.host, result["reason"])
+            line = "%s (on %s)" % (result["reason"], daemon.host)
         else:
             line = "%s on %s: up to date" % (plan.ref or args.image, daemon.host)
         out.result(dict(result, docker_host=daemon.host), line)
