@@ -319,6 +319,7 @@ class PullPlan:
     missing: List[LayerEntry] = field(default_factory=list)      # what must be downloaded
     skipped: List[LayerEntry] = field(default_factory=list)      # what the daemon already has
     containerd: bool = False
+    signature: Optional[object] = None      # _signing.Verified, when a policy required one
 
     @property
     def daemon_image_id(self) -> str:
@@ -355,14 +356,19 @@ class PullPlan:
             "layers_transferred": ["sha256:" + layer.oid for layer in self.missing],
             "layers_skipped": ["sha256:" + layer.oid for layer in self.skipped],
             "bytes_transferred": sum(layer.stored_size for layer in self.missing),
+            **({"signature": self.signature.result()} if self.signature is not None else {}),
         }
 
 
-def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
+def plan_pull(daemon: Daemon, repo: Repository, requested: str, policy=None) -> PullPlan:
+    """`policy` (a _signing.Policy): refuse, before Docker is asked anything, what no trusted key signed."""
     repo.check()
-    ref, manifest_oid = repo.resolve(requested, daemon.platform)
+    ref, target = repo.resolve_target(requested)
+    # the tag is read once: what is verified is what is loaded (an index's signature pins its platforms)
+    signature = policy.require(repo, target, str(ref or requested)) if policy is not None else None
+    manifest_oid = repo.image_for(target, daemon.platform, str(ref))
     manifest = repo.read_manifest(manifest_oid)
-    plan = PullPlan(requested, ref, manifest_oid, manifest, containerd=daemon.containerd_store)
+    plan = PullPlan(requested, ref, manifest_oid, manifest, containerd=daemon.containerd_store, signature=signature)
     info = daemon.inspect(plan.daemon_image_id)
     if info is not None and image_layers(info) == [layer.oid for layer in manifest.layers]:
         plan.image_present = True

@@ -38,6 +38,7 @@ from ._format import (
 from ._metrics import Metrics
 from ._registry_push import ApiError, RegistryWriter
 from ._repository import Repository
+from ._signing import SignatureError
 
 # distribution's reference grammar for repository paths (no domain: that is the host we are)
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -181,12 +182,14 @@ class RegistryApi:
     MAX_CONFIGS = 1000      # verified image configs kept in memory (kilobytes each)
 
     def __init__(self, repo: Repository, cache=None, metrics: Optional[Metrics] = None,
-                 writer: Optional[RegistryWriter] = None, puller=None):
+                 writer: Optional[RegistryWriter] = None, puller=None, policy=None):
         """`cache`: a _blob_cache.BlobCache for stored layers (None: every read goes to the remote);
         `writer`: takes pushes (None: the registry is read-only); `puller(image) -> result dict`:
         loads an image from the remote into the local Docker (POST /dogestry/pull?image=NAME:TAG,
-        the original's server-side pulls; None: no such endpoint)."""
+        the original's server-side pulls; None: no such endpoint); `policy`: a _signing.Policy that
+        every image manifest served must satisfy (None: serve what is stored)."""
         self.repo = repo
+        self.policy = policy
         self.cache = cache
         self.writer = writer
         self.puller = puller
@@ -342,6 +345,8 @@ class RegistryApi:
                 result = self.puller(image)
             except ImageReferenceError as exc:
                 raise ApiError(404, "MANIFEST_UNKNOWN", str(exc))
+            except SignatureError as exc:
+                raise ApiError(403, "DENIED", str(exc))
             except DockerError as exc:
                 raise ApiError(502, "UNKNOWN", str(exc))
         return self._json(result, False)
@@ -499,7 +504,7 @@ class RegistryApi:
             _name, target = self._resolve_tag(names, ref)
             if isinstance(target, Descriptor):
                 try:
-                    return self._verbatim_manifest(target, head)
+                    return self._verbatim_manifest(target, head, ref)
                 except RemoteNotFoundError:
                     raise ApiError(404, "MANIFEST_UNKNOWN", "tag %s names manifest %s, which is missing from the "
                                    "remote" % (ref, target.digest))
@@ -507,12 +512,23 @@ class RegistryApi:
         if not accepts_oci(accept):
             raise ApiError(404, "MANIFEST_UNKNOWN",
                            "the image is served only as %s, which the Accept header leaves out" % OCI_MANIFEST_MEDIA_TYPE)
+        self._admit("sha256:" + digest, None, ref)
         return self._manifest_response(OCI_MANIFEST_MEDIA_TYPE, "sha256:" + digest, body, head)
 
-    def _verbatim_manifest(self, target: Descriptor, head: bool) -> Response:
+    def _verbatim_manifest(self, target: Descriptor, head: bool, ref: Optional[str] = None) -> Response:
         """A manifest, index or artifact stored as pushed (read and verified; RemoteNotFoundError if absent)."""
         manifest = self.repo.read_oci_manifest(target.digest)
+        self._admit(target.digest, manifest, ref or target.digest)
         return self._manifest_response(manifest.media_type, target.digest, manifest.data, head)
+
+    def _admit(self, digest: str, manifest, ref: str) -> None:
+        """With a signature policy, an image Docker could run is served only if a trusted key signed it (or a
+        signed index served here names it): 403 DENIED, saying why. Signatures themselves stay readable."""
+        if self.policy is not None:
+            try:
+                self.policy.admit(self.repo, digest, manifest, ref)
+            except SignatureError as exc:
+                raise ApiError(403, "DENIED", str(exc))
 
     @staticmethod
     def _manifest_response(media_type: str, digest: str, body: bytes, head: bool) -> Response:

@@ -393,10 +393,7 @@ class RegistryWriter:
             if not self._manifest_stored(child.digest) and not manifest_exists(child.digest):
                 raise ApiError(400, "MANIFEST_UNKNOWN", "manifest %s, which the index names, was not pushed first"
                                % child.digest)
-        self.repo.hold_oci_content()
-        self.repo.remote.put(oci_manifest_key(digest), data)
-        if manifest.subject is not None:
-            self.repo.remote.put(referrer_key(manifest.subject.digest, digest), manifest.referrer(digest).to_bytes())
+        write_oci_manifest(self.repo, digest, manifest)
         decoded = self._decoded_twin(manifest)
         if ":" not in reference:
             self.repo.write_oci_tag(ImageRef(name, reference), Descriptor(manifest.media_type, digest, len(data)))
@@ -466,6 +463,15 @@ class RegistryWriter:
             leases = [self._leases.pop(d.partition(":")[2])[0] for d in digests if d.partition(":")[2] in self._leases]
         for lease in leases:
             drop_lease(self.repo, lease)
+
+
+def write_oci_manifest(repo: Repository, digest: str, manifest: OciManifest) -> None:
+    """Store a manifest as pushed, then its referrer record (create-only; what it names is stored already).
+    The registry's push path and dogestry_sign's signatures both write manifests this way."""
+    repo.hold_oci_content()
+    repo.remote.put(oci_manifest_key(digest), manifest.data)
+    if manifest.subject is not None:
+        repo.remote.put(referrer_key(manifest.subject.digest, digest), manifest.referrer(digest).to_bytes())
 
 
 def _file_digest(algorithm: str, path: str) -> str:
