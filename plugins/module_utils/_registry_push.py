@@ -33,7 +33,7 @@ from ._errors import DogestryError, FormatError
 from ._format import (
     DIGEST_ALGORITHMS, ENCODINGS, PUSHED_PREFIX, Descriptor, ImageRef, LayerEntry, Manifest, OciManifest, blob_key,
     canonical_json, diff_ids_of_config, digest_of, load_json, object_key, oci_manifest_key, parse_digest, pushed_key,
-    referrer_key, split_digest,
+    split_digest,
 )
 from ._prune import drop_lease, write_lease
 from ._remote import unlink_quietly
@@ -393,7 +393,7 @@ class RegistryWriter:
             if not self._manifest_stored(child.digest) and not manifest_exists(child.digest):
                 raise ApiError(400, "MANIFEST_UNKNOWN", "manifest %s, which the index names, was not pushed first"
                                % child.digest)
-        write_oci_manifest(self.repo, digest, manifest)
+        self.repo.write_oci_manifest(digest, manifest)
         decoded = self._decoded_twin(manifest)
         if ":" not in reference:
             self.repo.write_oci_tag(ImageRef(name, reference), Descriptor(manifest.media_type, digest, len(data)))
@@ -463,15 +463,6 @@ class RegistryWriter:
             leases = [self._leases.pop(d.partition(":")[2])[0] for d in digests if d.partition(":")[2] in self._leases]
         for lease in leases:
             drop_lease(self.repo, lease)
-
-
-def write_oci_manifest(repo: Repository, digest: str, manifest: OciManifest) -> None:
-    """Store a manifest as pushed, then its referrer record (create-only; what it names is stored already).
-    The registry's push path and dogestry_sign's signatures both write manifests this way."""
-    repo.hold_oci_content()
-    repo.remote.put(oci_manifest_key(digest), manifest.data)
-    if manifest.subject is not None:
-        repo.remote.put(referrer_key(manifest.subject.digest, digest), manifest.referrer(digest).to_bytes())
 
 
 def _file_digest(algorithm: str, path: str) -> str:

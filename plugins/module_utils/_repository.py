@@ -14,8 +14,8 @@ from ._errors import BlobCorruptError, FormatError, ImageReferenceError, RemoteM
 from ._format import (
     VERSION_KEY, Descriptor, ImageRef, Manifest, OciManifest, check_version_document, diff_ids_of_config, digest_of,
     id_prefix_hex, image_index_key, image_index_prefix, looks_like_id_prefix, manifest_key, oci_manifest_key,
-    parse_image_ref, parse_digest, parse_ref_document, parse_tag_document, ref_document, sha256_hex, source_key,
-    split_digest, tag_from_key, tag_key, version_document, version_of,
+    parse_image_ref, parse_digest, parse_ref_document, parse_tag_document, ref_document, referrer_key, sha256_hex,
+    source_key, split_digest, tag_from_key, tag_key, version_document, version_of,
 )
 from ._remote import Remote
 from ._transfer import parallel_map
@@ -143,6 +143,14 @@ class Repository:
             self._manifests.clear()     # bounded: a long-running reader sees many
         self._manifests[oid] = manifest
         return manifest
+
+    def write_oci_manifest(self, digest: str, manifest: OciManifest) -> None:
+        """Store a manifest as pushed (raising the remote to version 2 first), then its referrer record; create-only,
+        after everything it names. The registry's push path and dogestry_sign's signatures write manifests this way."""
+        self.hold_oci_content()
+        self.remote.put(oci_manifest_key(digest), manifest.data)
+        if manifest.subject is not None:
+            self.remote.put(referrer_key(manifest.subject.digest, digest), manifest.referrer(digest).to_bytes())
 
     def read_oci_manifest(self, digest: str, content_type: Optional[str] = None) -> OciManifest:
         """A manifest stored verbatim, verified against its digest."""

@@ -51,7 +51,6 @@ from ._format import (
     oci_manifest_key, referrers_prefix, sha256_hex, split_digest,
 )
 from ._prune import drop_lease, write_lease
-from ._registry_push import write_oci_manifest
 from ._remote import read_bounded
 from ._repository import Repository, Target
 
@@ -416,10 +415,10 @@ def execute_sign(repo: Repository, plan: SignPlan, key: SigningKey, now=time.tim
     digest = digest_of("sha256", data)
     lease = write_lease(repo, [sha256_hex(EMPTY_CONFIG), sha256_hex(bundle)])
     try:
-        repo.hold_oci_content()
+        repo.hold_oci_content()       # before the first object a version-1 reader cannot see
         repo.remote.put(object_key(digest_of("sha256", EMPTY_CONFIG)), EMPTY_CONFIG)
         repo.remote.put(object_key(digest_of("sha256", bundle)), bundle)
-        write_oci_manifest(repo, digest, OciManifest.parse(data, None, "the signature"))
+        repo.write_oci_manifest(digest, OciManifest.parse(data, None, "the signature"))
     finally:
         drop_lease(repo, lease)
     result.update(signature=digest, reason=plan.describe(done=True))
