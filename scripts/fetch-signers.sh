@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Fetch the signing clients the signature tests meet (Debian sid's static builds) into a cache
+# Fetch signing clients (Debian sid's static builds; tests/integration/test_signing.py runs cosign) into a cache
 # directory, without touching the system's apt sources or installed packages: an isolated apt state
 # downloads the .debs, dpkg-deb -x unpacks them (as fetch-docker.sh does for Docker 28).
 #
 #   fetch-signers.sh cosign     sid's cosign 3 (sigstore bundles, key-based signing without a log)
-#   fetch-signers.sh notation   sid's notation 1.3 (Notary Project signatures, test certificates)
+#   fetch-signers.sh notation   sid's notation 1.3 (Notary Project signatures; dogestry does not check them yet)
 #
 # Prints the path of the unpacked binary on stdout. Idempotent: a second run only prints the path.
 # Exit status non-zero (message on stderr) when the download fails.

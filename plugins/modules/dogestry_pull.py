@@ -72,7 +72,6 @@ options:
       - Leave it out (or empty) to pull without checking signatures.
     type: list
     elements: str
-    no_log: false
 requirements:
   - cryptography >= 38.0 (with O(trusted_keys))
 author:
@@ -171,7 +170,7 @@ signature:
       description: The id of the trusted key that signed it (base64 sha256 of its DER public key, cosign's key hint).
       type: str
     key:
-      description: Which trusted key that is, its path or C(trusted key #N).
+      description: "Which trusted key that is, its path, or V(trusted key #2) for the second one given as PEM text."
       type: str
     signature:
       description: Digest of the signature's manifest on the remote.

@@ -68,8 +68,8 @@ def _has_image(host, ref):
     return docker(host, "image", "inspect", ref, check=False).returncode == 0
 
 
-def test_dogestry_and_cosign_verify_each_other_and_docker_gets_signed_images_only(tmp_path, docker28_host, build_image,
-                                                                                   name, remote, servers, cosign):
+def test_dogestry_and_cosign_verify_each_other_and_docker_gets_signed_images_only(
+        tmp_path, docker28_host, build_image, name, remote, servers, cosign):
     netns = netns_of_docker("28")
     sign_cosign = Cosign(cosign, netns, tmp_path / "cosign")
     release_key, release_pub = write_key_pair(tmp_path, "release")
