@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     pull = commands.add_parser("pull", parents=[common, docker], help="pull an image from REMOTE into Docker")
     pull.add_argument("remote")
     pull.add_argument("image", metavar="IMAGE")
+    pull.add_argument("--trusted-key", action="append", metavar="KEYFILE",
+                      help="refuse the image unless one of these PEM public keys (or certificates) signed it; repeatable")
+    sign = commands.add_parser("sign", parents=[common], help="sign an image on REMOTE (cosign's format, as a referrer)")
+    sign.add_argument("remote")
+    sign.add_argument("image", metavar="IMAGE", help="NAME:TAG (or an image-ID prefix): what it names is signed")
+    sign.add_argument("--key", required=True, metavar="KEYFILE",
+                      help="PEM private key (ECDSA or RSA); if encrypted, its password is read from $DOGESTRY_SIGNING_KEY_PASSWORD")
     tags = commands.add_parser("tags", parents=[common], help="list the tags on REMOTE")
     tags.add_argument("remote")
     tags.add_argument("pattern", nargs="?", default="*", help="NAME[:TAG] shell pattern (default *)")
@@ -146,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--htpasswd", help="require Basic auth by a user of this bcrypt htpasswd file (htpasswd -B)")
     serve.add_argument("--spool-dir", help="where pushed blobs are received (default: the system temp dir)")
     serve.add_argument("--max-blob-size", type=_size, default=64 << 30, help="largest blob a push may send (default 64G)")
+    serve.add_argument("--require-signature", action="append", metavar="KEYFILE",
+                       help="serve an image manifest only if one of these PEM public keys (or certificates) signed it "
+                            "(else 403 DENIED); repeatable")
     return parser
 
 
@@ -286,7 +296,8 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
     """Plan for each daemon, then load into all of them at once (each layer is fetched once: see
     _SpooledRemote); a progress bar for one daemon. A daemon that fails does not stop the others."""
     from ._engine import execute_pull, plan_pull
-    plans = [(daemon, plan_pull(daemon, repo, args.image)) for daemon in daemons]
+    policy = _policy(args.trusted_key)
+    plans = [(daemon, plan_pull(daemon, repo, args.image, policy)) for daemon in daemons]
 
     def pull(daemon, plan, report=lambda layer: None):
         return execute_pull(daemon, repo, plan, report)
@@ -316,6 +327,31 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
     errors = [error for _daemon, _plan, _result, error in outcomes if error is not None]
     if errors:
         raise errors[0]
+    return 0
+
+
+def _policy(key_files):
+    """A signature policy from --trusted-key / --require-signature files (None without any)."""
+    if not key_files:
+        return None
+    from ._signing import Policy, load_trusted_keys
+    return Policy(load_trusted_keys(key_files))
+
+
+def cmd_sign(args, out: Output) -> int:
+    from ._signing import execute_sign, load_signing_key, plan_sign
+    try:
+        with open(args.key, "rb") as f:
+            pem = f.read(1 << 20)
+    except OSError as exc:
+        raise DogestryError("--key %s: %s" % (args.key, exc.strerror or exc))
+    key = load_signing_key(pem, os.environ.get("DOGESTRY_SIGNING_KEY_PASSWORD"), args.key)
+    repo = repository_from_args(args)
+    plan = plan_sign(repo, args.image, key)
+    result = execute_sign(repo, plan, key)
+    line = result.get("reason") or "%s (%s): already signed by key %s" % (plan.ref or args.image, plan.subject.digest[:19],
+                                                                          key.key_id)
+    out.result(result, line)
     return 0
 
 
@@ -390,29 +426,31 @@ def cmd_serve(args, out: Output) -> int:
             writer = RegistryWriter(repo, args.spool_dir, args.max_blob_size)
         except OSError as exc:
             raise DogestryError("--spool-dir %s: %s" % (args.spool_dir, exc.strerror or exc))
-    puller = _puller(repo, args.pull_into, args.timeout_docker) if args.pull_into else None
+    policy = _policy(args.require_signature)
+    puller = _puller(repo, args.pull_into, args.timeout_docker, policy) if args.pull_into else None
     try:
-        serve(RegistryApi(repo, cache, metrics, writer, puller), args.listen, args.threads, ready, tls, args.htpasswd)
+        serve(RegistryApi(repo, cache, metrics, writer, puller, policy), args.listen, args.threads, ready, tls,
+              args.htpasswd)
     finally:
         if writer is not None:
             writer.close()
     return 0
 
 
-def _puller(repo, docker_host: str, timeout: int):
+def _puller(repo, docker_host: str, timeout: int, policy=None):
     """The server-side pull: the engine's pull into one daemon, as `dogestry pull` does it."""
     from ._docker import Daemon
     from ._engine import execute_pull, plan_pull
 
     def pull(image: str) -> Dict:
         daemon = Daemon(docker_host, timeout)
-        result = execute_pull(daemon, repo, plan_pull(daemon, repo, image))
+        result = execute_pull(daemon, repo, plan_pull(daemon, repo, image, policy))
         return dict(result, docker_host=daemon.host)
     return pull
 
 
-COMMANDS = {"push": cmd_push, "pull": cmd_pull, "tags": cmd_tags, "prune": cmd_prune, "verify": cmd_verify,
-            "serve": cmd_serve}
+COMMANDS = {"push": cmd_push, "pull": cmd_pull, "sign": cmd_sign, "tags": cmd_tags, "prune": cmd_prune,
+            "verify": cmd_verify, "serve": cmd_serve}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -44,7 +44,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteError, RemoteNotFoundError
 from ._format import (
     DIGEST_ALGORITHMS, ENCODINGS, OCI_MANIFESTS_PREFIX, REFERRERS_PREFIX, blob_key, canonical_json, image_index_prefix,
-    load_json, manifest_key, parse_digest, referrers_prefix, split_digest,
+    load_json, manifest_key, parse_digest, referrers_prefix, sha256_hex, split_digest,
 )
 from ._remote import ObjectInfo
 from ._repository import READ_JOBS, Repository
@@ -153,6 +153,9 @@ def _referenced(repo: Repository, now: float, grace: float) -> Live:
         if expiry is not None and expiry >= now:
             live.tickets += 1
             roots.add(parse_digest(_json(repo, info.key)["manifest"]))
+    # An image dogestry_push stored is served (and signed) as Manifest.oci_bytes(): keep its signatures too.
+    _oci_referenced(repo, ["sha256:" + sha256_hex(manifest.oci_bytes())
+                           for manifest in repo.read_manifests(roots, missing_ok=True).values()], live)
     leased_digests = []
     for info in remote.list(LEASES_PREFIX):
         if not info.key.startswith(MARKER_PREFIX) and _lease_expiry(info) >= now:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from ._metrics import Metrics
 from ._registry_push import MAX_MANIFEST, SMALL_BLOB, ApiError, RegistryWriter, StoredBlobs
 from ._remote import Remote
 from ._repository import Repository
+from ._signing import SignatureError
 from ._verify import read_verified
 
 # distribution's reference grammar for repository paths (no domain: that is the host we are)
@@ -214,12 +216,14 @@ class RegistryApi:
     MAX_CONFIGS = 1000      # verified image configs kept in memory (kilobytes each)
 
     def __init__(self, repo: Repository, cache=None, metrics: Optional[Metrics] = None,
-                 writer: Optional[RegistryWriter] = None, puller=None):
+                 writer: Optional[RegistryWriter] = None, puller=None, policy=None):
         """`cache`: a _blob_cache.BlobCache for stored layers (None: every read goes to the remote);
         `writer`: takes pushes (None: the registry is read-only); `puller(image) -> result dict`:
         loads an image from the remote into the local Docker (POST /dogestry/pull?image=NAME:TAG,
-        the original's server-side pulls; None: no such endpoint)."""
+        the original's server-side pulls; None: no such endpoint); `policy`: a _signing.Policy that
+        every image manifest served must satisfy (None: serve what is stored)."""
         self.repo = repo
+        self.policy = policy
         self.cache = cache
         self.writer = writer
         self.puller = puller
@@ -388,6 +392,8 @@ class RegistryApi:
                 result = self.puller(image)
             except ImageReferenceError as exc:
                 raise ApiError(404, "MANIFEST_UNKNOWN", str(exc))
+            except SignatureError as exc:
+                raise ApiError(403, "DENIED", str(exc))
             except DockerError as exc:
                 raise ApiError(502, "UNKNOWN", str(exc))
         return self._json(result, False)
@@ -560,13 +566,14 @@ class RegistryApi:
         return self._json({"repositories": page}, head, extra=extra)
 
     def _manifest(self, names: List[str], ref: str, accept: List[str], head: bool, clock) -> Response:
+        what = "%s%s%s" % (names[-1], "@" if ":" in ref else ":", ref)     # for a refusal's message
         if ":" in ref:
             digest = self._digest(ref)
             with self._lock:       # an image this API has shown already: no remote request
                 target: Union[str, Descriptor, None] = self._by_digest.get(digest[7:]) if digest.startswith("sha256:") else None
             if target is None and self._holds_images():
                 try:
-                    return self._verbatim_manifest(Descriptor("", digest, 0), head)
+                    return self._verbatim_manifest(Descriptor("", digest, 0), head, what)
                 except RemoteNotFoundError:
                     pass
                 if digest.startswith("sha256:"):
@@ -579,7 +586,7 @@ class RegistryApi:
             _name, target = self._resolve_tag(names, ref)
             if isinstance(target, Descriptor):
                 try:
-                    return self._verbatim_manifest(target, head)
+                    return self._verbatim_manifest(target, head, what)
                 except RemoteNotFoundError:
                     raise ApiError(404, "MANIFEST_UNKNOWN", "tag %s names manifest %s, which is missing from the "
                                    "remote" % (ref, target.digest))
@@ -587,12 +594,25 @@ class RegistryApi:
         if not accepts_oci(accept):
             raise ApiError(404, "MANIFEST_UNKNOWN",
                            "the image is served only as %s, which the Accept header leaves out" % OCI_MANIFEST_MEDIA_TYPE)
+        self._admit("sha256:" + digest, None, what)
         return self._manifest_response(OCI_MANIFEST_MEDIA_TYPE, "sha256:" + digest, body, head)
 
-    def _verbatim_manifest(self, target: Descriptor, head: bool) -> Response:
+    def _verbatim_manifest(self, target: Descriptor, head: bool, what: str) -> Response:
         """A manifest, index or artifact stored as pushed (read and verified; RemoteNotFoundError if absent)."""
         manifest = self.repo.read_oci_manifest(target.digest)
+        self._admit(target.digest, manifest, what)
         return self._manifest_response(manifest.media_type, target.digest, manifest.data, head)
+
+    def _admit(self, digest: str, manifest, what: str) -> None:
+        """With a signature policy, an image Docker could run is served only if a trusted key signed it (or a
+        signed index served here names it): 403 DENIED, saying why. Signatures themselves stay readable."""
+        if self.policy is not None:
+            try:
+                self.policy.admit(self.repo, digest, manifest, what)
+            except SignatureError as exc:
+                # Docker shows a HEAD's status only: the reason goes to the accelerator's log too
+                logging.getLogger("dogestry.serve").warning("refused: %s", exc)
+                raise ApiError(403, "DENIED", str(exc))
 
     @staticmethod
     def _manifest_response(media_type: str, digest: str, body: bytes, head: bool) -> Response:

@@ -38,12 +38,12 @@ from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteNotFoun
 from ._format import (
     DIGEST_ALGORITHMS, ENCODINGS, Descriptor, ImageRef, LayerEntry, Manifest, OciManifest, blob_key, canonical_json,
     diff_ids_of_config, digest_of, load_json, manifest_key, object_key, oci_manifest_key, parse_digest, pushed_key,
-    referrer_key, sha256_hex, split_digest,
+    sha256_hex, split_digest,
 )
 from ._prune import drop_lease, write_lease
 from ._remote import unlink_quietly
 from ._repository import Repository
-from ._verify import damaged_reused_layers, quarantine
+from ._verify import damaged_reused_layers
 
 CHUNK = 1 << 20
 HEAD = 512                      # bytes that tell a layer (gzip, zstd or tar magic) from other blobs
@@ -490,22 +490,9 @@ class RegistryWriter:
 
     def _quarantine(self, key: str) -> None:
         try:
-            quarantine(self.repo, key)
+            self.repo.quarantine(key)
         except RemoteNotFoundError:
             pass        # moved or replaced meanwhile
-
-    def _put_checked(self, key: str, data: bytes) -> None:
-        """Create-only store of an object its key fixes the content of (a manifest, a referrer record): a copy
-        already there that differs is damaged, and is quarantined and replaced before anything names it."""
-        if self.repo.remote.put(key, data):
-            return
-        try:
-            intact = self.repo.remote.get(key) == data
-        except (RemoteNotFoundError, FormatError):
-            intact = False
-        if not intact:
-            self._quarantine(key)
-            self.repo.remote.put(key, data)
 
     def verbatim_size(self, digest: str) -> Optional[Tuple[int, str]]:
         """(size, key) of a blob stored as pushed that is still what was pushed; None if absent or damaged."""
@@ -563,12 +550,9 @@ class RegistryWriter:
             expect += [twin.config_key] + [layer.key for layer in twin.layers]
         lease = write_lease(self.repo, oids, expect)
         try:
-            self.repo.hold_oci_content()
-            self._put_checked(oci_manifest_key(digest), data)
-            if manifest.subject is not None:
-                self._put_checked(referrer_key(manifest.subject.digest, digest), manifest.referrer(digest).to_bytes())
+            self.repo.write_oci_manifest(digest, manifest)
             if twin is not None:
-                self._put_checked(manifest_key(sha256_hex(twin.to_bytes())), twin.to_bytes())
+                self.repo.put_exact(manifest_key(sha256_hex(twin.to_bytes())), twin.to_bytes())
                 self.repo.write_manifest(twin)
             if ":" not in reference:
                 self.repo.write_oci_tag(ImageRef(name, reference), Descriptor(manifest.media_type, digest, len(data)))

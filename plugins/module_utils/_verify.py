@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -33,7 +32,7 @@ from ._compress import LZ4_ENDS, lz4_frame_ends_intact
 from ._docker_archive import LoadLayer, verified_chunks
 from ._errors import BlobCorruptError, FormatError, RemoteNotFoundError
 from ._format import (
-    DIGEST_ALGORITHMS, OCI_MANIFESTS_PREFIX, QUARANTINE_PREFIX, Descriptor, LayerEntry, Manifest, OciManifest, blob_key,
+    DIGEST_ALGORITHMS, OCI_MANIFESTS_PREFIX, Descriptor, LayerEntry, Manifest, OciManifest, blob_key,
     image_index_prefix, manifest_key, object_key, oci_manifest_key, parse_digest, sha256_hex, split_digest, tag_key,
 )
 from ._repository import READ_JOBS, Repository
@@ -109,7 +108,7 @@ def verify(repo: Repository, sample: Optional[int] = None, repair: bool = False,
     if repair:
         for problem in report.problems:
             if problem.repairable and problem.key not in report.moved:
-                report.moved[problem.key] = quarantine(repo, problem.key)
+                report.moved[problem.key] = repo.quarantine(problem.key)
     return report
 
 
@@ -390,10 +389,3 @@ def _lz4_ends_intact(repo: Repository, key: str, stored_size: int) -> bool:
                                      repo.remote.get_range(key, stored_size - LZ4_ENDS, stored_size - 1))
     except (BlobCorruptError, RemoteNotFoundError):
         return False
-
-
-def quarantine(repo: Repository, key: str) -> str:
-    """Move a damaged object aside, so that the next push stores it anew; returns where it went."""
-    target = "%s%s/%s" % (QUARANTINE_PREFIX, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), key)
-    repo.remote.move(key, target)
-    return target

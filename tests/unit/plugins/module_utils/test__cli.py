@@ -48,6 +48,9 @@ def test_engine_never_imports_the_front_end_and_the_front_end_never_imports_ansi
     (["tags", "s3://b/p", "app*:1*", "--endpoint-url", "http://x"], "endpoint_url", "http://x"),
     (["serve", "/r"], "listen", "127.0.0.1:22375"),
     (["push", "/r", "a:1", "b:2", "--json"], "images", ["a:1", "b:2"]),
+    (["pull", "/r", "a:1", "--trusted-key", "new.pub", "--trusted-key", "old.pub"], "trusted_key", ["new.pub", "old.pub"]),
+    (["serve", "/r", "--require-signature", "release.pub"], "require_signature", ["release.pub"]),
+    (["sign", "/r", "a:1", "--key", "release.pem"], "key", "release.pem"),
 ])
 def test_parser(argv, attr, value):
     assert getattr(_cli.build_parser().parse_args(argv), attr) == value
