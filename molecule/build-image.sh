@@ -34,7 +34,7 @@ debootstrap --variant=minbase --include=systemd,systemd-sysv,python3,python3-apt
 log "adding the accelerator's Python dependencies from Debian"
 chroot "$work/root" sh -c 'apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q install -y \
     --no-install-recommends python3-venv python3-boto3 python3-docker python3-lz4 python3-zstandard \
-    python3-cheroot python3-prometheus-client' >"$work/apt.log" 2>&1 \
+    python3-cheroot python3-prometheus-client python3-bcrypt python3-cryptography' >"$work/apt.log" 2>&1 \
     || { tail -n 20 "$work/apt.log" >&2; log "apt-get install in the new root failed"; exit 1; }
 rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*
 tar -C "$work/root" -c . | docker import - "$TAG-rootfs" >/dev/null
