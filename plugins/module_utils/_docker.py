@@ -47,7 +47,7 @@ def _one_line(exc: Exception) -> str:
         hint = (" (is the CA, ca_path or --tlscacert, the one that signed the daemon's certificate, and is the daemon "
                 "named so in it, or in tls_hostname?)" if "verify failed" in tls else
                 " (the daemon wants a client certificate signed by a CA it trusts: client_cert and client_key, or "
-                "--tlscert and --tlskey)" if "certificate" in tls else "")
+                "--tlscert and --tlskey)" if "alert" in tls else "")
         return "TLS handshake failed: %s%s" % (tls, hint)
     explanation = getattr(exc, "explanation", None)
     text = str(explanation or exc)
@@ -72,6 +72,7 @@ def _tls_failure(exc: Optional[BaseException]) -> Optional[str]:
 
 DOCKER_HOST_SCHEMES = ("unix", "tcp", "http", "https", "ssh", "npipe")
 CERT_FILES = ("ca.pem", "cert.pem", "key.pem")     # in DOCKER_CERT_PATH, as the docker CLI names them
+CERT_OPTIONS = ("ca_path (--tlscacert)", "client_cert (--tlscert)", "client_key (--tlskey)")
 
 
 def tls_config(verify: bool = False, ca_cert: Optional[str] = None, client_cert: Optional[str] = None,
@@ -83,9 +84,9 @@ def tls_config(verify: bool = False, ca_cert: Optional[str] = None, client_cert:
     if not HAS_DOCKER:
         raise DogestryError("the Python package 'docker' (Docker SDK for Python) is required: pip install docker")
     given = {"ca_path": ca_cert, "client_cert": client_cert, "client_key": client_key}
-    for (option, path), default in zip(list(given.items()), CERT_FILES):
+    for (option, path), default, label in zip(list(given.items()), CERT_FILES, CERT_OPTIONS):
         if path and not os.path.isfile(path):
-            raise DockerError("%s %s: no such file" % (option, path))
+            raise DockerError("%s %s: no such file" % (label, path))
         if not path and cert_dir and os.path.isfile(os.path.join(cert_dir, default)):
             given[option] = os.path.join(cert_dir, default)
     if bool(given["client_cert"]) != bool(given["client_key"]):

@@ -7,7 +7,6 @@ sets at start-up): here 0, after the bucket and an admin user are made. It check
 conditions (docs/s3.md uses none).
 """
 
-import copy
 import json
 import os
 import re
@@ -263,8 +262,8 @@ def test_the_lifecycle_rule_is_taken_as_written(iam_s3):
 
 
 @pytest.mark.parametrize("setting, checksummed", [(None, True), ("when_required", False)])
-def test_boto3_checksum_settings_reach_dogestrys_client_from_the_environment(s3_env, s3_bucket, monkeypatch, setting,
-                                                                              checksummed):
+def test_boto3_checksum_settings_reach_dogestrys_client_from_the_environment(s3_env, s3_bucket, monkeypatch,
+                                                                             setting, checksummed):
     """boto3 >= 1.36 sends a CRC32 with every upload unless AWS_REQUEST_CHECKSUM_CALCULATION=when_required (what
     stores that reject it need, docs/s3.md); dogestry's client configuration leaves that to boto3."""
     if setting:

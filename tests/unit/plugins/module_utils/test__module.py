@@ -63,7 +63,8 @@ def test_the_docker_options_are_community_dockers():
 
 def test_no_option_name_means_two_things():
     """The S3 options and the Docker options share one module_defaults entry: no name or alias in both."""
-    names = lambda spec: {n for name, opts in spec.items() for n in [name] + opts.get("aliases", [])}     # noqa: E731
+    def names(spec):
+        return {n for name, opts in spec.items() for n in [name] + opts.get("aliases", [])}
     assert not names(REMOTE_ARGSPEC) & names(DOCKER_ARGSPEC)
 
 
