@@ -69,12 +69,16 @@ class IamS3:
         self.url = "http://127.0.0.1:%d" % free_port()
         exe = os.path.join(os.path.dirname(sys.executable), "moto_server")    # the moto this venv pins (PATH may have another)
         self.proc = _start([exe, "-H", "127.0.0.1", "-p", self.url.rsplit(":", 1)[1]], os.path.join(log_dir, "moto.log"))
-        wait_for(lambda: urllib.request.urlopen(self.url + "/moto-api/", timeout=2).status == 200, 60, "moto_server")
-        self.bucket = "policies-" + uuid.uuid4().hex[:12]
-        self.anyone = dict(endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="testing",
-                           aws_secret_access_key="testing")
-        boto3.client("s3", **self.anyone).create_bucket(Bucket=self.bucket)
-        self.admin = self.user({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+        try:
+            wait_for(lambda: urllib.request.urlopen(self.url + "/moto-api/", timeout=2).status == 200, 60, "moto_server")
+            self.bucket = "policies-" + uuid.uuid4().hex[:12]
+            self.anyone = dict(endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="testing",
+                               aws_secret_access_key="testing")
+            boto3.client("s3", **self.anyone).create_bucket(Bucket=self.bucket)
+            self.admin = self.user({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+        except BaseException:
+            _stop(self.proc)        # a fixture whose setup fails is never torn down
+            raise
 
     def _enforce(self, count):
         """IAM checks from now on (count 0), or never ("inf"); moto signs keys made while it checks with another
