@@ -24,6 +24,7 @@ import time
 from typing import Dict, List, Optional
 
 from ._errors import DogestryError, RemoteMissingError, RemoteNotFoundError
+from ._prune import DEFAULT_GRACE_PERIOD, parse_duration
 from ._repository import Repository
 
 from ._remote import LocalRemote
@@ -32,14 +33,13 @@ from ._transfer import MAX_JOBS
 from ._version import require, require_for_url
 
 S3_FLAGS = ("access_key", "secret_key", "session_token", "profile", "region", "endpoint_url")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _duration(text: str) -> int:
-    match = re.match(r"^\s*(\d+)\s*([smhd]?)\s*$", str(text))
-    if not match:
-        raise argparse.ArgumentTypeError("%r is not a duration like 3600, 90m, 24h or 7d" % text)
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return parse_duration(text)
+    except DogestryError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
 
 
 def _size(text: str) -> int:
@@ -99,13 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
     s3.add_argument("--region", default=None)
     s3.add_argument("--profile", default=None)
-    s3.add_argument("--no-verify-certs", dest="validate_certs", action="store_false")
+    s3.add_argument("--s3-no-verify-certs", "--no-verify-certs", dest="validate_certs", action="store_false",
+                    help="do not verify the TLS certificate of the S3 or HTTPS endpoint (a test store)")
     s3.add_argument("--ca-bundle", default=os.environ.get("AWS_CA_BUNDLE"))
 
+    # The docker CLI's flags and environment variables (DOCKER_CERT_PATH: see _daemons()).
     docker = _Parser(add_help=False)
-    docker.add_argument("--docker-host", action="append", default=None,
+    daemon = docker.add_argument_group("Docker daemon (the docker CLI's flags and DOCKER_* variables)")
+    daemon.add_argument("--docker-host", action="append", default=None,
                         help="Docker daemon (default $DOCKER_HOST or the local socket); pull: repeatable")
-    docker.add_argument("--timeout", type=_positive, default=300)
+    daemon.add_argument("--timeout", type=_positive, default=os.environ.get("DOCKER_TIMEOUT") or 300,
+                        help="seconds for a Docker API call (default $DOCKER_TIMEOUT or 300)")
+    daemon.add_argument("--tls", action="store_true", default=bool(os.environ.get("DOCKER_TLS")),
+                        help="use TLS; implied by --tlsverify ($DOCKER_TLS)")
+    daemon.add_argument("--tlsverify", action="store_true", default=bool(os.environ.get("DOCKER_TLS_VERIFY")),
+                        help="use TLS and verify the daemon ($DOCKER_TLS_VERIFY)")
+    daemon.add_argument("--tlscacert", help="trust certs signed only by this CA (default: ca.pem in $DOCKER_CERT_PATH "
+                                            "or ~/.docker, if there)")
+    daemon.add_argument("--tlscert", help="TLS client certificate (default: cert.pem there)")
+    daemon.add_argument("--tlskey", help="TLS client key (default: key.pem there)")
+    daemon.add_argument("--tls-hostname", default=os.environ.get("DOCKER_TLS_HOSTNAME"),
+                        help="the name the daemon's certificate must carry, if not the host's ($DOCKER_TLS_HOSTNAME)")
 
     parser = _Parser(prog="dogestry", description="Docker images through a plain object store.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -129,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     tags.add_argument("pattern", nargs="?", default="*", help="NAME[:TAG] shell pattern (default *)")
     prune = commands.add_parser("prune", parents=[common], help="delete unreferenced objects from REMOTE")
     prune.add_argument("remote")
-    prune.add_argument("--grace-period", type=_duration, default=7 * 86400, help="default 7d")
+    prune.add_argument("--grace-period", type=_duration, default=DEFAULT_GRACE_PERIOD,
+                       help="keep unreferenced data younger than this (default %s, as dogestry_prune)" % DEFAULT_GRACE_PERIOD)
     prune.add_argument("--dry-run", action="store_true")
     verify = commands.add_parser("verify", parents=[common],
                                  help="read REMOTE's objects and report what is missing or corrupt (exit 1 if any)")
@@ -238,10 +253,15 @@ class Progress:
 
 
 def _daemons(args) -> List:
-    from ._docker import Daemon
+    """The daemons of --docker-host (or $DOCKER_HOST), over TLS as the docker CLI would reach them."""
+    from ._docker import Daemon, tls_config
     require(["docker", "lz4", "zstandard"], "Docker images")
-    hosts = args.docker_host or [None]
-    return [Daemon(host, args.timeout) for host in hosts]
+    tls = None
+    if args.tls or args.tlsverify:
+        cert_dir = os.environ.get("DOCKER_CERT_PATH") or os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+        tls = tls_config(args.tlsverify, args.tlscacert, args.tlscert, args.tlskey, cert_dir)
+    hosts = args.docker_host or [os.environ.get("DOCKER_HOST") or None]
+    return [Daemon(host, args.timeout, tls, args.tls_hostname, os.environ.get("DOCKER_API_VERSION")) for host in hosts]
 
 
 def cmd_push(args, out: Output) -> int:

@@ -35,6 +35,7 @@ disagrees with the store's is not fooled either way.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -59,8 +60,19 @@ MARKER_POLL = 1.0
 DELETE_BATCH = 1000         # keys per Remote.delete_many call (S3's DeleteObjects limit)
 LEASE_TTL = 24 * 3600       # a push's lease protects its oids this long from its creation, whatever the grace
 MIN_GRACE_SECONDS = 60      # young garbage is judged by the store's clock: spare a minute of skew at least
+# dogestry_prune's grace_period and `dogestry prune --grace-period`, both: a week to undo a tag removed by mistake
+# (its image is still there; tag it again) before prune takes the data.
+DEFAULT_GRACE_PERIOD = "7d"
 DELETE_ORDER = ("image_index", "referrers", "oci_manifests", "manifests", "blobs", "tickets", "leases")
 JOBS = 8
+
+
+def parse_duration(text) -> int:
+    """'3600', '90m', '24h', '7d' -> seconds; anything else is a one-line DogestryError."""
+    match = re.match(r"^\s*(\d+)\s*([smhd]?)\s*$", str(text))
+    if not match:
+        raise DogestryError("%r is not a duration like 3600, 90m, 24h or 7d" % (text,))
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 # ---- leases (the push side) -----------------------------------------------------------------
@@ -144,7 +156,7 @@ def _referenced(repo: Repository, now: float, grace: float) -> Live:
         # deleting around it could destroy the only copy; nothing is deleted until someone decides.
         (_ref, why), more = sorted(malformed.items())[0], len(malformed) - 1
         raise FormatError("prune refused: %s%s; a malformed tag could name any stored image, so prune deletes nothing "
-                          "while one is there: fix it, or remove it (dogestry_tags state=absent), then prune again"
+                          "while one is there: fix it, or remove it (dogestry_tag state=absent), then prune again"
                           % (why, " (and %d more malformed tag%s)" % (more, "s" if more > 1 else "") if more else ""))
     roots = {target for target in targets if isinstance(target, str)}
     roots |= _oci_referenced(repo, [target.digest for target in targets if not isinstance(target, str)], live)

@@ -309,5 +309,5 @@ class Repository:
         ref = parse_image_ref(text)
         target = self.read_target(ref)
         if target is None:
-            raise ImageReferenceError("%s is not on %s: no such tag (dogestry_tags lists them)" % (ref, self.url))
+            raise ImageReferenceError("%s is not on %s: no such tag (dogestry_tag_info lists them)" % (ref, self.url))
         return ref, target

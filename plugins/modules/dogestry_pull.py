@@ -20,7 +20,8 @@ description:
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
-  - dogestry.dogestry.remote.docker
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.requirements
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -74,6 +75,14 @@ options:
     elements: str
 requirements:
   - cryptography >= 38.0 (with O(trusted_keys))
+seealso:
+  - module: dogestry.dogestry.dogestry_push
+  - module: dogestry.dogestry.dogestry_signed_url
+  - module: dogestry.dogestry.dogestry_tag_info
+  - module: community.docker.docker_image_load
+    description: Loads a C(docker save) archive into a daemon, as this module does with only the layers it lacks.
+  - module: community.docker.docker_image_pull
+    description: Pulls an image from a registry.
 author:
   - dogestry developers (@dogestry)
 """

@@ -28,6 +28,8 @@ description:
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.unused
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -61,6 +63,10 @@ options:
     type: str
 requirements:
   - cryptography >= 38.0
+seealso:
+  - module: dogestry.dogestry.dogestry_push
+  - module: dogestry.dogestry.dogestry_pull
+    description: Its O(dogestry.dogestry.dogestry_pull#module:trusted_keys) refuses what no trusted key signed.
 author:
   - dogestry developers (@dogestry)
 """

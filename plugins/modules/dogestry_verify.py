@@ -22,6 +22,8 @@ description:
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.unused
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -42,6 +44,11 @@ options:
       - Move damaged objects aside under C(quarantine/) so that the next push uploads them again.
     type: bool
     default: false
+seealso:
+  - module: dogestry.dogestry.dogestry_prune
+  - module: dogestry.dogestry.dogestry_push
+    description: Stores again what a repair moved aside.
+  - module: dogestry.dogestry.dogestry_tag_info
 author:
   - dogestry developers (@dogestry)
 """
