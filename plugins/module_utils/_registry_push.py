@@ -151,7 +151,9 @@ class RegistryWriter:
         self.max_blob = max_blob
         self.compression = compression
         self.clock = clock
-        self.spool = tempfile.mkdtemp(prefix="dogestry-uploads-", dir=spool_dir)
+        # Finished blobs go into a directory remote by link(), which works within one filesystem and
+        # mount only: spool in its staging directory unless told otherwise (None: S3, the temp dir).
+        self.spool = tempfile.mkdtemp(prefix="dogestry-uploads-", dir=spool_dir or repo.remote.staging_dir())
         self._uploads: Dict[str, _Upload] = {}
         self._pushed: Dict[str, PushedLayer] = {}        # hex of a pushed blob -> what it became
         self._leases: Dict[str, Tuple[str, float]] = {}  # hex of a pushed blob -> (lease key, when) until a manifest
