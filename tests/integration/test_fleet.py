@@ -209,9 +209,11 @@ def test_fleet_publish_deploy_rollout_refused_deploy_bad_release_and_rollback(
     assert "fleet-3" in output and "PLAY [Phase two" not in output
     assert running(hosts, app) == on_2, "no host may switch when one cannot pull"
 
-    # A release that never gets healthy: the first host is put back on 2, the others are not touched.
+    # A release that never gets healthy: the first host is put back on 2, healthy again before the deploy
+    # stops; the others are not touched.
     output = play("deploy.yml", expect_ok=False, tag="bad")
-    assert "failed on fleet-1" in output and "it is back on 2" in output, output[-3000:]
+    assert "failed on fleet-1" in output and "it is back on 2 (healthy)" in output, output[-3000:]
+    assert hosts[0].api().inspect_container(app)["State"]["Health"]["Status"] == "healthy"
     after_bad = running(hosts, app)
     assert releases(after_bad) == {h.name: ("2", "1") for h in hosts}
     assert after_bad["fleet-2"] == on_2["fleet-2"] and after_bad["fleet-3"] == on_2["fleet-3"]
