@@ -14,6 +14,7 @@ a one-line error on failure (2 for usage errors), on stderr, and with `--json` a
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (chain) file")
     serve.add_argument("--tls-key", help="... and this private key file")
     serve.add_argument("--htpasswd", help="require Basic auth by a user of this bcrypt htpasswd file (htpasswd -B)")
-    serve.add_argument("--spool-dir", help="where pushed blobs are received (default: the system temp dir)")
+    serve.add_argument("--spool-dir", help="where pushed blobs are received (default: a directory remote's staging "
+                                           "directory, the system temp dir for S3)")
     serve.add_argument("--max-blob-size", type=_size, default=64 << 30, help="largest blob a push may send (default 64G)")
     serve.add_argument("--require-signature", action="append", metavar="KEYFILE",
                        help="serve an image manifest only if one of these PEM public keys (or certificates) signed it "
@@ -445,7 +447,10 @@ def cmd_serve(args, out: Output) -> int:
         try:
             writer = RegistryWriter(repo, args.spool_dir, args.max_blob_size)
         except OSError as exc:
-            raise DogestryError("--spool-dir %s: %s" % (args.spool_dir, exc.strerror or exc))
+            where = "--spool-dir %s" % args.spool_dir if args.spool_dir else "the remote's staging directory"
+            raise DogestryError("%s: %s (%s): pushes are received there; serve with --read-only to refuse them"
+                                % (where, exc.strerror or exc, os.path.dirname(exc.filename or "") or "?"))
+        _check_spool_links(writer, repo.remote, args.spool_dir)
     policy = _policy(args.require_signature)
     puller = _puller(repo, args.pull_into, args.timeout_docker, policy) if args.pull_into else None
     try:
@@ -455,6 +460,27 @@ def cmd_serve(args, out: Output) -> int:
         if writer is not None:
             writer.close()
     return 0
+
+
+def _check_spool_links(writer, remote, spool_dir: Optional[str]) -> None:
+    """A directory remote takes each pushed blob from the spool by link(): refuse a spool it cannot
+    link from now, rather than answer every blob with a 503 later."""
+    staging = remote.staging_dir()
+    if staging is None:
+        return
+    probe = os.path.join(writer.spool, "link-probe")
+    linked = os.path.join(staging, "link-probe-%s" % os.urandom(8).hex())
+    try:
+        open(probe, "wb").close()
+        os.link(probe, linked)
+    except OSError as exc:
+        writer.close()
+        where = "--spool-dir %s" % spool_dir if spool_dir else "the spool directory %s" % writer.spool
+        problem = "is on another filesystem than" if exc.errno == errno.EXDEV else "cannot link pushed blobs into"
+        raise DogestryError("%s %s the remote %s (%s): give a --spool-dir on the remote's filesystem, or none"
+                            % (where, problem, remote.url, exc.strerror or exc))
+    os.unlink(linked)
+    os.unlink(probe)
 
 
 def _puller(repo, docker_host: str, timeout: int, policy=None):

@@ -217,7 +217,9 @@ class RegistryWriter:
         self.max_blob = max_blob
         self.compression = compression
         self.clock = clock
-        self.spool = tempfile.mkdtemp(prefix="dogestry-uploads-", dir=spool_dir)
+        # Finished blobs go into a directory remote by link(), which works within one filesystem and
+        # mount only: spool in its staging directory unless told otherwise (None: S3, the temp dir).
+        self.spool = tempfile.mkdtemp(prefix="dogestry-uploads-", dir=spool_dir or repo.remote.staging_dir())
         if spool_budget is None:
             stat = os.statvfs(self.spool)
             spool_budget = max(stat.f_bavail * stat.f_frsize // 2, CHUNK)
