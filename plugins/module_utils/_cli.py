@@ -438,7 +438,8 @@ def cmd_serve(args, out: Output) -> int:
     if args.cache_dir:
         from ._blob_cache import BlobCache
         try:
-            cache = BlobCache(args.cache_dir, args.cache_size, metrics.cache_hit, metrics.cache_miss)
+            cache = BlobCache(args.cache_dir, args.cache_size, metrics.cache_hit, metrics.cache_miss,
+                              on_evict=metrics.cache_evicted)
         except OSError as exc:
             raise DogestryError("--cache-dir %s: %s" % (args.cache_dir, exc.strerror or exc))
     writer = None
@@ -451,6 +452,9 @@ def cmd_serve(args, out: Output) -> int:
             raise DogestryError("%s: %s (%s): pushes are received there; serve with --read-only to refuse them"
                                 % (where, exc.strerror or exc, os.path.dirname(exc.filename or "") or "?"))
         _check_spool_links(writer, repo.remote, args.spool_dir)
+        metrics.watch_uploads(writer)
+    if cache is not None:
+        metrics.watch_cache(cache)
     policy = _policy(args.require_signature)
     puller = _puller(repo, args.pull_into, args.timeout_docker, policy) if args.pull_into else None
     try:
