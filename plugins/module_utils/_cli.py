@@ -22,7 +22,7 @@ import re
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ._errors import DogestryError, RemoteMissingError, RemoteNotFoundError
 from ._prune import DEFAULT_GRACE_PERIOD, parse_duration
@@ -214,17 +214,23 @@ class Output:
 
 
 class Progress:
-    """A progress bar on stderr (a terminal only): layers done of the total, bytes, rate, ETA.
+    """A progress bar on stderr (a terminal only): layers done of the total, bytes, rate, ETA, and the layer
+    whose bytes are moving.
 
-    advance() may be called from transfer threads."""
+    advance() (a layer done, its bytes counted then) and moved() (bytes of a layer as they move) may be
+    called from transfer threads; the line is redrawn at most every REDRAW seconds while bytes move."""
 
     WIDTH = 24
+    REDRAW = 0.1
 
     def __init__(self, out: Output, label: str, layers: int, total_bytes: int, clock=time.monotonic):
         self.out, self.label, self.layers, self.total = out, label, layers, total_bytes
         self.clock = clock
         self.started = clock()
         self.done_layers = self.done_bytes = 0
+        self.current: Optional[Tuple[str, int, int]] = None      # (layer, its bytes moved, its size) last moved
+        self._layer_bytes: Dict[str, int] = {}
+        self._drawn = 0.0
         self._lock = threading.Lock()
         self.render()
 
@@ -233,6 +239,16 @@ class Progress:
             self.done_layers += 1
             self.done_bytes += nbytes
             self.render()
+
+    def moved(self, layer: str, nbytes: int, size: int) -> None:
+        """`nbytes` more of `layer` (of `size` bytes) moved (the layer is done when advance(0) says so)."""
+        with self._lock:
+            moved = self._layer_bytes.get(layer, 0) + nbytes
+            self._layer_bytes[layer] = moved
+            self.done_bytes += nbytes
+            self.current = (layer, moved, size)
+            if self.clock() - self._drawn >= self.REDRAW:
+                self.render()
 
     def line(self) -> str:
         from ._engine import human_size
@@ -246,12 +262,51 @@ class Progress:
         elif not self.total and self.done_layers:       # sizes unknown ahead: by layers
             left = (self.layers - self.done_layers) * elapsed / self.done_layers
         eta = "%d:%02d" % (left // 60, left % 60) if left is not None else "--:--"
-        return "%s [%s%s] %d/%d layers %s%s %s/s ETA %s" % (
+        text = "%s [%s%s] %d/%d layers %s%s %s/s ETA %s" % (
             self.label, "#" * filled, "." * (self.WIDTH - filled), self.done_layers, self.layers,
             human_size(self.done_bytes), " of " + human_size(self.total) if self.total else "", human_size(rate), eta)
+        if self.current and self.current[1] < self.current[2]:
+            layer, moved, size = self.current
+            text += " | layer %s %s of %s" % (layer[:12], human_size(moved), human_size(size))
+        return text
 
     def render(self) -> None:
+        self._drawn = self.clock()
         self.out.step(self.line())
+
+
+class _CountedRemote:
+    """The remote, with every read of a layer being pulled reported to a Progress as its bytes arrive."""
+
+    def __init__(self, remote, layers: Dict[str, Tuple[str, int]], progress: Progress):
+        self._remote, self._layers, self._progress = remote, layers, progress      # key -> (oid, stored size)
+
+    def open(self, key, size=None):
+        reader = self._remote.open(key, size)
+        return _CountedReader(reader, *self._layers[key], self._progress) if key in self._layers else reader
+
+    def __getattr__(self, name):
+        return getattr(self._remote, name)
+
+
+class _CountedReader:
+    def __init__(self, reader, oid: str, size: int, progress: Progress):
+        self._reader, self._oid, self._size, self._progress = reader, oid, size, progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._reader.read(size)
+        if data:
+            self._progress.moved(self._oid, len(data), self._size)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getattr__(self, name):
+        return getattr(self._reader, name)
 
 
 def _daemons(args) -> List:
@@ -329,8 +384,18 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
         stored = {layer.oid: layer.stored_size for layer in plan.missing}
         progress_bar = Progress(out, "pulling %s into %s" % (plan.ref or args.image, daemon.host),
                                 len(stored), sum(stored.values()))
-        outcomes = [(daemon, plan, pull(daemon, plan, lambda layer: progress_bar.advance(stored[layer.oid])
-                                        if layer.oid in stored else None), None)]
+        if out.progress:        # the bar moves with each layer's bytes as they are read from the remote
+            remote = repo.remote
+            repo.remote = _CountedRemote(remote, {layer.key: (layer.oid, layer.stored_size) for layer in plan.missing},
+                                         progress_bar)
+            try:
+                outcomes = [(daemon, plan, pull(daemon, plan, lambda layer: progress_bar.advance(0)
+                                                if layer.oid in stored else None), None)]
+            finally:
+                repo.remote = remote
+        else:
+            outcomes = [(daemon, plan, pull(daemon, plan, lambda layer: progress_bar.advance(stored[layer.oid])
+                                            if layer.oid in stored else None), None)]
         out.done()
     else:
         from concurrent.futures import ThreadPoolExecutor
