@@ -1,4 +1,6 @@
-#!/usr/bin/env python3
+# Copyright (c) dogestry developers
+# MIT License (see LICENSES/MIT.txt or https://opensource.org/license/mit)
+# SPDX-License-Identifier: MIT
 """An SVG bar chart of registry_bench.py's results: seconds per operation and bytes stored, registry against the
 dogestry paths. No plotting library: a few rectangles and labels.
 

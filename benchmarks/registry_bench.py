@@ -465,8 +465,8 @@ class RegistryBench:
         if self.args.chart:
             import chart
             names = {"registry": "registry", "accelerator": "accelerator", "dogestry": "modules", "cli": "CLI"}
-            seconds = {row.replace("update", "one-layer update"): {names[c]: med(self.samples[c][row])
-                                                                    for c in names if self.samples[c].get(row)}
+            seconds = {row.replace("update", "one-layer update"):
+                       {names[c]: med(self.samples[c][row]) for c in names if self.samples[c].get(row)}
                        for row in ROWS}
             stored = {names[c]: med(self.stored[c]) for c in names if self.stored[c]}
             with open(self.args.chart, "w", encoding="utf-8") as out:
