@@ -229,6 +229,7 @@ class Progress:
         self.started = clock()
         self.done_layers = self.done_bytes = 0
         self.current: Optional[Tuple[str, int, int]] = None      # (layer, its bytes moved, its size) last moved
+        self.exported = 0                                          # bytes of `docker save` read (a push)
         self._layer_bytes: Dict[str, int] = {}
         self._drawn = 0.0
         self._lock = threading.Lock()
@@ -250,6 +251,13 @@ class Progress:
             if self.clock() - self._drawn >= self.REDRAW:
                 self.render()
 
+    def read_export(self, nbytes: int) -> None:
+        """`nbytes` more of the `docker save` stream read: a push moves while it spools a layer."""
+        with self._lock:
+            self.exported += nbytes
+            if self.clock() - self._drawn >= self.REDRAW:
+                self.render()
+
     def line(self) -> str:
         from ._engine import human_size
         elapsed = max(self.clock() - self.started, 1e-6)
@@ -268,6 +276,8 @@ class Progress:
         if self.current and self.current[1] < self.current[2]:
             layer, moved, size = self.current
             text += " | layer %s %s of %s" % (layer[:12], human_size(moved), human_size(size))
+        if self.exported:
+            text += " | docker save %s read" % human_size(self.exported)
         return text
 
     def render(self) -> None:
@@ -287,6 +297,21 @@ class _CountedRemote:
 
     def __getattr__(self, name):
         return getattr(self._remote, name)
+
+
+class _CountedDaemon:
+    """The daemon, with the `docker save` stream of a push reported to a Progress as it is read."""
+
+    def __init__(self, daemon, progress: Progress):
+        self._daemon, self._progress = daemon, progress
+
+    def save(self, ref: str):
+        for chunk in self._daemon.save(ref):
+            self._progress.read_export(len(chunk))
+            yield chunk
+
+    def __getattr__(self, name):
+        return getattr(self._daemon, name)
 
 
 class _CountedReader:
@@ -328,7 +353,8 @@ def cmd_push(args, out: Output) -> int:
     for plan in plan_pushes(daemon, repo, args.images):
         # a layer's size is known once `docker save` has streamed it: the bar goes by layers
         progress_bar = Progress(out, "pushing %s" % plan.ref, len(plan.missing), 0)
-        result = execute_push(daemon, repo, plan, args.compression, args.jobs,
+        result = execute_push(_CountedDaemon(daemon, progress_bar) if out.progress else daemon, repo, plan,
+                              args.compression, args.jobs,
                               lambda oid, stored_size: progress_bar.advance(stored_size))
         out.done()
         line = result.get("reason") or "%s: already on %s" % (plan.ref, repo.url)

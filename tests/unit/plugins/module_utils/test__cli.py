@@ -205,6 +205,30 @@ def test_pull_on_a_terminal_reports_bytes_as_they_are_read(tmp_path):
     assert progress_bar.done_bytes == 1000
 
 
+def test_push_on_a_terminal_moves_with_the_docker_save_stream():
+    """A push's bar moves while `docker save` streams a layer, before the layer is spooled and uploaded."""
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._cli import _CountedDaemon
+
+    class Daemon:
+        host = "unix:///var/run/docker.sock"
+
+        def save(self, ref):
+            return iter([b"x" * MiB, b"y" * (2 * MiB)])
+
+    now = [0.0]
+    out = _Recorder()
+    progress_bar = Progress(out, "pushing app:1", 2, 0, clock=lambda: now[0])
+    counted = _CountedDaemon(Daemon(), progress_bar)
+    assert counted.host == "unix:///var/run/docker.sock"
+    stream = counted.save("app:1")
+    now[0] = 1.0
+    assert next(stream) == b"x" * MiB
+    assert out.lines[-1] == "pushing app:1 [........................] 0/2 layers 0 B 0 B/s ETA --:-- | docker save 1.0 MiB read"
+    now[0] = 2.0
+    assert len(b"".join(stream)) == 2 * MiB
+    assert out.lines[-1].endswith("| docker save 3.0 MiB read")
+
+
 def test_no_progress_bar_in_a_pipe_or_with_json(capsys):
     Progress(Output(True), "pulling", 1, 10).advance(10)
     assert capsys.readouterr().err == ""
