@@ -75,6 +75,7 @@ class _Follower(Reader):
     remote (_Checked): the client is served uncached, and its bytes are still checked."""
 
     verified_reads = True       # verified() raises unless every byte read here was the blob's
+    source = "cache"            # a client following another's fetch reads the cache's file; the fetch's leader: "remote"
 
     def __init__(self, cache: "BlobCache", key: str, flight: _Fetch, fetch: Callable[[], object], verifier):
         self._cache, self._key, self._flight, self._fetch, self._verifier = cache, key, flight, fetch, verifier
@@ -200,6 +201,7 @@ class _Cached(Reader):
     """A cache entry being served (verified when it was cached); discard() drops a bad entry."""
 
     verified_reads = False      # the caller checks what it reads: a cached file may have rotted
+    source = "cache"
 
     def __init__(self, cache: "BlobCache", key: str, handle):
         self._cache, self._key, self._handle = cache, key, handle
@@ -224,6 +226,7 @@ class Uncached(Reader):
     """A remote reader served without the cache: nothing to wait for, nothing to drop."""
 
     verified_reads = False
+    source = "remote"
 
     def __init__(self, reader):
         self._reader = reader
@@ -243,11 +246,12 @@ class Uncached(Reader):
 
 class BlobCache:
     def __init__(self, root: str, max_bytes: int, on_hit: Callable[[], None] = lambda: None,
-                 on_miss: Callable[[], None] = lambda: None, max_fetches: int = MAX_FETCHES):
+                 on_miss: Callable[[], None] = lambda: None, max_fetches: int = MAX_FETCHES,
+                 on_evict: Callable[[], None] = lambda: None):
         self.root = os.path.abspath(root)
         self.max_bytes = max_bytes
         self.max_fetches = max_fetches
-        self._on_hit, self._on_miss = on_hit, on_miss
+        self._on_hit, self._on_miss, self._on_evict = on_hit, on_miss, on_evict
         self._lock = threading.Lock()
         self._entries: "collections.OrderedDict[str, int]" = collections.OrderedDict()   # least recent first
         self._inflight = {}
@@ -330,6 +334,7 @@ class BlobCache:
             self._on_hit()
             return follower
         self._on_miss()
+        follower.source = "remote"
         try:
             reader = fetch()
         except BaseException as exc:
@@ -392,6 +397,7 @@ class BlobCache:
         # Readers that have an evicted entry open keep reading it: unlink only drops the name.
         while self.size > self.max_bytes and self._entries:
             self._forget(next(iter(self._entries)))
+            self._on_evict()
 
     def __contains__(self, key: str) -> bool:
         with self._lock:

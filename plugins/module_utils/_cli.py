@@ -22,7 +22,7 @@ import re
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ._errors import DogestryError, RemoteMissingError, RemoteNotFoundError
 from ._prune import DEFAULT_GRACE_PERIOD, parse_duration
@@ -214,17 +214,24 @@ class Output:
 
 
 class Progress:
-    """A progress bar on stderr (a terminal only): layers done of the total, bytes, rate, ETA.
+    """A progress bar on stderr (a terminal only): layers done of the total, bytes, rate, ETA, and the layer
+    whose bytes are moving.
 
-    advance() may be called from transfer threads."""
+    advance() (a layer done, its bytes counted then) and moved() (bytes of a layer as they move) may be
+    called from transfer threads; the line is redrawn at most every REDRAW seconds while bytes move."""
 
     WIDTH = 24
+    REDRAW = 0.1
 
     def __init__(self, out: Output, label: str, layers: int, total_bytes: int, clock=time.monotonic):
         self.out, self.label, self.layers, self.total = out, label, layers, total_bytes
         self.clock = clock
         self.started = clock()
         self.done_layers = self.done_bytes = 0
+        self.current: Optional[Tuple[str, int, int]] = None      # (layer, its bytes moved, its size) last moved
+        self.exported = 0                                          # bytes of `docker save` read (a push)
+        self._layer_bytes: Dict[str, int] = {}
+        self._drawn = 0.0
         self._lock = threading.Lock()
         self.render()
 
@@ -233,6 +240,23 @@ class Progress:
             self.done_layers += 1
             self.done_bytes += nbytes
             self.render()
+
+    def moved(self, layer: str, nbytes: int, size: int) -> None:
+        """`nbytes` more of `layer` (of `size` bytes) moved (the layer is done when advance(0) says so)."""
+        with self._lock:
+            moved = self._layer_bytes.get(layer, 0) + nbytes
+            self._layer_bytes[layer] = moved
+            self.done_bytes += nbytes
+            self.current = (layer, moved, size)
+            if self.clock() - self._drawn >= self.REDRAW:
+                self.render()
+
+    def read_export(self, nbytes: int) -> None:
+        """`nbytes` more of the `docker save` stream read: a push moves while it spools a layer."""
+        with self._lock:
+            self.exported += nbytes
+            if self.clock() - self._drawn >= self.REDRAW:
+                self.render()
 
     def line(self) -> str:
         from ._engine import human_size
@@ -246,12 +270,68 @@ class Progress:
         elif not self.total and self.done_layers:       # sizes unknown ahead: by layers
             left = (self.layers - self.done_layers) * elapsed / self.done_layers
         eta = "%d:%02d" % (left // 60, left % 60) if left is not None else "--:--"
-        return "%s [%s%s] %d/%d layers %s%s %s/s ETA %s" % (
+        text = "%s [%s%s] %d/%d layers %s%s %s/s ETA %s" % (
             self.label, "#" * filled, "." * (self.WIDTH - filled), self.done_layers, self.layers,
             human_size(self.done_bytes), " of " + human_size(self.total) if self.total else "", human_size(rate), eta)
+        if self.current and self.current[1] < self.current[2]:
+            layer, moved, size = self.current
+            text += " | layer %s %s of %s" % (layer[:12], human_size(moved), human_size(size))
+        if self.exported:
+            text += " | docker save %s read" % human_size(self.exported)
+        return text
 
     def render(self) -> None:
+        self._drawn = self.clock()
         self.out.step(self.line())
+
+
+class _CountedRemote:
+    """The remote, with every read of a layer being pulled reported to a Progress as its bytes arrive."""
+
+    def __init__(self, remote, layers: Dict[str, Tuple[str, int]], progress: Progress):
+        self._remote, self._layers, self._progress = remote, layers, progress      # key -> (oid, stored size)
+
+    def open(self, key, size=None):
+        reader = self._remote.open(key, size)
+        return _CountedReader(reader, *self._layers[key], self._progress) if key in self._layers else reader
+
+    def __getattr__(self, name):
+        return getattr(self._remote, name)
+
+
+class _CountedDaemon:
+    """The daemon, with the `docker save` stream of a push reported to a Progress as it is read."""
+
+    def __init__(self, daemon, progress: Progress):
+        self._daemon, self._progress = daemon, progress
+
+    def save(self, ref: str):
+        for chunk in self._daemon.save(ref):
+            self._progress.read_export(len(chunk))
+            yield chunk
+
+    def __getattr__(self, name):
+        return getattr(self._daemon, name)
+
+
+class _CountedReader:
+    def __init__(self, reader, oid: str, size: int, progress: Progress):
+        self._reader, self._oid, self._size, self._progress = reader, oid, size, progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._reader.read(size)
+        if data:
+            self._progress.moved(self._oid, len(data), self._size)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getattr__(self, name):
+        return getattr(self._reader, name)
 
 
 def _daemons(args) -> List:
@@ -273,7 +353,8 @@ def cmd_push(args, out: Output) -> int:
     for plan in plan_pushes(daemon, repo, args.images):
         # a layer's size is known once `docker save` has streamed it: the bar goes by layers
         progress_bar = Progress(out, "pushing %s" % plan.ref, len(plan.missing), 0)
-        result = execute_push(daemon, repo, plan, args.compression, args.jobs,
+        result = execute_push(_CountedDaemon(daemon, progress_bar) if out.progress else daemon, repo, plan,
+                              args.compression, args.jobs,
                               lambda oid, stored_size: progress_bar.advance(stored_size))
         out.done()
         line = result.get("reason") or "%s: already on %s" % (plan.ref, repo.url)
@@ -329,8 +410,18 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
         stored = {layer.oid: layer.stored_size for layer in plan.missing}
         progress_bar = Progress(out, "pulling %s into %s" % (plan.ref or args.image, daemon.host),
                                 len(stored), sum(stored.values()))
-        outcomes = [(daemon, plan, pull(daemon, plan, lambda layer: progress_bar.advance(stored[layer.oid])
-                                        if layer.oid in stored else None), None)]
+        if out.progress:        # the bar moves with each layer's bytes as they are read from the remote
+            remote = repo.remote
+            repo.remote = _CountedRemote(remote, {layer.key: (layer.oid, layer.stored_size) for layer in plan.missing},
+                                         progress_bar)
+            try:
+                outcomes = [(daemon, plan, pull(daemon, plan, lambda layer: progress_bar.advance(0)
+                                                if layer.oid in stored else None), None)]
+            finally:
+                repo.remote = remote
+        else:
+            outcomes = [(daemon, plan, pull(daemon, plan, lambda layer: progress_bar.advance(stored[layer.oid])
+                                            if layer.oid in stored else None), None)]
         out.done()
     else:
         from concurrent.futures import ThreadPoolExecutor
@@ -438,7 +529,8 @@ def cmd_serve(args, out: Output) -> int:
     if args.cache_dir:
         from ._blob_cache import BlobCache
         try:
-            cache = BlobCache(args.cache_dir, args.cache_size, metrics.cache_hit, metrics.cache_miss)
+            cache = BlobCache(args.cache_dir, args.cache_size, metrics.cache_hit, metrics.cache_miss,
+                              on_evict=metrics.cache_evicted)
         except OSError as exc:
             raise DogestryError("--cache-dir %s: %s" % (args.cache_dir, exc.strerror or exc))
     writer = None
@@ -451,6 +543,9 @@ def cmd_serve(args, out: Output) -> int:
             raise DogestryError("%s: %s (%s): pushes are received there; serve with --read-only to refuse them"
                                 % (where, exc.strerror or exc, os.path.dirname(exc.filename or "") or "?"))
         _check_spool_links(writer, repo.remote, args.spool_dir)
+        metrics.watch_uploads(writer)
+    if cache is not None:
+        metrics.watch_cache(cache)
     policy = _policy(args.require_signature)
     puller = _puller(repo, args.pull_into, args.timeout_docker, policy) if args.pull_into else None
     try:

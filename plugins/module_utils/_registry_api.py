@@ -359,10 +359,10 @@ class RegistryApi:
         except ApiError as exc:
             return error_response(exc, head)
         except BlobCorruptError as exc:
-            self.metrics.remote_error()
+            self.metrics.remote_error(exc)
             return error_response(ApiError(500, "UNKNOWN", str(exc)), head)
         except DogestryError as exc:
-            self.metrics.remote_error()
+            self.metrics.remote_error(exc)
             # The remote is unreachable or refused: say so, and let the client retry.
             return error_response(ApiError(503, "UNAVAILABLE", str(exc)), head)
 
@@ -524,10 +524,10 @@ class RegistryApi:
         only ok or unavailable, never where the remote is or why it failed."""
         try:
             Repository(self.repo.remote).check()
-        except DogestryError:
+        except DogestryError as exc:
             if detailed:
                 raise
-            self.metrics.remote_error()
+            self.metrics.remote_error(exc)
             return error_response(ApiError(503, "UNAVAILABLE", "the remote is not available (details for "
                                                                "authenticated clients)"), head)
         return self._json({"status": "ok", "remote": self.repo.url} if detailed else {"status": "ok"}, head)
@@ -785,15 +785,18 @@ class RegistryApi:
     def _served(self, stored, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """Send what `chunks` yields (read from `stored`), the last piece only once they all were read
         without error: a blob that fails verification (BlobCorruptError) is never received whole."""
+        source = getattr(stored, "source", "remote")
         try:
-            yield from _held_back(chunks)
-        except BlobCorruptError:
-            self.metrics.remote_error()
+            for piece in _held_back(chunks):
+                self.metrics.blob_bytes(source, len(piece))
+                yield piece
+        except BlobCorruptError as exc:
+            self.metrics.remote_error(exc)
             if stored is not None:
                 stored.discard()        # a cache entry that went bad: the next request refetches
             raise
-        except RemoteError:
-            self.metrics.remote_error()
+        except RemoteError as exc:
+            self.metrics.remote_error(exc)
             raise
         finally:
             if stored is not None:

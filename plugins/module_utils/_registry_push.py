@@ -235,6 +235,15 @@ class RegistryWriter:
         shutil.rmtree(self.spool, ignore_errors=True)
 
     @property
+    def uploads_in_progress(self) -> int:
+        return len(self._uploads)
+
+    @property
+    def spool_held(self) -> int:
+        """Bytes the uploads in progress hold in the spool (counted against its budget)."""
+        return self._held
+
+    @property
     def _decode_limit(self) -> DecodeLimit:
         return DecodeLimit(self.max_blob)
 

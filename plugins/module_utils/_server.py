@@ -181,7 +181,7 @@ class WsgiApp:
             response = error_response(ApiError(500, "UNKNOWN", "internal error"), method == "HEAD")
 
         def log_line(body):
-            self.api.metrics.request(method, response.status, body.sent)
+            self.api.metrics.request(method, response.status, body.sent, path, time.monotonic() - started)
             outcome = "aborted: %s" % printable(str(body.failed)) if body.failed else "ok"
             LOG.info('%s "%s %s" %d %d %.3fs %s', client, printable(method, 20), target, response.status, body.sent,
                      time.monotonic() - started, outcome)

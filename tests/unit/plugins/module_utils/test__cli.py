@@ -167,6 +167,68 @@ def test_progress_bar_without_sizes_estimates_by_layers():
     assert out.lines[-1] == "pushing app:1 [######..................] 1/4 layers 5.0 MiB 2.5 MiB/s ETA 0:06"
 
 
+def test_progress_bar_moves_during_a_layer_with_its_bytes():
+    """Bytes of a layer being read move the bar (total and the layer's own), at most every REDRAW seconds."""
+    now = [0.0]
+    out = _Recorder()
+    progress_bar = Progress(out, "pulling app:1", 2, 40 * MiB, clock=lambda: now[0])
+    now[0] = 1.0
+    progress_bar.moved("a" * 64, 8 * MiB, 30 * MiB)
+    progress_bar.moved("a" * 64, 1, 30 * MiB)            # within REDRAW of the last line: not drawn again
+    assert out.lines[-1] == ("pulling app:1 [####....................] 0/2 layers 8.0 MiB of 40.0 MiB 8.0 MiB/s ETA 0:04"
+                             " | layer aaaaaaaaaaaa 8.0 MiB of 30.0 MiB")
+    assert len(out.lines) == 2
+    now[0] = 2.0
+    progress_bar.moved("a" * 64, 22 * MiB - 1, 30 * MiB)
+    progress_bar.advance(0)                              # the load took the whole layer
+    assert out.lines[-1] == "pulling app:1 [##################......] 1/2 layers 30.0 MiB of 40.0 MiB 15.0 MiB/s ETA 0:00"
+
+
+def test_pull_on_a_terminal_reports_bytes_as_they_are_read(tmp_path):
+    """The CLI's counting remote: every read of a layer being pulled reaches the bar, other keys pass untouched."""
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._cli import _CountedRemote
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
+    remote = LocalRemote(str(tmp_path))
+    remote.put("blobs/sha256/ab/ab12.lz4", b"x" * 1000)
+    remote.put("manifests/m", b"{}")
+    out = _Recorder()
+    progress_bar = Progress(out, "pulling", 1, 1000, clock=lambda: 1.0)
+    progress_bar.REDRAW = 0
+    counted = _CountedRemote(remote, {"blobs/sha256/ab/ab12.lz4": ("ab12", 1000)}, progress_bar)
+    with counted.open("blobs/sha256/ab/ab12.lz4") as reader:
+        assert reader.read(300) == b"x" * 300
+        assert progress_bar.done_bytes == 300 and out.lines[-1].endswith("| layer ab12 300 B of 1000 B")
+        assert len(reader.read()) == 700
+    assert progress_bar.done_bytes == 1000
+    with counted.open("manifests/m") as reader:
+        assert reader.read() == b"{}"
+    assert progress_bar.done_bytes == 1000
+
+
+def test_push_on_a_terminal_moves_with_the_docker_save_stream():
+    """A push's bar moves while `docker save` streams a layer, before the layer is spooled and uploaded."""
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._cli import _CountedDaemon
+
+    class Daemon:
+        host = "unix:///var/run/docker.sock"
+
+        def save(self, ref):
+            return iter([b"x" * MiB, b"y" * (2 * MiB)])
+
+    now = [0.0]
+    out = _Recorder()
+    progress_bar = Progress(out, "pushing app:1", 2, 0, clock=lambda: now[0])
+    counted = _CountedDaemon(Daemon(), progress_bar)
+    assert counted.host == "unix:///var/run/docker.sock"
+    stream = counted.save("app:1")
+    now[0] = 1.0
+    assert next(stream) == b"x" * MiB
+    assert out.lines[-1] == "pushing app:1 [........................] 0/2 layers 0 B 0 B/s ETA --:-- | docker save 1.0 MiB read"
+    now[0] = 2.0
+    assert len(b"".join(stream)) == 2 * MiB
+    assert out.lines[-1].endswith("| docker save 3.0 MiB read")
+
+
 def test_no_progress_bar_in_a_pipe_or_with_json(capsys):
     Progress(Output(True), "pulling", 1, 10).advance(10)
     assert capsys.readouterr().err == ""

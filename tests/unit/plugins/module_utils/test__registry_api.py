@@ -243,7 +243,7 @@ def test_cache_serves_verified_layers_and_drops_a_corrupted_entry(api, tmp_path)
     assert get(cached, path)[2] == LAYER      # refetched from the remote
     metrics = get(cached, "/metrics")[2].decode()
     assert "dogestry_cache_hits_total 1.0" in metrics and "dogestry_cache_misses_total 2.0" in metrics
-    assert "dogestry_remote_errors_total 1.0" in metrics
+    assert "dogestry_remote_errors_total{kind=\"corrupt\"} 1.0" in metrics
 
 
 def test_corrupt_remote_layer_is_not_cached(api, tmp_path):
