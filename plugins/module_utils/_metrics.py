@@ -35,6 +35,20 @@ class Metrics:
         self._misses = counter("dogestry_cache_misses", "Blob reads fetched from the remote", registry=self.registry)
         self._remote_errors = counter("dogestry_remote_errors", "Remote failures (unreachable, refused, corrupt)",
                                       registry=self.registry)
+        # Fleet peers (_peers): where stored blob bytes came from, and what the peers did.
+        self._blob_bytes = counter("dogestry_blob_bytes", "Stored bytes of blobs read, by source: remote, peer "
+                                   "(another host's accelerator) or cache (a verified local copy)", ["source"],
+                                   registry=self.registry)
+        self._peer_errors = counter("dogestry_peer_errors", "Peers that failed a request, by peer and kind: refused, "
+                                    "timeout, broken, bad_answer, corrupt (served wrong bytes)", ["peer", "kind"],
+                                    registry=self.registry)
+        self._peer_skipped = counter("dogestry_peer_skipped", "Peers passed over because they failed recently",
+                                     ["peer"], registry=self.registry)
+        self._peer_busy = counter("dogestry_peer_busy", "Busy answers received from peers (sent on to holders)",
+                                  registry=self.registry)
+        self._peer_answers = counter("dogestry_peer_answers", "Peer requests this host answered, by answer: served, "
+                                     "busy, missing, refused", ["answer"], registry=self.registry)
+        self._peer_sent = counter("dogestry_peer_sent_bytes", "Bytes sent to peers", registry=self.registry)
 
     def request(self, method: str, code: int, sent: int) -> None:
         if self.enabled:
@@ -52,6 +66,30 @@ class Metrics:
     def remote_error(self) -> None:
         if self.enabled:
             self._remote_errors.inc()
+
+    def blob_bytes(self, source: str, count: int) -> None:
+        if self.enabled and count:
+            self._blob_bytes.labels(source).inc(count)
+
+    def peer_error(self, peer: str, kind: str) -> None:
+        if self.enabled:
+            self._peer_errors.labels(peer, kind).inc()
+
+    def peer_skipped(self, peer: str) -> None:
+        if self.enabled:
+            self._peer_skipped.labels(peer).inc()
+
+    def peer_busy(self) -> None:
+        if self.enabled:
+            self._peer_busy.inc()
+
+    def peer_answer(self, answer: str) -> None:
+        if self.enabled:
+            self._peer_answers.labels(answer).inc()
+
+    def peer_sent(self, count: int) -> None:
+        if self.enabled and count:
+            self._peer_sent.inc(count)
 
     def render(self) -> Tuple[int, bytes, str]:
         if not self.enabled:
