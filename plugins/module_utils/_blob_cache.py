@@ -17,8 +17,8 @@ because of the cache.
 
 A fetch whose reader is `untrusted` (bytes from fleet peers, _peers) is hidden: its readers see no
 byte of it until the whole object is verified. If it is not the object, the reader blames the peers
-that served it and gives a reader of the remote instead (`fallback()`), whose bytes replace them;
-the readers never notice. Entries that land are announced (`on_stored`), so this host can serve them
+that served it and gives a reader of it from the next source (`fallback()`: other peers, the remote
+last), whose bytes replace them; the readers never notice. Entries that land are announced (`on_stored`), so this host can serve them
 to peers.
 """
 
@@ -380,9 +380,9 @@ class BlobCache:
                         pass
                     break
                 except BlobCorruptError:
-                    if not flight.hidden or not hasattr(reader, "fallback"):
+                    if not flight.hidden or not getattr(reader, "untrusted", False):
                         raise
-                    # Peers served wrong bytes, which no reader has seen: blame them, and read the remote instead.
+                    # Peers served wrong bytes, which no reader has seen: blame them, and read it again elsewhere.
                     reader.blame()
                     fallback, untrusted = reader.fallback, reader
                     reader = None
@@ -420,6 +420,12 @@ class BlobCache:
             flight.changed.notify_all()
         if keep and name in self:
             self.on_stored(flight.key)
+
+    def hidden(self, key: str) -> bool:
+        """Whether `key` is being fetched from peers right now (none of it readable until it is verified)."""
+        with self._lock:
+            flight = self._inflight.get(self._name(key))
+        return flight is not None and flight.hidden and not flight.done
 
     def discard(self, key: str) -> None:
         with self._lock:

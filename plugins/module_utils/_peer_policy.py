@@ -79,7 +79,7 @@ class Settings:
     busy_budget: float = 60.0       # seconds one fetch may be sent away by busy peers before it reads the remote
     first_retry: float = 0.05       # seconds before a busy owner is asked again, doubled each time ...
     max_retry: float = 2.0          # ... up to this
-    max_uploads: int = 4            # peer transfers a host serves at once
+    max_uploads: int = 2            # peer transfers a host serves at once (benchmarks/peer_sim.py: 2 beats 4 and 8)
     holders_offered: int = 8        # holders a busy answer names
     holder_tries: int = 4           # of those, how many one fetch tries before asking the owner again
 
@@ -101,12 +101,15 @@ def ranked(key: str, peers: Iterable[str]) -> List[str]:
 
 
 class PeerHealth:
-    """A short memory of peers that failed: skipped until their time is up, then asked again."""
+    """A short memory of peers that failed: skipped until their time is up, then asked again. A peer that
+    fails again is skipped twice as long each time (up to liar_memory), until it answers: a host that died
+    costs a deploy one connect timeout now and then, not one every failure_memory."""
 
     def __init__(self, settings: Settings, clock: Callable[[], float]):
         self.settings, self.clock = settings, clock
         self._until: Dict[str, float] = {}
         self._why: Dict[str, str] = {}
+        self._strikes: Dict[str, int] = {}
         self._lock = threading.Lock()
 
     def usable(self, peer: str) -> bool:
@@ -125,7 +128,15 @@ class PeerHealth:
             return self._why.get(peer)
 
     def failed(self, peer: str, why: str) -> None:
-        self._forget_for(peer, self.settings.failure_memory, why)
+        with self._lock:
+            strikes = self._strikes[peer] = self._strikes.get(peer, 0) + 1
+        memory = min(self.settings.failure_memory * 2 ** min(strikes - 1, 16), self.settings.liar_memory)
+        self._forget_for(peer, max(memory, self.settings.failure_memory), why)
+
+    def answered(self, peer: str) -> None:
+        """The peer answered (with the object, busy or missing): it is alive."""
+        with self._lock:
+            self._strikes.pop(peer, None)
 
     def lied(self, peer: str) -> None:
         self._forget_for(peer, self.settings.liar_memory, "served wrong bytes")
@@ -135,6 +146,39 @@ class PeerHealth:
             until = self.clock() + seconds
             if until > self._until.get(peer, 0.0):
                 self._until[peer], self._why[peer] = until, why
+
+
+class AnswerTimes:
+    """How long a peer may take to answer before the next source is asked (the hedge): the larger of
+    answer_timeout and twice the 95th percentile of the last answers' times, doubled for each answer that
+    did not come in time (up to 16 times), halved back for each that did. On a loaded host every answer
+    is slower, and several peers timing out at once says more about this host than about them: a fixed
+    bound would send healthy owners' objects to other owners, each reading the remote again."""
+
+    MAX_PENALTY = 16.0
+
+    def __init__(self, settings: Settings, keep: int = 64):
+        self.settings, self.keep = settings, keep
+        self._times: "collections.deque[float]" = collections.deque(maxlen=keep)
+        self._penalty = 1.0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._times.append(seconds)
+            self._penalty = max(1.0, self._penalty / 2)
+
+    def timed_out(self) -> None:
+        with self._lock:
+            self._penalty = min(self._penalty * 2, self.MAX_PENALTY)
+
+    def timeout(self) -> float:
+        with self._lock:
+            times, penalty = sorted(self._times), self._penalty
+        base = self.settings.answer_timeout
+        if len(times) >= 4:
+            base = max(base, 2 * times[max(int(len(times) * 0.95) - 1, 0)])
+        return base * penalty
 
 
 class Step(NamedTuple):
@@ -158,7 +202,8 @@ class Fetch:
                  clock: Callable[[], float], rng):
         self.key, self.me, self.health, self.settings, self.clock, self.rng = key, me, health, settings, clock, rng
         self.order = ranked(key, list(peers) + ([me] if me else []))
-        self.failures = 0
+        self.failures = 0                   # peers that failed this fetch (each counted once) or lied to it
+        self._failed = set()
         self.used: List[str] = []           # peers whose bytes this fetch took
         self.skipped: List[str] = []        # peers passed over because they failed recently
         self._holders: "collections.deque[str]" = collections.deque()
@@ -203,13 +248,17 @@ class Fetch:
                  why: str = "") -> None:
         if step.source != "peer":
             return
+        if outcome != FAILED:
+            self.health.answered(step.peer)
         if outcome == SERVED:
             if step.peer not in self.used:
                 self.used.append(step.peer)
             self._busy_since = None
         elif outcome == FAILED:
             self.health.failed(step.peer, why or "failed")
-            self.failures += 1
+            if step.peer not in self._failed:   # a dead owner probed again after its memory ran out: once
+                self._failed.add(step.peer)
+                self.failures += 1
         elif outcome == MISSING and step.mode == "owner":
             self._to_remote = True      # the owner's remote lacks it: let the remote say so itself
             self.why_remote = "the owner did not find it"
@@ -232,13 +281,19 @@ class Fetch:
                 self._backoff = min(self._backoff * 2, self.settings.max_retry)
 
     def corrupt(self) -> List[str]:
-        """The object read was not the one its key names: every peer that contributed bytes is taken
-        for a liar (skipped for liar_memory), and the rest comes from the remote. Returns them."""
+        """The object read was not the one its key names: every peer that contributed bytes is taken for a
+        liar (skipped for liar_memory) and counts as a failure; the object is read again, from the next
+        source (the next owner, which reads the remote once for everyone; the remote itself past
+        max_failures). Not straight from the remote: a liar that holds objects is offered to many askers,
+        and each would read the remote (benchmarks/peer_sim.py --failures: 317x the release on 1,000 hosts).
+        Returns the peers blamed."""
         for peer in self.used:
             self.health.lied(peer)
-        self._to_remote = True
-        self.why_remote = "a peer served wrong bytes"
+        self.failures += max(len(self.used), 1)
+        self._holders.clear()
         blamed, self.used = self.used, []
+        if not blamed:
+            self._to_remote = True      # wrong bytes without a peer to blame: nothing more to try here
         return blamed
 
 

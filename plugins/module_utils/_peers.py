@@ -48,7 +48,8 @@ from urllib.parse import urlsplit
 from ._compress import decoder
 from ._errors import BlobCorruptError, DogestryError, RemoteError, RemoteNotFoundError
 from ._peer_policy import (
-    BUSY, FAILED, MISSING, SERVED, Fetch, Holders, PeerHealth, Settings, Step, Uploads, answer, peer_key, ranked,
+    BUSY, FAILED, MISSING, SERVED, AnswerTimes, Fetch, Holders, PeerHealth, Settings, Step, Uploads, answer, peer_key,
+    ranked,
 )
 from ._remote import MAX_SMALL_OBJECT, Reader, Remote, read_bounded
 
@@ -203,6 +204,7 @@ class HttpsTransport:
         self.settings = settings
         self._context = ssl.create_default_context(cafile=ca_file)
         self._auth = "Bearer " + secret
+        self.on_handshake: Optional[Callable[[float], None]] = None
         self._idle: Dict[str, List[http.client.HTTPSConnection]] = {}
         self._lock = threading.Lock()
 
@@ -215,7 +217,10 @@ class HttpsTransport:
         conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=self._context,
                                            timeout=self.settings.connect_timeout)
         try:
+            started = time.monotonic()
             conn.connect()
+            if self.on_handshake is not None:       # a round trip through the peer's process: an answer time
+                self.on_handshake(time.monotonic() - started)
         except ssl.SSLError as exc:
             conn.close()
             raise PeerFailure("refused", "TLS with %s failed: %s" % (peer, exc))
@@ -235,19 +240,21 @@ class HttpsTransport:
                 return
         conn.close()
 
-    def request(self, peer: str, method: str, path: str, headers: Dict[str, str]) -> _Answer:
-        """The answer (its head within answer_timeout), or PeerFailure. A kept-alive connection the peer
-        closed meanwhile is replaced once, silently."""
+    def request(self, peer: str, method: str, path: str, headers: Dict[str, str],
+                answer_timeout: Optional[float] = None) -> _Answer:
+        """The answer (its head within `answer_timeout`, default the settings'), or PeerFailure. A kept-alive
+        connection the peer closed meanwhile is replaced once, silently."""
         headers = dict(headers, Authorization=self._auth)
+        answer_timeout = answer_timeout or self.settings.answer_timeout
         for _attempt in range(2):
             conn, reused = self._connection(peer)
             try:
-                conn.sock.settimeout(self.settings.answer_timeout)
+                conn.sock.settimeout(answer_timeout)
                 conn.request(method, path, headers=headers)
                 response = conn.getresponse()
             except socket.timeout:
                 conn.close()
-                raise PeerFailure("timeout", "%s did not answer within %.1f s" % (peer, self.settings.answer_timeout))
+                raise PeerFailure("timeout", "%s did not answer within %.2f s" % (peer, answer_timeout))
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 if reused:
@@ -284,6 +291,9 @@ class PeerClient:
         self.clock, self.sleep = clock, sleep
         self.rng = rng or random.Random()
         self.health = PeerHealth(config.settings, clock)
+        self.answer_times = AnswerTimes(config.settings)
+        if hasattr(self.transport, "on_handshake"):
+            self.transport.on_handshake = self.answer_times.add
         self._reports: "queue.Queue[Tuple[str, str]]" = queue.Queue(1000)
         self._reporter: Optional[threading.Thread] = None
 
@@ -309,7 +319,7 @@ class PeerClient:
             if not reader.untrusted or holds_promise(key, data):
                 return data
             reader.blame()
-        return self.remote.get(key)
+        return self.remote.get(key)     # a few kilobytes: straight from the remote
 
     def ask(self, step: Step, key: str, size: Optional[int], offset: int) -> Tuple[str, object]:
         """One request for an object: (SERVED, answer to read), (BUSY, (holders, retry_after)), (MISSING, None);
@@ -319,7 +329,14 @@ class PeerClient:
             headers["X-Dogestry-Size"] = str(size)
         if offset:
             headers["Range"] = "bytes=%d-" % offset
-        reply = self.transport.request(step.peer, "GET", PREFIX + key, headers)
+        asked = self.clock()
+        try:
+            reply = self.transport.request(step.peer, "GET", PREFIX + key, headers, self.answer_times.timeout())
+        except PeerFailure as exc:
+            if exc.kind == "timeout":
+                self.answer_times.timed_out()
+            raise
+        self.answer_times.add(self.clock() - asked)
         status = reply.status
         if status in (200, 206):
             length = reply.header("Content-Length")
@@ -536,12 +553,18 @@ class PeerReader(Reader):
         """The bytes read were not the object: the peers that served them are skipped for a long while."""
         for peer in self._fetch.corrupt():
             self._client.metrics.peer_error(peer, "corrupt")
-            LOG.warning("peer %s served %s with wrong content: it is skipped for %.0f s, and the object read from "
-                        "the remote", peer, self._key, self._client.settings.liar_memory)
+            LOG.warning("peer %s served %s with wrong content: it is skipped for %.0f s, and the object read again "
+                        "from the next source", peer, self._key, self._client.settings.liar_memory)
 
-    def fallback(self):
-        """A reader of the object from the remote, from its first byte."""
-        return self._client.remote_reader(self._key, self._size)
+    def fallback(self) -> "PeerReader":
+        """The object again from its first byte, from the next source this fetch allows (the liars skipped:
+        the next owner, or the remote past max_failures)."""
+        reader = PeerReader.__new__(PeerReader)
+        reader._client, reader._key, reader._size, reader._fetch = self._client, self._key, self._size, self._fetch
+        reader._offset, reader._body, reader._step = 0, None, None
+        reader._open_next()
+        reader.untrusted = reader._step.source == "peer"
+        return reader
 
     def close(self) -> None:
         if self._body is not None:
@@ -679,7 +702,9 @@ class PeerApp:
         return self._object(key, mode, size, start, asker)
 
     def _object(self, key: str, mode: str, size: Optional[int], start: int, asker: str):
-        if not self.uploads.start():
+        # No slot, or this host's own copy still coming from peers (it could send nothing until that copy is
+        # verified, and the asker would take the silence for a stall): busy, naming the holders it knows.
+        if (self.cache.hidden(key) and key not in self.cache) or not self.uploads.start():
             self.metrics.peer_answer("busy")
             doc = {"holders": self.holders.offer(key, self.rng, self.client.settings.holders_offered, [asker]),
                    "retry_after": self.client.settings.first_retry}
@@ -693,13 +718,10 @@ class PeerApp:
                 return _error(404, "BLOB_UNKNOWN", "not held here")
             if entry is not None:
                 reader, total = entry, entry.size
-                if start:
-                    entry.seek(start)
             else:
                 what = "%s on %s (fetched for peers)" % (key, self.client.remote.url)
                 reader = self.cache.open(key, lambda: self.client.remote_reader(key, size), verifier_for(key, what))
                 total = size
-                _skip(reader, start)
         except RemoteNotFoundError:
             self.uploads.end()
             self.metrics.peer_answer("missing")
@@ -721,12 +743,17 @@ class PeerApp:
         if start:
             headers.append(("Content-Range", "bytes %d-%d/%s" % (start, max(total or 0, start + 1) - 1,
                                                                  total if total is not None else "*")))
-        return 206 if start else 200, headers, self._stream(reader)
+        return 206 if start else 200, headers, self._stream(reader, start)
 
-    def _stream(self, reader) -> Iterator[bytes]:
-        """The object's bytes, the last piece only once its fetch verified the whole (a reader of a cache
-        entry: verified when it was cached): an honest peer never hands out a whole wrong object."""
+    def _stream(self, reader, start: int) -> Iterator[bytes]:
+        """The object's bytes from `start` (skipped here, after the head was sent: a follower of a fetch
+        gets there at the fetch's pace), the last piece only once the fetch verified the whole (a reader of
+        a cache entry: verified when it was cached): an honest peer never hands out a whole wrong object."""
         try:
+            if start and hasattr(reader, "seek"):
+                reader.seek(start)
+            else:
+                _skip(reader, start)
             pending = None
             for piece in iter(lambda: reader.read(PIECE), b""):
                 if pending is not None:

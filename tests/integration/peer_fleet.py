@@ -84,10 +84,10 @@ class Host:
         return "%s:%d" % (self.address, self.port)
 
     def command(self):
+        peers = ["--peers-file", self.peers_file, "--peer-listen", "%s:%d" % (self.address, self.peer_port),
+                 "--peer-tls-cert", self.fleet.cert, "--peer-tls-key", self.fleet.key] if self.fleet.peers else []
         return ([self.fleet.dogestry, "serve", self.fleet.remote, "--listen", self.registry, "--read-only",
-                 "--cache-dir", self.cache, "--peers-file", self.peers_file, "--peer-listen",
-                 "%s:%d" % (self.address, self.peer_port), "--peer-tls-cert", self.fleet.cert,
-                 "--peer-tls-key", self.fleet.key] + list(self.fleet.remote_args) + list(self.fleet.extra_args))
+                 "--cache-dir", self.cache] + peers + list(self.fleet.remote_args) + list(self.fleet.extra_args))
 
     def start(self, wait=True):
         with open(self.peers_file, "w") as handle:
@@ -170,8 +170,9 @@ class Fleet:
     `env`: its environment; `settings`: the peers file's settings (e.g. {"max_uploads": 2})."""
 
     def __init__(self, directory, remote, count, dogestry, env, remote_args=(), extra_args=(), base=20,
-                 settings=None):
-        self.directory, self.remote, self.dogestry, self.env = directory, remote, dogestry, env
+                 settings=None, peers=True):
+        """`peers=False`: the same accelerators, each reading the remote alone (the baseline)."""
+        self.directory, self.remote, self.dogestry, self.env, self.peers = directory, remote, dogestry, env, peers
         self.remote_args, self.extra_args = list(remote_args), list(extra_args)
         os.makedirs(directory, exist_ok=True)
         addresses = ["127.0.0.%d" % (base + i) for i in range(count)]

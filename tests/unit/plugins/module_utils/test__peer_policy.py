@@ -5,7 +5,7 @@ import random
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._peer_policy import (
-    BUSY, FAILED, MISSING, SERVED, Fetch, Holders, PeerHealth, Settings, Step, Uploads, answer, peer_key, ranked,
+    BUSY, FAILED, MISSING, SERVED, AnswerTimes, Fetch, Holders, PeerHealth, Settings, Step, Uploads, answer, peer_key, ranked,
 )
 
 PEERS = ["https://10.0.0.%d:22376" % i for i in range(1, 9)]
@@ -139,7 +139,8 @@ def test_peers_that_served_wrong_bytes_are_skipped_for_the_liar_memory():
     step = fetch.next()
     fetch.answered(step, SERVED)
     assert fetch.corrupt() == [step.peer]
-    assert fetch.next() == Step("remote")
+    # the next of the ranking reads it from the remote once for everyone (not each asker of the liar)
+    assert fetch.next() == Step("peer", ranked(key, PEERS)[1], "owner")
     clock.now += 300
     assert not health.usable(step.peer) and health.why(step.peer) == "served wrong bytes"
     health.failed(step.peer, "timeout")             # a shorter penalty does not shorten the longer one
@@ -178,3 +179,59 @@ def test_holders_are_bounded_and_never_offered_to_themselves():
 ])
 def test_what_a_peer_answers(mode, held, slot, expected):
     assert answer(mode, held, slot) == expected
+
+
+def test_a_lie_counts_as_a_failure_and_past_max_failures_the_remote_is_read():
+    key = "blobs/sha256/ab/%s" % HEX
+    fetch = fetch_of(key, settings=Settings(max_failures=2))
+    for _liar in range(3):
+        step = fetch.next()
+        assert step.source == "peer"
+        fetch.answered(step, SERVED)
+        fetch.corrupt()
+    assert fetch.next() == Step("remote")
+
+
+def test_a_peer_that_keeps_failing_is_skipped_longer_each_time_until_it_answers():
+    clock = Clock()
+    health = PeerHealth(Settings(failure_memory=10.0, liar_memory=600.0), clock)
+    peer = PEERS[0]
+    for memory in (10.0, 20.0, 40.0):
+        health.failed(peer, "refused")
+        clock.now += memory - 0.5
+        assert not health.usable(peer)
+        clock.now += 0.5
+        assert health.usable(peer)
+    health.answered(peer)
+    health.failed(peer, "refused")
+    clock.now += 10.0
+    assert health.usable(peer)
+
+
+def test_one_dead_peer_probed_again_during_a_long_wait_counts_as_one_failure():
+    key = "blobs/sha256/ab/%s" % HEX
+    clock = Clock()
+    settings = Settings(max_failures=1, failure_memory=1.0)
+    fetch = fetch_of(key, clock=clock, settings=settings)
+    dead = fetch.next()
+    for _probe in range(5):
+        fetch.answered(dead, FAILED, why="refused")
+        clock.now += 1000.0                 # its memory ran out: it is the owner again
+        assert fetch.next() == dead
+    assert fetch.failures == 1
+
+
+def test_the_hedge_waits_for_twice_the_recent_answers_95th_percentile_at_least_answer_timeout():
+    times = AnswerTimes(Settings(answer_timeout=0.3))
+    assert times.timeout() == 0.3
+    for _answer in range(60):
+        times.add(0.01)
+    assert times.timeout() == 0.3                       # a fast fleet: the configured bound
+    for _answer in range(60):
+        times.add(0.4)                                  # a loaded host: every answer is slower
+    assert times.timeout() == pytest.approx(0.8)
+    times.timed_out()
+    times.timed_out()                                   # answers not coming in time: wait longer
+    assert times.timeout() == pytest.approx(3.2)
+    times.add(0.4)
+    assert times.timeout() == pytest.approx(1.6)

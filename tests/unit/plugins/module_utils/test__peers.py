@@ -58,7 +58,7 @@ class Transport:
     def __init__(self, objects, script):
         self.objects, self.script, self.asked = objects, script, []
 
-    def request(self, peer, method, path, headers):
+    def request(self, peer, method, path, headers, answer_timeout=None):
         key = path[len("/peer/v1/"):]
         offset = int(headers["Range"][6:-1]) if "Range" in headers else 0
         self.asked.append((peer, headers.get("X-Dogestry-Peer-Mode"), offset))
@@ -166,16 +166,17 @@ def test_with_every_peer_down_the_remote_is_read_from_where_the_peers_stopped(tm
     assert remote.opened and all(isinstance(item, tuple) and item[1] > 0 for item in remote.opened)     # only the rest
 
 
-def test_a_liar_is_caught_before_anyone_reads_its_bytes_and_the_remote_serves_instead(tmp_path, world):
+def test_a_liar_is_caught_before_anyone_reads_its_bytes_and_the_next_owner_serves_instead(tmp_path, world):
     key, stored, data, remote = world
-    owner = ranked(key, PEERS)[0]
+    owner, second = ranked(key, PEERS)[:2]
     transport = Transport({key: stored}, {owner: "lie"})
     cache = BlobCache(str(tmp_path / "spool"), 1 << 40)
     client = client_for(remote, transport, cache)
     with PeerRemote(remote, client, cache).open(key, len(stored)) as reader:
         got = reader.read()
         reader.verified()
-    assert got == stored and remote.opened == [key]
+    assert got == stored and remote.opened == []
+    assert [peer for peer, _mode, _offset in transport.asked] == [owner, second]
     assert not client.health.usable(owner) and client.health.why(owner) == "served wrong bytes"
     assert key in cache
     # the next object goes elsewhere, without asking the liar
@@ -186,6 +187,14 @@ def test_a_liar_is_caught_before_anyone_reads_its_bytes_and_the_remote_serves_in
     with PeerRemote(remote, client, cache).open(other_key, len(other)) as reader:
         assert reader.read() == other
     assert owner not in [peer for peer, _mode, _offset in transport.asked]
+
+
+def test_when_every_peer_lies_the_remote_serves(tmp_path, world):
+    key, stored, _data, remote = world
+    transport = Transport({key: stored}, {peer: "lie" for peer in PEERS})
+    got, client = pull_through(tmp_path, remote, transport, key, len(stored), max_failures=2)
+    assert got == stored and remote.opened == [key]
+    assert len(transport.asked) == 3 and not any(client.health.usable(p) for p, _m, _o in transport.asked)
 
 
 def test_a_busy_owner_sends_the_asker_to_a_holder(tmp_path, world):
