@@ -10,6 +10,8 @@ host's own accelerator, all at once.
   named in the metrics and the logs.
 - With the primary remote down, a fleet that holds a release (warmed by `dogestry warm`) pulls it with tags
   from a second copy of the remote (--fallback-remote) that holds no layer at all.
+- `dogestry pull --peers-file` (the engine, as dogestry_pull's peers_file in deploy.yml) through a warmed fleet
+  loads the image into a real Docker daemon reading nothing from S3 but the version object and the tag.
 
 The peers' timeouts are generous here (the peers file's settings): what is checked is where bytes come
 from, never how fast (the hedge's timing is benchmarks/peers_bench.py's). Speed is never a pass criterion.
@@ -31,6 +33,7 @@ import pytest
 
 from conftest import replay
 from dogestry_cli import DOGESTRY, cli_env, dogestry, skopeo
+from dogestry_cli import docker as docker_cli
 from peer_fleet import Fleet
 from s3_faults import FaultProxy
 
@@ -272,3 +275,44 @@ def test_with_the_primary_down_a_warmed_fleet_pulls_with_tags_from_a_mirror_that
         assert_pulled(started.hosts, manifest, tmp_path)
     finally:
         mirror.stop()
+
+
+def test_dogestry_pull_through_a_warmed_fleet_reads_only_the_tag_from_s3(docker_host, build_image, s3_bucket, s3_env,
+                                                                         tmp_path):
+    """The engine's path (dogestry pull --peers-file, as dogestry_pull's peers_file in deploy.yml): every object
+    from its owner among the accelerators, verified in the pull's spool, loaded into a real daemon."""
+    name = "dogestry-peerpull-%s" % uuid.uuid4().hex[:8]
+    image_id = build_image(docker_host, name + ":1", [{"/data/a.bin": os.urandom(3 * MiB)},
+                                                      {"/greeting": "through peers %s" % name}],
+                           cmd=["/bin/busybox", "cat", "/greeting"], isolated=True)
+    remote = "s3://%s/%s" % (s3_bucket, PREFIX)
+    dogestry("push", remote, name + ":1", "--endpoint-url", s3_env, "--docker-host", docker_host)
+    proxy = FaultProxy(s3_env, faults={}, delay=0.02, rate=20e6)
+    fleet = Fleet(str(tmp_path / "fleet"), remote, 3, DOGESTRY, cli_env(), remote_args=["--endpoint-url", proxy.url],
+                  base=60, settings=SETTINGS)
+    try:
+        fleet.start()
+        dogestry("warm", remote, name + ":1", "--peers-file", fleet.client_peers_file, "--endpoint-url", proxy.url)
+        repo = Repository(remote_from_url(remote, endpoint_url=s3_env))
+        manifest_oid = repo.read_tag(parse_image_ref(name + ":1"))
+        manifest = repo.read_manifest(manifest_oid)
+        keys = [manifest_key(manifest_oid), manifest.config_key] + [layer.key for layer in manifest.layers]
+        urls = [host.url for host in fleet.hosts]
+        deadline = time.time() + 300
+        for key in keys:
+            owner = next(host for host in fleet.hosts if host.url == ranked(key, urls)[0])
+            while not os.path.exists(os.path.join(owner.cache, key.rsplit("/", 1)[-1])):
+                assert time.time() < deadline, "%s was not warmed: %s" % (key, fleet.logs())
+                time.sleep(0.05)
+        docker_cli(docker_host, "rmi", "-f", name + ":1")
+        proxy.reset_counts()
+        pulled = dogestry("pull", remote, name + ":1", "--peers-file", fleet.client_peers_file, "--endpoint-url",
+                          proxy.url, "--docker-host", docker_host, "--json")
+        assert json.loads(pulled.stdout.splitlines()[-1])["image_id"] == image_id
+        read = sorted(path[len("/%s/%s" % (s3_bucket, PREFIX)):] for path in proxy.counts("GET"))
+        assert read == ["dogestry.json", "repositories/%s/_tags/1" % name], read
+        ran = docker_cli(docker_host, "run", "--rm", "--network", "none", name + ":1").stdout.strip()
+        assert ran == "through peers %s" % name
+    finally:
+        fleet.stop()
+        proxy.stop()
