@@ -176,10 +176,10 @@ class _Answer:
     """A peer's answer: status and headers, the body as a reader; its connection goes back to the pool
     once the body was read whole."""
 
-    def __init__(self, transport: "HttpsTransport", peer: str, conn, response, stall: float):
+    def __init__(self, transport: "HttpsTransport", peer: str, conn, sock, response, stall: float):
         self._transport, self._peer, self._conn, self._response = transport, peer, conn, response
         self.status = response.status
-        conn.sock.settimeout(stall)
+        sock.settimeout(stall)      # not conn.sock: http.client hands the socket to an answer that closes it
 
     def header(self, name: str) -> Optional[str]:
         return self._response.getheader(name)
@@ -248,8 +248,9 @@ class HttpsTransport:
         answer_timeout = answer_timeout or self.settings.answer_timeout
         for _attempt in range(2):
             conn, reused = self._connection(peer)
+            sock = conn.sock
             try:
-                conn.sock.settimeout(answer_timeout)
+                sock.settimeout(answer_timeout)
                 conn.request(method, path, headers=headers)
                 response = conn.getresponse()
             except socket.timeout:
@@ -260,7 +261,7 @@ class HttpsTransport:
                 if reused:
                     continue
                 raise PeerFailure("broken", "%s: %s" % (peer, _one_line(exc) or type(exc).__name__))
-            return _Answer(self, peer, conn, response, self.settings.stall_timeout)
+            return _Answer(self, peer, conn, sock, response, self.settings.stall_timeout)
         raise PeerFailure("broken", "%s closed every connection" % peer)
 
 

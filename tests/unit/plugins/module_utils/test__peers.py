@@ -251,3 +251,44 @@ def test_the_peers_file_makes_self_a_peer_only_for_a_peer(tmp_path):
     client = PeerConfig.from_file(str(path), as_peer=False)
     assert client.me is None and client.peers == ["https://10.0.0.1:22376", "https://10.0.0.2:22376"]
     assert os.path.exists(str(path))
+
+
+def test_an_answer_that_closes_its_connection_is_read_like_any_other(tmp_path):
+    """A peer may answer with `Connection: close` (busy, or as its server decides): the transport still reads
+    it, with the stall timeout on the socket the answer came on."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._peers import HttpsTransport
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"), "-days", "1",
+                    "-subj", "/CN=peer", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+
+    class Closing(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            body = json.dumps({"holders": [], "retry_after": 0}).encode()
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.HTTPServer(("127.0.0.1", 0), Closing)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        peer = "https://127.0.0.1:%d" % server.server_address[1]
+        transport = HttpsTransport(Settings(), str(tmp_path / "cert.pem"), SECRET)
+        answer = transport.request(peer, "GET", "/peer/v1/x", {})
+        assert answer.status == 503 and json.loads(answer.read()) == {"holders": [], "retry_after": 0}
+        answer.close()
+    finally:
+        server.shutdown()
+        server.server_close()
