@@ -339,7 +339,7 @@ def main():
         bench.push(moto, proxy)
         log("image stored as %.1f MB in %d layers" % (bench.stored / 1e6, len(bench.layers)))
         timed = [r for r in ROUNDS if r in rounds]
-        for i in range(args.repeat):
+        for i in range(args.repeat if timed else 0):
             log("repeat %d/%d" % (i + 1, args.repeat))
             for label in timed[i % len(timed):] + timed[:i % len(timed)]:
                 bench.measure(label)
