@@ -3,7 +3,8 @@
 #   - Debian packages: docker.io (dockerd 20.10, containerd, runc), busybox-static (the demo and
 #     test images' only binary), git, rsync, iproute2, skopeo (a registry client the accelerator's
 #     tests pull with), docker-registry (CNCF distribution 2.8: what benchmarks/registry_bench.py
-#     compares with) (skipped when all are installed already);
+#     compares with), openssh-server and -client (the fleet test reaches its hosts over SSH) (skipped
+#     when all are installed already);
 #   - a virtualenv at .venv with requirements.txt + tests/requirements.txt (skipped when unchanged),
 #     and this checkout installed editable into it (.venv/bin/dogestry, from pyproject.toml);
 #   - community.docker and ansible.posix for molecule, from the ansible wheel, into .venv/collections;
@@ -32,7 +33,8 @@ as_root() {
 }
 
 # --- Debian packages -----------------------------------------------------------------------------
-packages=(docker.io busybox-static git rsync iproute2 util-linux ca-certificates shellcheck skopeo docker-registry)
+packages=(docker.io busybox-static git rsync iproute2 util-linux ca-certificates shellcheck skopeo docker-registry
+          openssh-server openssh-client)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 [ "${DOGESTRY_SETUP_VENV_ONLY:-}" = 1 ] && packages=()
 missing=()

@@ -73,37 +73,21 @@ options:
       - URL of an S3-compatible endpoint (MinIO, Ceph RGW, moto); default is AWS.
     type: str
     aliases: [aws_endpoint_url]
-  validate_certs:
+  s3_validate_certs:
     description:
-      - Verify TLS certificates of the S3 or HTTPS endpoint.
+      - Verify the TLS certificate of the S3 endpoint, or of an V(https://) remote or signed URL.
+      - This option was called C(validate_certs) before dogestry.dogestry 0.2.0. That name is now the Docker daemon's, as
+        in community.docker (see O(validate_certs)), so that one C(module_defaults) entry for the action group can
+        set both.
     type: bool
     default: true
+    aliases: [aws_validate_certs]
+    version_added: 0.2.0
   ca_bundle:
     description:
       - CA bundle to verify the S3 or HTTPS endpoint with.
     type: path
     aliases: [aws_ca_bundle]
-"""
-
-    # Options of modules that talk to a Docker daemon.
-    DOCKER = r"""
-options:
-  docker_host:
-    description:
-      - The Docker daemon to use, V(unix:///path/docker.sock) or V(tcp://host:2375).
-      - One controller can feed several daemons by looping over hosts.
-      - Falls back to the E(DOCKER_HOST) environment variable.
-    type: str
-    default: unix:///var/run/docker.sock
-    aliases: [docker_url]
-  timeout:
-    description:
-      - Seconds to wait for a Docker API call before giving up.
-    type: int
-    default: 300
 requirements:
-  - docker (Docker SDK for Python) >= 7.1.0
-  - lz4 >= 4.0.0
-  - zstandard >= 0.19.0 (to push the zstd-compressed layers of Docker's containerd image store)
   - boto3 >= 1.35.2 (for S3 remotes)
 """

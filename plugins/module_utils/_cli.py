@@ -14,6 +14,7 @@ a one-line error on failure (2 for usage errors), on stderr, and with `--json` a
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import time
 from typing import Dict, List, Optional
 
 from ._errors import DogestryError, RemoteMissingError, RemoteNotFoundError
+from ._prune import DEFAULT_GRACE_PERIOD, parse_duration
 from ._repository import Repository
 
 from ._remote import LocalRemote
@@ -32,14 +34,13 @@ from ._transfer import MAX_JOBS
 from ._version import require, require_for_url
 
 S3_FLAGS = ("access_key", "secret_key", "session_token", "profile", "region", "endpoint_url")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _duration(text: str) -> int:
-    match = re.match(r"^\s*(\d+)\s*([smhd]?)\s*$", str(text))
-    if not match:
-        raise argparse.ArgumentTypeError("%r is not a duration like 3600, 90m, 24h or 7d" % text)
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return parse_duration(text)
+    except DogestryError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
 
 
 def _size(text: str) -> int:
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
     s3.add_argument("--region", default=None)
     s3.add_argument("--profile", default=None)
-    s3.add_argument("--no-verify-certs", dest="validate_certs", action="store_false")
+    s3.add_argument("--s3-no-verify-certs", "--no-verify-certs", dest="validate_certs", action="store_false",
+                    help="do not verify the TLS certificate of the S3 or HTTPS endpoint (a test store)")
     s3.add_argument("--ca-bundle", default=os.environ.get("AWS_CA_BUNDLE"))
     common.add_argument("--fallback-remote", action="append", default=[], metavar="URL",
                         help="another copy of REMOTE (a replica, a mirror), read when the ones before it fail; repeatable")
@@ -108,10 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--peers-file", metavar="FILE",
                        help="read content-addressed objects through the fleet's peers named in FILE (JSON)")
 
+    # The docker CLI's flags and environment variables (DOCKER_CERT_PATH: see _daemons()).
     docker = _Parser(add_help=False)
-    docker.add_argument("--docker-host", action="append", default=None,
+    daemon = docker.add_argument_group("Docker daemon (the docker CLI's flags and DOCKER_* variables)")
+    daemon.add_argument("--docker-host", action="append", default=None,
                         help="Docker daemon (default $DOCKER_HOST or the local socket); pull: repeatable")
-    docker.add_argument("--timeout", type=_positive, default=300)
+    daemon.add_argument("--timeout", type=_positive, default=os.environ.get("DOCKER_TIMEOUT") or 300,
+                        help="seconds for a Docker API call (default $DOCKER_TIMEOUT or 300)")
+    daemon.add_argument("--tls", action="store_true", default=bool(os.environ.get("DOCKER_TLS")),
+                        help="use TLS; implied by --tlsverify ($DOCKER_TLS)")
+    daemon.add_argument("--tlsverify", action="store_true", default=bool(os.environ.get("DOCKER_TLS_VERIFY")),
+                        help="use TLS and verify the daemon ($DOCKER_TLS_VERIFY)")
+    daemon.add_argument("--tlscacert", help="trust certs signed only by this CA (default: ca.pem in $DOCKER_CERT_PATH "
+                                            "or ~/.docker, if there)")
+    daemon.add_argument("--tlscert", help="TLS client certificate (default: cert.pem there)")
+    daemon.add_argument("--tlskey", help="TLS client key (default: key.pem there)")
+    daemon.add_argument("--tls-hostname", default=os.environ.get("DOCKER_TLS_HOSTNAME"),
+                        help="the name the daemon's certificate must carry, if not the host's ($DOCKER_TLS_HOSTNAME)")
 
     parser = _Parser(prog="dogestry", description="Docker images through a plain object store.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -123,18 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     pull = commands.add_parser("pull", parents=[common, docker, peers], help="pull an image from REMOTE into Docker")
     pull.add_argument("remote")
     pull.add_argument("image", metavar="IMAGE")
+    pull.add_argument("--trusted-key", action="append", metavar="KEYFILE",
+                      help="refuse the image unless one of these PEM public keys (or certificates) signed it; repeatable")
+    sign = commands.add_parser("sign", parents=[common], help="sign an image on REMOTE (cosign's format, as a referrer)")
+    sign.add_argument("remote")
+    sign.add_argument("image", metavar="IMAGE", help="NAME:TAG (or an image-ID prefix): what it names is signed")
+    sign.add_argument("--key", required=True, metavar="KEYFILE",
+                      help="PEM private key (ECDSA or RSA); if encrypted, its password is read from $DOGESTRY_SIGNING_KEY_PASSWORD")
     tags = commands.add_parser("tags", parents=[common], help="list the tags on REMOTE")
     tags.add_argument("remote")
     tags.add_argument("pattern", nargs="?", default="*", help="NAME[:TAG] shell pattern (default *)")
     prune = commands.add_parser("prune", parents=[common], help="delete unreferenced objects from REMOTE")
     prune.add_argument("remote")
-    prune.add_argument("--grace-period", type=_duration, default=7 * 86400, help="default 7d")
+    prune.add_argument("--grace-period", type=_duration, default=DEFAULT_GRACE_PERIOD,
+                       help="keep unreferenced data younger than this (default %s, as dogestry_prune)" % DEFAULT_GRACE_PERIOD)
     prune.add_argument("--dry-run", action="store_true")
     verify = commands.add_parser("verify", parents=[common],
                                  help="read REMOTE's objects and report what is missing or corrupt (exit 1 if any)")
     verify.add_argument("remote")
     verify.add_argument("--sample", type=_non_negative, metavar="N",
-                        help="read only N random layers in full (default: all)")
+                        help="read only N random blobs in full (default: all)")
     verify.add_argument("--repair", action="store_true", help="move damaged objects to quarantine/ on the remote")
     warm = commands.add_parser("warm", parents=[common, peers],
                                help="have the peers that own an image's objects fetch them from REMOTE now")
@@ -154,13 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (chain) file")
     serve.add_argument("--tls-key", help="... and this private key file")
     serve.add_argument("--htpasswd", help="require Basic auth by a user of this bcrypt htpasswd file (htpasswd -B)")
-    serve.add_argument("--spool-dir", help="where pushed blobs are received (default: the system temp dir)")
+    serve.add_argument("--spool-dir", help="where pushed blobs are received (default: a directory remote's staging "
+                                           "directory, the system temp dir for S3)")
     serve.add_argument("--max-blob-size", type=_size, default=64 << 30, help="largest blob a push may send (default 64G)")
     serve.add_argument("--peer-listen", metavar="HOST:PORT",
                        help="serve the fleet's peers here (HTTPS, the peers file's secret); needs --peers-file")
     serve.add_argument("--peer-tls-cert", help="certificate (chain) of the peer listener")
     serve.add_argument("--peer-tls-key", help="... and its private key")
     serve.add_argument("--peer-threads", type=_positive, default=16, help="peer requests served at once (default 16)")
+    serve.add_argument("--require-signature", action="append", metavar="KEYFILE",
+                       help="serve an image manifest only if one of these PEM public keys (or certificates) signed it "
+                            "(else 403 DENIED); repeatable")
     return parser
 
 
@@ -245,10 +272,15 @@ class Progress:
 
 
 def _daemons(args) -> List:
-    from ._docker import Daemon
+    """The daemons of --docker-host (or $DOCKER_HOST), over TLS as the docker CLI would reach them."""
+    from ._docker import Daemon, tls_config
     require(["docker", "lz4", "zstandard"], "Docker images")
-    hosts = args.docker_host or [None]
-    return [Daemon(host, args.timeout) for host in hosts]
+    tls = None
+    if args.tls or args.tlsverify:
+        cert_dir = os.environ.get("DOCKER_CERT_PATH") or os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+        tls = tls_config(args.tlsverify, args.tlscacert, args.tlscert, args.tlskey, cert_dir)
+    hosts = args.docker_host or [os.environ.get("DOCKER_HOST") or None]
+    return [Daemon(host, args.timeout, tls, args.tls_hostname, os.environ.get("DOCKER_API_VERSION")) for host in hosts]
 
 
 def cmd_push(args, out: Output) -> int:
@@ -308,7 +340,8 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
     """Plan for each daemon, then load into all of them at once (each layer is fetched once: see
     _SpooledRemote); a progress bar for one daemon. A daemon that fails does not stop the others."""
     from ._engine import execute_pull, plan_pull
-    plans = [(daemon, plan_pull(daemon, repo, args.image)) for daemon in daemons]
+    policy = _policy(args.trusted_key)
+    plans = [(daemon, plan_pull(daemon, repo, args.image, policy)) for daemon in daemons]
 
     def pull(daemon, plan, report=lambda layer: None):
         return execute_pull(daemon, repo, plan, report)
@@ -331,13 +364,38 @@ def _pull_into(repo, daemons, args, out: Output) -> int:
         if error is not None:
             continue
         if result.get("reason"):
-            line = "%s: %s" % (daemon.host, result["reason"])
+            line = "%s (on %s)" % (result["reason"], daemon.host)
         else:
             line = "%s on %s: up to date" % (plan.ref or args.image, daemon.host)
         out.result(dict(result, docker_host=daemon.host), line)
     errors = [error for _daemon, _plan, _result, error in outcomes if error is not None]
     if errors:
         raise errors[0]
+    return 0
+
+
+def _policy(key_files):
+    """A signature policy from --trusted-key / --require-signature files (None without any)."""
+    if not key_files:
+        return None
+    from ._signing import Policy, load_trusted_keys
+    return Policy(load_trusted_keys(key_files))
+
+
+def cmd_sign(args, out: Output) -> int:
+    from ._signing import execute_sign, load_signing_key, plan_sign
+    try:
+        with open(args.key, "rb") as f:
+            pem = f.read(1 << 20)
+    except OSError as exc:
+        raise DogestryError("--key %s: %s" % (args.key, exc.strerror or exc))
+    key = load_signing_key(pem, os.environ.get("DOGESTRY_SIGNING_KEY_PASSWORD"), args.key)
+    repo = repository_from_args(args)
+    plan = plan_sign(repo, args.image, key)
+    result = execute_sign(repo, plan, key)
+    line = result.get("reason") or "%s (%s): already signed by key %s" % (plan.ref or args.image, plan.subject.digest[:19],
+                                                                          key.key_id)
+    out.result(result, line)
     return 0
 
 
@@ -439,11 +497,15 @@ def cmd_serve(args, out: Output) -> int:
         try:
             writer = RegistryWriter(repo, args.spool_dir, args.max_blob_size)
         except OSError as exc:
-            raise DogestryError("--spool-dir %s: %s" % (args.spool_dir, exc.strerror or exc))
-    puller = _puller(repo, args.pull_into, args.timeout_docker) if args.pull_into else None
+            where = "--spool-dir %s" % args.spool_dir if args.spool_dir else "the remote's staging directory"
+            raise DogestryError("%s: %s (%s): pushes are received there; serve with --read-only to refuse them"
+                                % (where, exc.strerror or exc, os.path.dirname(exc.filename or "") or "?"))
+        _check_spool_links(writer, repo.remote, args.spool_dir)
+    policy = _policy(args.require_signature)
+    puller = _puller(repo, args.pull_into, args.timeout_docker, policy) if args.pull_into else None
     try:
-        serve(RegistryApi(repo, cache, metrics, writer, puller), args.listen, args.threads, ready, tls, args.htpasswd,
-              peers)
+        serve(RegistryApi(repo, cache, metrics, writer, puller, policy), args.listen, args.threads, ready, tls,
+              args.htpasswd, peers)
     finally:
         if writer is not None:
             writer.close()
@@ -477,20 +539,41 @@ def _serve_peers(args, repo, cache, metrics):
     return PeerApp(client, cache), args.peer_listen, (args.peer_tls_cert, args.peer_tls_key), args.peer_threads
 
 
-def _puller(repo, docker_host: str, timeout: int):
+def _check_spool_links(writer, remote, spool_dir: Optional[str]) -> None:
+    """A directory remote takes each pushed blob from the spool by link(): refuse a spool it cannot
+    link from now, rather than answer every blob with a 503 later."""
+    staging = remote.staging_dir()
+    if staging is None:
+        return
+    probe = os.path.join(writer.spool, "link-probe")
+    linked = os.path.join(staging, "link-probe-%s" % os.urandom(8).hex())
+    try:
+        open(probe, "wb").close()
+        os.link(probe, linked)
+    except OSError as exc:
+        writer.close()
+        where = "--spool-dir %s" % spool_dir if spool_dir else "the spool directory %s" % writer.spool
+        problem = "is on another filesystem than" if exc.errno == errno.EXDEV else "cannot link pushed blobs into"
+        raise DogestryError("%s %s the remote %s (%s): give a --spool-dir on the remote's filesystem, or none"
+                            % (where, problem, remote.url, exc.strerror or exc))
+    os.unlink(linked)
+    os.unlink(probe)
+
+
+def _puller(repo, docker_host: str, timeout: int, policy=None):
     """The server-side pull: the engine's pull into one daemon, as `dogestry pull` does it."""
     from ._docker import Daemon
     from ._engine import execute_pull, plan_pull
 
     def pull(image: str) -> Dict:
         daemon = Daemon(docker_host, timeout)
-        result = execute_pull(daemon, repo, plan_pull(daemon, repo, image))
+        result = execute_pull(daemon, repo, plan_pull(daemon, repo, image, policy))
         return dict(result, docker_host=daemon.host)
     return pull
 
 
-COMMANDS = {"push": cmd_push, "pull": cmd_pull, "tags": cmd_tags, "prune": cmd_prune, "verify": cmd_verify,
-            "serve": cmd_serve, "warm": cmd_warm}
+COMMANDS = {"push": cmd_push, "pull": cmd_pull, "sign": cmd_sign, "tags": cmd_tags, "prune": cmd_prune,
+            "verify": cmd_verify, "serve": cmd_serve, "warm": cmd_warm}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -33,7 +33,7 @@ from ._prune import drop_lease, push_lease
 from ._remote import temp_dir_for
 from ._repository import READ_JOBS, Repository, Target
 from ._transfer import TransferPool, parallel_map
-from ._verify import damaged_reused_layers, quarantine
+from ._verify import damaged_reused_layers
 
 
 def _unique(items: List[str]) -> List[str]:
@@ -259,14 +259,14 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         # Stored copies that cannot be this layer: move them aside and upload the layer again
         # (a second pass over `docker save`, in this rare case only).
         for oid in damaged:
-            quarantine(repo, plan.present.pop(oid).key)
+            repo.quarantine(plan.present.pop(oid).key)
         again = _save_and_upload(daemon, repo, plan, set(damaged), compression, jobs, uploaded, progress)
         saved.layers.update(again.layers)
         plan.missing.extend(damaged)
         result.update(plan.result(), layers_repaired=["sha256:" + oid for oid in damaged])
     config_key = blob_key(plan.config_oid)
     if not repo.remote.put(config_key, saved.config_bytes) and sha256_hex(repo.remote.get(config_key)) != plan.config_oid:
-        quarantine(repo, config_key)        # a damaged stored config: replace it
+        repo.quarantine(config_key)        # a damaged stored config: replace it
         repo.remote.put(config_key, saved.config_bytes)
     layers = []
     for oid in saved.diff_ids:
@@ -319,6 +319,7 @@ class PullPlan:
     missing: List[LayerEntry] = field(default_factory=list)      # what must be downloaded
     skipped: List[LayerEntry] = field(default_factory=list)      # what the daemon already has
     containerd: bool = False
+    signature: Optional[object] = None      # _signing.Verified, when a policy required one
 
     @property
     def daemon_image_id(self) -> str:
@@ -355,14 +356,19 @@ class PullPlan:
             "layers_transferred": ["sha256:" + layer.oid for layer in self.missing],
             "layers_skipped": ["sha256:" + layer.oid for layer in self.skipped],
             "bytes_transferred": sum(layer.stored_size for layer in self.missing),
+            **({"signature": self.signature.result()} if self.signature is not None else {}),
         }
 
 
-def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
+def plan_pull(daemon: Daemon, repo: Repository, requested: str, policy=None) -> PullPlan:
+    """`policy` (a _signing.Policy): refuse, before Docker is asked anything, what no trusted key signed."""
     repo.check()
-    ref, manifest_oid = repo.resolve(requested, daemon.platform)
+    ref, target = repo.resolve_target(requested)
+    # the tag is read once: what is verified is what is loaded (an index's signature pins its platforms)
+    signature = policy.require(repo, target, str(ref or requested)) if policy is not None else None
+    manifest_oid = repo.image_for(target, daemon.platform, str(ref))
     manifest = repo.read_manifest(manifest_oid)
-    plan = PullPlan(requested, ref, manifest_oid, manifest, containerd=daemon.containerd_store)
+    plan = PullPlan(requested, ref, manifest_oid, manifest, containerd=daemon.containerd_store, signature=signature)
     info = daemon.inspect(plan.daemon_image_id)
     if info is not None and image_layers(info) == [layer.oid for layer in manifest.layers]:
         plan.image_present = True

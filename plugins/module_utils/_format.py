@@ -14,12 +14,13 @@ Keys, relative to the remote's root::
     images/sha256/<config-hex>             "sha256:<manifest-hex>": finds a manifest by image ID (prefix)
     sources/sha256/<daemon-id-hex>         "sha256:<manifest-hex>": what a push from a containerd image
                                            store stored for that daemon image ID (a checked hint)
-    pushed/sha256/<blob-hex>               what a layer pushed through the registry API became (a hint)
+    pushed/sha256/<blob-hex>               what a blob pushed through the registry API was stored as (a hint)
     repositories/<name>/_tags/<tag>        "sha256:<manifest-hex>": the only objects ever rewritten
 
 Version 2 adds any OCI content pushed through the registry API, stored verbatim:
 
     blobs/<alg>/<ab>/<hex>                 any blob, as pushed (alg: sha256 or sha512)
+    pushed/<alg>/<hex>                     its push record, as pushed/sha256/ above
     oci-manifests/<alg>/<hex>              an image manifest, index or artifact manifest, as pushed
     referrers/<alg>/<subject-hex>/<alg>-<hex>   descriptor of a manifest whose subject is <subject>
     repositories/<name>/_tags/<tag>        or an OCI descriptor (canonical JSON) of a verbatim manifest
@@ -177,12 +178,13 @@ def source_key(daemon_id_hex: str) -> str:
     return "sources/sha256/%s" % daemon_id_hex
 
 
-PUSHED_PREFIX = "pushed/sha256/"
+PUSHED_PREFIX = "pushed/"
 
 
-def pushed_key(blob_hex: str) -> str:
-    """The record of a layer blob pushed compressed through the registry API (see _registry_push)."""
-    return PUSHED_PREFIX + blob_hex
+def pushed_key(digest: str) -> str:
+    """pushed/<alg>/<hex>: the record of a blob pushed through the registry API (see _registry_push)."""
+    algo, hexdigest = split_digest(digest)
+    return "%s%s/%s" % (PUSHED_PREFIX, algo, hexdigest)
 
 
 def tag_key(name: str, tag: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -35,13 +36,15 @@ from ._errors import (
     RemoteNotFoundError,
 )
 from ._format import (
-    OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, Manifest, blob_key, load_json, object_key,
-    referrers_prefix, sha256_hex, split_digest,
+    OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, LayerEntry, Manifest, blob_key, load_json,
+    object_key, referrers_prefix, sha256_hex, split_digest,
 )
 from ._metrics import Metrics
-from ._registry_push import MAX_MANIFEST, ApiError, RegistryWriter
+from ._registry_push import MAX_MANIFEST, SMALL_BLOB, ApiError, RegistryWriter, StoredBlobs
 from ._remote import Remote
 from ._repository import Repository
+from ._signing import SignatureError
+from ._verify import read_verified
 
 # distribution's reference grammar for repository paths (no domain: that is the host we are)
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -213,12 +216,14 @@ class RegistryApi:
     MAX_CONFIGS = 1000      # verified image configs kept in memory (kilobytes each)
 
     def __init__(self, repo: Repository, cache=None, metrics: Optional[Metrics] = None,
-                 writer: Optional[RegistryWriter] = None, puller=None):
+                 writer: Optional[RegistryWriter] = None, puller=None, policy=None):
         """`cache`: a _blob_cache.BlobCache for stored layers (None: every read goes to the remote);
         `writer`: takes pushes (None: the registry is read-only); `puller(image) -> result dict`:
         loads an image from the remote into the local Docker (POST /dogestry/pull?image=NAME:TAG,
-        the original's server-side pulls; None: no such endpoint)."""
+        the original's server-side pulls; None: no such endpoint); `policy`: a _signing.Policy that
+        every image manifest served must satisfy (None: serve what is stored)."""
         self.repo = repo
+        self.policy = policy
         self.cache = cache
         self.writer = writer
         self.puller = puller
@@ -387,6 +392,8 @@ class RegistryApi:
                 result = self.puller(image)
             except ImageReferenceError as exc:
                 raise ApiError(404, "MANIFEST_UNKNOWN", str(exc))
+            except SignatureError as exc:
+                raise ApiError(403, "DENIED", str(exc))
             except DockerError as exc:
                 raise ApiError(502, "UNKNOWN", str(exc))
         return self._json(result, False)
@@ -426,7 +433,7 @@ class RegistryApi:
             if ":" not in ref and not _TAG.match(ref):
                 raise ApiError(400, "TAG_INVALID", "invalid tag %r" % ref[:130])
             digest, manifest = writer.put_manifest(name, ref, _header(headers, "content-type"), body,
-                                                   self._thin_manifest_exists)
+                                                   self._thin_manifest_exists, self._vouched)
             extra = [("OCI-Subject", manifest.subject.digest)] if manifest.subject is not None else []
             return self._empty(201, [("Location", "/v2/%s/manifests/%s" % (name, digest)),
                                      ("Docker-Content-Digest", digest)] + extra)
@@ -470,14 +477,26 @@ class RegistryApi:
                         + list(extra), b"", 0)
 
     def _blob_size(self, digest: str) -> Optional[int]:
-        """Size of a blob this registry can vouch for: stored as pushed, or a layer of a stored image."""
+        vouched = self._vouched(digest)
+        return vouched[0] if vouched is not None else None
+
+    def _vouched(self, digest: str) -> Optional[Tuple[int, str]]:
+        """(size, key) of a blob this registry vouches for to a push (a mount, the blobs a manifest names):
+        stored as pushed and still what was pushed, or a layer or config of a stored image, stored whole."""
         key = object_key(digest)
         found = self.repo.remote.stat([key]).get(key)
-        if found is not None:
-            return found.size
-        with self._lock:
-            info = self._blobs.get(digest.partition(":")[2]) if digest.startswith("sha256:") else None
-        return info.size if info is not None and self._stored(info) else None
+        if found is not None and self._stored_blobs().vouches(digest, found.size):
+            return found.size, key
+        return self._image_blob(digest)
+
+    def _image_blob(self, digest: str) -> Optional[Tuple[int, str]]:
+        """(size, key) of a layer or config of a stored image, stored whole: its manifest tells what it was
+        stored as (no push record needed)."""
+        info = self._known(self._blobs, digest[7:], _monotonic) if digest.startswith("sha256:") else None
+        return (info.size, blob_key(info.oid, info.encoding or "none")) if info is not None and self._stored(info) else None
+
+    def _stored_blobs(self) -> StoredBlobs:
+        return self.writer.blobs if self.writer is not None else StoredBlobs(self.repo)
 
     def _thin_manifest_exists(self, digest: str) -> bool:
         """An index may name an image dogestry_push stored, by the digest of its Manifest.oci_bytes()."""
@@ -547,13 +566,14 @@ class RegistryApi:
         return self._json({"repositories": page}, head, extra=extra)
 
     def _manifest(self, names: List[str], ref: str, accept: List[str], head: bool, clock) -> Response:
+        what = "%s%s%s" % (names[-1], "@" if ":" in ref else ":", ref)     # for a refusal's message
         if ":" in ref:
             digest = self._digest(ref)
             with self._lock:       # an image this API has shown already: no remote request
                 target: Union[str, Descriptor, None] = self._by_digest.get(digest[7:]) if digest.startswith("sha256:") else None
             if target is None and self._holds_images():
                 try:
-                    return self._verbatim_manifest(Descriptor("", digest, 0), head)
+                    return self._verbatim_manifest(Descriptor("", digest, 0), head, what)
                 except RemoteNotFoundError:
                     pass
                 if digest.startswith("sha256:"):
@@ -566,7 +586,7 @@ class RegistryApi:
             _name, target = self._resolve_tag(names, ref)
             if isinstance(target, Descriptor):
                 try:
-                    return self._verbatim_manifest(target, head)
+                    return self._verbatim_manifest(target, head, what)
                 except RemoteNotFoundError:
                     raise ApiError(404, "MANIFEST_UNKNOWN", "tag %s names manifest %s, which is missing from the "
                                    "remote" % (ref, target.digest))
@@ -574,12 +594,25 @@ class RegistryApi:
         if not accepts_oci(accept):
             raise ApiError(404, "MANIFEST_UNKNOWN",
                            "the image is served only as %s, which the Accept header leaves out" % OCI_MANIFEST_MEDIA_TYPE)
+        self._admit("sha256:" + digest, None, what)
         return self._manifest_response(OCI_MANIFEST_MEDIA_TYPE, "sha256:" + digest, body, head)
 
-    def _verbatim_manifest(self, target: Descriptor, head: bool) -> Response:
+    def _verbatim_manifest(self, target: Descriptor, head: bool, what: str) -> Response:
         """A manifest, index or artifact stored as pushed (read and verified; RemoteNotFoundError if absent)."""
         manifest = self.repo.read_oci_manifest(target.digest)
+        self._admit(target.digest, manifest, what)
         return self._manifest_response(manifest.media_type, target.digest, manifest.data, head)
+
+    def _admit(self, digest: str, manifest, what: str) -> None:
+        """With a signature policy, an image Docker could run is served only if a trusted key signed it (or a
+        signed index served here names it): 403 DENIED, saying why. Signatures themselves stay readable."""
+        if self.policy is not None:
+            try:
+                self.policy.admit(self.repo, digest, manifest, what)
+            except SignatureError as exc:
+                # Docker shows a HEAD's status only: the reason goes to the accelerator's log too
+                logging.getLogger("dogestry.serve").warning("refused: %s", exc)
+                raise ApiError(403, "DENIED", str(exc))
 
     @staticmethod
     def _manifest_response(media_type: str, digest: str, body: bytes, head: bool) -> Response:
@@ -672,6 +705,9 @@ class RegistryApi:
 
     def _verbatim_blob(self, digest: str, key: str, size: int, range_header: Optional[str], head: bool) -> Response:
         """A blob stored as pushed: streamed from the remote (through the cache), verified as it goes."""
+        if head and not (self._stored_blobs().vouches(digest, size)       # a push would skip sending it
+                         or (self._image_blob(digest) or (0, None))[1] == key):
+            raise ApiError(404, "BLOB_UNKNOWN", "blob %s on this remote is damaged: push it again" % digest)
         span = parse_range(range_header, size)
         start, end = span if span else (0, size - 1)
         length = end - start + 1 if size else 0
@@ -719,10 +755,25 @@ class RegistryApi:
         return None, _pieces(pieces)
 
     def _stored(self, info: BlobInfo) -> bool:
-        """The remote still holds the blob. A HEAD answers what a push will rely on (a blob it need not
-        send), so it is checked, not taken from memory: a prune may have removed an untagged image's blobs."""
+        """The remote still holds the blob whole. A HEAD answers what a push will rely on (a blob it need not
+        send), so it is checked, not taken from memory: a prune may have removed an untagged image's blobs,
+        and a damaged copy must be sent again. Its size must be the stored size its manifest gives; a small
+        blob is read and verified."""
         key = blob_key(info.oid, info.encoding or "none")
-        return key in self.repo.remote.stat([key])
+        found = self.repo.remote.stat([key]).get(key)
+        expected = info.manifest.config_size if info.encoding is None else self._stored_size(info)
+        if found is None or (expected is not None and found.size != expected):
+            return False
+        if found.size > SMALL_BLOB:
+            return True
+        layer = LayerEntry(info.oid, info.size, info.encoding or "none", found.size)
+        try:
+            if info.encoding is None:
+                return sha256_hex(self.repo.remote.get(key)) == info.oid
+            read_verified(self.repo, layer, "layer sha256:%s on %s" % (info.oid, self.repo.url))
+            return True
+        except (BlobCorruptError, RemoteNotFoundError, FormatError):
+            return False
 
     @staticmethod
     def _stored_size(info: BlobInfo) -> Optional[int]:

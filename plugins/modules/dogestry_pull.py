@@ -20,7 +20,8 @@ description:
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
-  - dogestry.dogestry.remote.docker
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.requirements
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -65,6 +66,32 @@ options:
         pull's own before Docker sees a byte, and a peer that is down, slow or lying costs a fall-back to the
         next peer or the remote, never the pull.
     type: path
+  trusted_keys:
+    description:
+      - Refuse the image, before anything reaches Docker, unless one of these keys signed the manifest digest
+        the tag names (with M(dogestry.dogestry.dogestry_sign), or C(cosign sign --key) through C(dogestry serve)).
+        The task then fails with one line saying why (no signature, a key that is not trusted, a signature of
+        another digest, a malformed signature).
+      - Each item is a PEM public key or certificate (its text), or the path of a file holding one. Several
+        keys allow a rotation, old and new trusted at once.
+      - A tag naming a multi-platform index needs the index signed; its signature covers the platform images
+        it names. An image pulled by image-ID prefix needs the digest of the image as M(dogestry.dogestry.dogestry_push)
+        stored it signed; pull an image pushed through C(dogestry serve) by its tag.
+      - Signatures are found by listing the remote, so this needs a directory or S3 remote (not an HTTPS remote
+        or a signed pull URL).
+      - Leave it out (or empty) to pull without checking signatures.
+    type: list
+    elements: str
+requirements:
+  - cryptography >= 38.0 (with O(trusted_keys))
+seealso:
+  - module: dogestry.dogestry.dogestry_push
+  - module: dogestry.dogestry.dogestry_signed_url
+  - module: dogestry.dogestry.dogestry_tag_info
+  - module: community.docker.docker_image_load
+    description: Loads a C(docker save) archive into a daemon, as this module does with only the layers it lacks.
+  - module: community.docker.docker_image_pull
+    description: Pulls an image from a registry.
 author:
   - dogestry developers (@dogestry)
 """
@@ -84,6 +111,14 @@ EXAMPLES = r"""
 - name: Pull with nothing but a signed URL (see dogestry_signed_url)
   dogestry.dogestry.dogestry_pull:
     signed_url: "{{ pull_url.url }}"
+
+- name: Pull a release only if the release key (or the key it replaces) signed it
+  dogestry.dogestry.dogestry_pull:
+    remote: s3://ops-goodies/docker-repo/
+    image: myapp:20131210
+    trusted_keys:
+      - /etc/dogestry/release-2026.pub
+      - "{{ lookup('file', 'keys/release-2025.pub') }}"
 
 - name: Pull by image ID prefix
   dogestry.dogestry.dogestry_pull:
@@ -141,6 +176,23 @@ bytes_transferred:
   returned: always
   type: int
   sample: 1412767
+signature:
+  description: The signature that admitted the image, with O(trusted_keys) only.
+  returned: when O(trusted_keys) is given
+  type: dict
+  contains:
+    digest:
+      description: The manifest digest that is signed.
+      type: str
+    key_id:
+      description: The id of the trusted key that signed it (base64 sha256 of its DER public key, cosign's key hint).
+      type: str
+    key:
+      description: "Which trusted key that is, its path, or V(trusted key #2) for the second one given as PEM text."
+      type: str
+    signature:
+      description: Digest of the signature's manifest on the remote.
+      type: str
 reason:
   description:
     - What was done, or null. In check mode, what would be done (C(... to download), C(tag would be set)).
@@ -149,10 +201,15 @@ reason:
   sample: "myapp:20131210: 1 of 3 layers (12.0 MiB) downloaded"
 """
 
+from ansible.module_utils.basic import missing_required_lib
+
 from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_pull, human_size, plan_pull
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import looks_like_id_prefix, parse_image_ref
 from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._signing import (
+    CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, Policy, load_trusted_keys,
+)
 
 
 class DogestryPuller:
@@ -166,10 +223,15 @@ class DogestryPuller:
         self.image = self.image or getattr(self.repo.remote, "image", None)
         if not self.image:
             raise DogestryError("image is required: name the image to pull from %s" % self.repo.url)
+        self.policy = None
+        if module.params["trusted_keys"]:
+            if not HAS_CRYPTOGRAPHY:
+                module.module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
+            self.policy = Policy(load_trusted_keys(module.params["trusted_keys"]))
         self.daemon = module.daemon()
 
     def pull(self):
-        plan = plan_pull(self.daemon, self.repo, self.image)
+        plan = plan_pull(self.daemon, self.repo, self.image, self.policy)
         if self.module.check_mode:
             result = plan.result()
         else:
@@ -199,6 +261,7 @@ def main():
         signed_url=dict(type="str", no_log=True),
         image=dict(type="str", aliases=["name"]),
         peers_file=dict(type="path"),
+        trusted_keys=dict(type="list", elements="str", no_log=False),
     )
     # Not mutually exclusive: `remote` often comes from the action group's module_defaults; signed_url wins.
     module = DogestryModule(argument_spec, supports_check_mode=True, required_one_of=[("remote", "signed_url")])

@@ -19,7 +19,8 @@ description:
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
-  - dogestry.dogestry.remote.docker
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.requirements
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -46,6 +47,14 @@ options:
     type: str
     choices: [lz4, none]
     default: lz4
+seealso:
+  - module: dogestry.dogestry.dogestry_pull
+  - module: dogestry.dogestry.dogestry_tag
+  - module: dogestry.dogestry.dogestry_signed_url
+  - module: community.docker.docker_image_push
+    description: Pushes an image to a registry.
+  - module: community.docker.docker_image_export
+    description: Writes images to a C(docker save) archive, as this module reads them.
 author:
   - dogestry developers (@dogestry)
 """
@@ -63,11 +72,15 @@ EXAMPLES = r"""
     remote: s3://ops-goodies/docker-repo/?region=us-west-2
     images: [myapp:20131210]
 
-- name: Push from a remote Docker daemon to a MinIO bucket
+- name: Push from a Docker daemon behind TLS (dockerd --tlsverify) to a MinIO bucket
   dogestry.dogestry.dogestry_push:
     remote: s3://images/prod/
     endpoint_url: https://minio.internal:9000
-    docker_host: tcp://build-1:2375
+    docker_host: tcp://build-1:2376
+    validate_certs: true                # the daemon's certificate, as in community.docker
+    ca_path: /etc/dogestry/docker/ca.pem
+    client_cert: /etc/dogestry/docker/cert.pem
+    client_key: /etc/dogestry/docker/key.pem
     images: [myapp:20131210]
 """
 

@@ -48,7 +48,9 @@ def test_the_built_collection_holds_no_ignored_file_and_its_modules_run_installe
     installed = tmp_path / "collections"
     installed.mkdir()
     # --no-deps: community.docker comes from Galaxy, which tests cannot reach; dogestry_tags needs nothing else.
-    galaxy("collection", "install", "--no-deps", "-p", str(installed), artifact, cwd=str(tmp_path))
+    # Only that path is looked at: a copy installed elsewhere on this machine must not make the install a no-op.
+    galaxy("collection", "install", "--no-deps", "-p", str(installed), artifact, cwd=str(tmp_path),
+           env={"ANSIBLE_COLLECTIONS_PATH": str(installed)})
     assert sorted(os.listdir(str(installed / "ansible_collections"))) == ["dogestry"]
 
     from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote

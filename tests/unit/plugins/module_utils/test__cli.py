@@ -48,9 +48,44 @@ def test_engine_never_imports_the_front_end_and_the_front_end_never_imports_ansi
     (["tags", "s3://b/p", "app*:1*", "--endpoint-url", "http://x"], "endpoint_url", "http://x"),
     (["serve", "/r"], "listen", "127.0.0.1:22375"),
     (["push", "/r", "a:1", "b:2", "--json"], "images", ["a:1", "b:2"]),
+    (["pull", "/r", "a:1", "--trusted-key", "new.pub", "--trusted-key", "old.pub"], "trusted_key", ["new.pub", "old.pub"]),
+    (["serve", "/r", "--require-signature", "release.pub"], "require_signature", ["release.pub"]),
+    (["sign", "/r", "a:1", "--key", "release.pem"], "key", "release.pem"),
 ])
 def test_parser(argv, attr, value):
     assert getattr(_cli.build_parser().parse_args(argv), attr) == value
+
+
+@pytest.mark.parametrize("argv,attrs", [
+    (["push", "/r", "a:1", "--tlsverify", "--tlscacert", "ca", "--tlscert", "c", "--tlskey", "k"],
+     dict(tlsverify=True, tls=False, tlscacert="ca", tlscert="c", tlskey="k")),
+    (["pull", "/r", "a:1", "--tls"], dict(tls=True, tlsverify=False)),
+    (["pull", "/r", "a:1", "--no-verify-certs"], dict(validate_certs=False)),      # the S3 flag's old name
+    (["pull", "/r", "a:1", "--s3-no-verify-certs"], dict(validate_certs=False, tlsverify=False)),
+])
+def test_docker_tls_flags(argv, attrs, monkeypatch):
+    for name in ("DOCKER_TLS", "DOCKER_TLS_VERIFY"):
+        monkeypatch.delenv(name, raising=False)
+    args = _cli.build_parser().parse_args(argv)
+    assert {name: getattr(args, name) for name in attrs} == attrs
+
+
+def test_docker_tls_environment(monkeypatch):
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_TIMEOUT", "42")
+    monkeypatch.setenv("DOCKER_TLS_HOSTNAME", "dockerd.example")
+    args = _cli.build_parser().parse_args(["pull", "/r", "a:1"])
+    assert (args.tlsverify, args.timeout, args.tls_hostname) == (True, 42, "dockerd.example")
+
+
+def test_one_grace_period_default_for_the_module_and_the_cli():
+    """dogestry_prune and `dogestry prune` keep the same unreferenced data when neither is told a grace period."""
+    import importlib
+    prune_module = importlib.import_module("ansible_collections.dogestry.dogestry.plugins.modules.dogestry_prune")
+    import yaml
+    documented = yaml.safe_load(prune_module.DOCUMENTATION)["options"]["grace_period"]["default"]
+    cli_default = _cli.build_parser().parse_args(["prune", "/r"]).grace_period
+    assert _cli._duration(documented) == cli_default == 7 * 86400, (documented, cli_default)
 
 
 @pytest.mark.parametrize("argv", [["push", "/r"], ["pull", "/r", "a", "--jobs", "0"], ["prune", "/r", "--grace-period", "1y"],

@@ -42,7 +42,7 @@ def test_every_requirements_file_states_the_table_minimums(where):
 
 
 def test_the_module_docs_state_the_table_minimums():
-    stated = _minimums(_read("plugins", "doc_fragments", "remote.py"),
+    stated = _minimums(_read("plugins", "doc_fragments", "remote.py") + _read("plugins", "doc_fragments", "docker.py"),
                        r"^-\s*(%s)\b[^>]*>=\s*([0-9][0-9.]*)")
     assert sorted(stated) == sorted(MINIMUM_VERSIONS), stated
     wrong = {name: (stated[name], MINIMUM_VERSIONS[name]) for name in stated if not _same(stated[name], MINIMUM_VERSIONS[name])}
