@@ -76,7 +76,7 @@ class Settings:
     failure_memory: float = 15.0    # seconds a peer that failed is skipped
     liar_memory: float = 600.0      # seconds a peer that served wrong bytes is skipped
     max_failures: int = 2           # peers one fetch may find failing before it reads the remote
-    busy_budget: float = 60.0       # seconds one fetch may be sent away by busy peers before it reads the remote
+    busy_budget: float = 60.0       # seconds one fetch may be sent away by busy peers (since its owner last changed) before it reads the remote
     first_retry: float = 0.05       # seconds before a busy owner is asked again, doubled each time ...
     max_retry: float = 2.0          # ... up to this
     max_uploads: int = 2            # peer transfers a host serves at once (benchmarks/peer_sim.py: 2 beats 4 and 8)
@@ -256,6 +256,8 @@ class Fetch:
             self._busy_since = None
         elif outcome == FAILED:
             self.health.failed(step.peer, why or "failed")
+            if step.mode == "owner":    # its successor fetches the object afresh: the wait for a turn starts over
+                self._busy_since = None
             if step.peer not in self._failed:   # a dead owner probed again after its memory ran out: once
                 self._failed.add(step.peer)
                 self.failures += 1

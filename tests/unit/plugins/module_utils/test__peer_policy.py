@@ -123,6 +123,30 @@ def test_peers_busy_for_longer_than_the_budget_send_the_fetch_to_the_remote():
     assert "busy" in fetch.why_remote
 
 
+def test_the_busy_budget_starts_over_at_the_next_owner_when_the_owner_fails():
+    """An owner that dies after keeping a fetch waiting: its successor fetches the object afresh and serves the
+    fleet as a new tree, and the fetch waits its turn there (benchmarks/peer_sim.py --failures, 1,000 hosts:
+    the owner of the largest layer killed sent 151x the release to the remote while the budget ran on)."""
+    key = "blobs/sha256/ab/%s" % HEX
+    clock = Clock()
+    first, successor = ranked(key, PEERS)[:2]
+    fetch = fetch_of(key, clock=clock, settings=Settings(busy_budget=10.0))
+    fetch.answered(Step("peer", first, "owner"), BUSY)
+    assert fetch.next().source == "wait"
+    clock.now += 8.0
+    fetch.answered(Step("peer", first, "owner"), FAILED, why="killed")
+    assert fetch.next() == Step("peer", successor, "owner")
+    clock.now += 1.0
+    fetch.answered(Step("peer", successor, "owner"), BUSY)
+    assert fetch.next().source == "wait"
+    clock.now += 5.0        # 14 s since the first busy answer, 5 s at the successor
+    fetch.answered(Step("peer", successor, "owner"), BUSY)
+    assert fetch.next().source == "wait" and fetch.why_remote == ""
+    clock.now += 5.5
+    fetch.answered(Step("peer", successor, "owner"), BUSY)
+    assert fetch.next() == Step("remote") and "busy" in fetch.why_remote
+
+
 def test_an_owner_whose_remote_lacks_the_object_lets_the_remote_say_so():
     key = "manifests/sha256/%s" % HEX
     fetch = fetch_of(key)
