@@ -424,8 +424,8 @@ def main():
             started = time.process_time()
             got = simulate(args, way, hosts, args.failures)
             note = " (unfinished: %s)" % got["unfinished"][:5] if got["unfinished"] else ""
-            print("| %d | %s | %.2f | %.2f | %.1f s%s | %.1f s |" % (hosts, way, got["remote"], got["busiest"], got["time"],
-                                                                 note, time.process_time() - started))
+            print("| %d | %s | %.2f | %.2f | %.1f s%s | %.1f s |"
+                  % (hosts, way, got["remote"], got["busiest"], got["time"], note, time.process_time() - started))
             sys.stdout.flush()
 
 

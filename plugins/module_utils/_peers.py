@@ -150,8 +150,8 @@ def verifier_for(key: str, what: str) -> Callable[[Reader], Iterator[bytes]]:
                 break
             yield chunk
         if hasher.hexdigest() != promise.hexdigest:
-            raise BlobCorruptError("%s is corrupt: its content hashes to %s:%s" % (what, promise.algorithm,
-                                                                                    hasher.hexdigest()))
+            raise BlobCorruptError("%s is corrupt: its content hashes to %s:%s"
+                                   % (what, promise.algorithm, hasher.hexdigest()))
     return verify
 
 
@@ -307,8 +307,8 @@ class PeerClient:
     def get(self, key: str) -> bytes:
         """A whole small object (a manifest, a config), verified against its key: if a peer served wrong
         bytes, it is blamed and the remote read instead."""
-        too_big = lambda: BlobCorruptError("%s from peers is over %d MiB: not a metadata object"  # noqa: E731
-                                           % (key, MAX_SMALL_OBJECT >> 20))
+        def too_big():
+            return BlobCorruptError("%s from peers is over %d MiB: not a metadata object" % (key, MAX_SMALL_OBJECT >> 20))
         if self.cache is not None:
             with self.cache.open(key, lambda: self.open(key), verifier_for(key, "%s on %s" % (key, self.remote.url))) \
                     as reader:
@@ -534,8 +534,8 @@ class PeerReader(Reader):
             try:
                 data = self._body.read(count)
                 if not data and self._size is not None and self._offset < self._size:
-                    raise PeerFailure("broken", "%s ended %s at byte %d of %d" % (self._step.peer, self._key,
-                                                                                   self._offset, self._size))
+                    raise PeerFailure("broken", "%s ended %s at byte %d of %d"
+                                      % (self._step.peer, self._key, self._offset, self._size))
             except (OSError, http.client.HTTPException, PeerFailure) as exc:
                 failure = exc if isinstance(exc, PeerFailure) else PeerFailure(
                     "timeout" if isinstance(exc, socket.timeout) else "broken",

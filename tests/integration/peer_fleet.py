@@ -108,8 +108,8 @@ class Host:
             if "dogestry: serving" in self.output()[self.log_start:]:
                 return
             if self.proc.poll() is not None:
-                raise AssertionError("dogestry serve of host %d exited %d:\n%s" % (self.index, self.proc.returncode,
-                                                                                 self.output()[-3000:]))
+                raise AssertionError("dogestry serve of host %d exited %d:\n%s"
+                                     % (self.index, self.proc.returncode, self.output()[-3000:]))
             time.sleep(0.05)
         raise AssertionError("dogestry serve of host %d did not start:\n%s" % (self.index, self.output()[-3000:]))
 

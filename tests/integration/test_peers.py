@@ -232,7 +232,8 @@ class _Mirror:
     """A static HTTP server over a directory: a second copy of the remote, as a CDN would serve it."""
 
     def __init__(self, root):
-        handler = lambda *args, **kwargs: _Quiet(*args, directory=root, **kwargs)  # noqa: E731
+        def handler(*args, **kwargs):
+            return _Quiet(*args, directory=root, **kwargs)
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = "http://127.0.0.1:%d/" % self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -119,7 +119,7 @@ def test_peers_busy_for_longer_than_the_budget_send_the_fetch_to_the_remote():
     clock.now += 10.5
     step = Step("peer", step.peer, "owner")
     fetch.answered(step, BUSY)
-    assert [fetch.next() for _ in range(2)] == [Step("remote")] * 2
+    assert [fetch.next() for _attempt in range(2)] == [Step("remote")] * 2
     assert "busy" in fetch.why_remote
 
 
@@ -176,7 +176,7 @@ def test_peers_that_served_wrong_bytes_are_skipped_for_the_liar_memory():
 
 def test_uploads_stop_at_their_limit():
     uploads = Uploads(2)
-    assert [uploads.start() for _ in range(3)] == [True, True, False]
+    assert [uploads.start() for _slot in range(3)] == [True, True, False]
     uploads.end()
     assert uploads.start()
 
