@@ -21,6 +21,15 @@ options:
         signed pull URL minted by M(dogestry.dogestry.dogestry_signed_url).
     type: str
     required: true
+  fallback_remotes:
+    description:
+      - More copies of O(remote) (a replica bucket in another region, an HTTP mirror), read in this order when the
+        ones before them fail; every byte is verified as always, and writes go to O(remote) only.
+      - A copy that failed is tried last for 30 seconds. For a tag the first copy that answers decides; a blob
+        or manifest a copy lacks is looked for in the next ones.
+    type: list
+    elements: str
+    default: []
   jobs:
     description:
       - How many transfers run at the same time (blobs on push; parts of a layer on S3 pulls), from 1 to 64.

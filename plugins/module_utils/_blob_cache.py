@@ -14,6 +14,12 @@ the fetch need not hash those bytes again. Readers of an entry decode and verify
 it, and drop an entry that fails. A cache that cannot keep up (a full or failing disk, too many
 fetches at once) degrades to reading the remote directly, still checked: a download never fails
 because of the cache.
+
+A fetch whose reader is `untrusted` (bytes from fleet peers, _peers) is hidden: its readers see no
+byte of it until the whole object is verified. If it is not the object, the reader blames the peers
+that served it and gives a reader of it from the next source (`fallback()`: other peers, the remote
+last), whose bytes replace them; the readers never notice. Entries that land are announced (`on_stored`), so this host can serve them
+to peers.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import threading
 import uuid
 from typing import Callable, Iterator, Optional
 
-from ._errors import BlobCorruptError
+from ._errors import BlobCorruptError, DogestryError
 from ._remote import Reader
 
 MAX_FETCHES = 64        # blobs fetched into the cache at once; more are served straight from the remote
@@ -40,12 +46,20 @@ class _CacheWriteError(Exception):
 class _Fetch:
     """One fetch of a blob into a temp file: how much is written, and how it ended."""
 
-    def __init__(self, tmp: str, fd: int):
-        self.tmp, self.fd = tmp, fd
+    def __init__(self, tmp: str, fd: int, key: str):
+        self.tmp, self.fd, self.key = tmp, fd, key
         self.changed = threading.Condition()
         self.written = 0
+        self.hidden = False     # bytes from untrusted peers: readers see them only once all are verified
         self.done = False
         self.error: Optional[BaseException] = None     # when done: None, or why the fetch failed
+
+    def rewind(self) -> None:
+        """Drop what was written (nobody has read it: the fetch is hidden), to write the object afresh."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        with self.changed:
+            self.written = 0
 
 
 class _Tee(Reader):
@@ -90,9 +104,10 @@ class _Follower(Reader):
             return self._direct.read(size)
         flight = self._flight
         with flight.changed:
-            while flight.written <= self._offset and not flight.done:
+            while (flight.hidden or flight.written <= self._offset) and not flight.done:
                 flight.changed.wait()
-            available, error = flight.written - self._offset, flight.error
+            visible = 0 if flight.hidden and flight.error is not None else flight.written    # never unverified peer bytes
+            available, error = visible - self._offset, flight.error
         if available > 0:
             data = os.pread(self._fd, min(size, available), self._offset)
             self._offset += len(data)
@@ -206,8 +221,14 @@ class _Cached(Reader):
     def __init__(self, cache: "BlobCache", key: str, handle):
         self._cache, self._key, self._handle = cache, key, handle
 
+    @property
+    def size(self) -> int:
+        return os.fstat(self._handle.fileno()).st_size
+
     def read(self, size: int = -1) -> bytes:
-        return self._handle.read(size)
+        data = self._handle.read(size)
+        self._cache.on_bytes("cache", len(data))
+        return data
 
     def seek(self, offset: int) -> None:
         self._handle.seek(offset)
@@ -247,11 +268,15 @@ class Uncached(Reader):
 class BlobCache:
     def __init__(self, root: str, max_bytes: int, on_hit: Callable[[], None] = lambda: None,
                  on_miss: Callable[[], None] = lambda: None, max_fetches: int = MAX_FETCHES,
-                 on_evict: Callable[[], None] = lambda: None):
+                 on_evict: Callable[[], None] = lambda: None,
+                 on_bytes: Callable[[str, int], None] = lambda source, count: None,
+                 on_stored: Callable[[str], None] = lambda key: None):
+        """`on_bytes("cache", n)`: bytes read from entries; `on_stored(key)`: an object became an entry."""
         self.root = os.path.abspath(root)
         self.max_bytes = max_bytes
         self.max_fetches = max_fetches
         self._on_hit, self._on_miss, self._on_evict = on_hit, on_miss, on_evict
+        self.on_bytes, self.on_stored = on_bytes, on_stored
         self._lock = threading.Lock()
         self._entries: "collections.OrderedDict[str, int]" = collections.OrderedDict()   # least recent first
         self._inflight = {}
@@ -317,7 +342,7 @@ class BlobCache:
                     LOG.warning("cache %s: cannot write (%s): serving %s uncached", self.root, exc.strerror or exc, name)
                     leader = False
                 else:
-                    flight = self._inflight[name] = _Fetch(tmp, fd)
+                    flight = self._inflight[name] = _Fetch(tmp, fd, key)
             follower = None
             if flight is not None:
                 try:
@@ -337,6 +362,11 @@ class BlobCache:
         follower.source = "remote"
         try:
             reader = fetch()
+            if getattr(reader, "untrusted", False):
+                if verifier is None:
+                    reader.close()
+                    raise DogestryError("internal error: bytes from peers for %s with nothing to verify them" % key)
+                flight.hidden = True
         except BaseException as exc:
             follower.close()
             self._land(name, flight, exc)
@@ -346,17 +376,31 @@ class BlobCache:
         return follower
 
     def _run(self, name: str, flight: _Fetch, reader, verifier) -> None:
-        tee = _Tee(reader, flight)
         error = None
         try:
-            for _checked in verifier(tee) if verifier is not None else iter(lambda: tee.read(READ_STEP), b""):
-                pass
+            while True:
+                tee = _Tee(reader, flight)
+                try:
+                    for _checked in verifier(tee) if verifier is not None else iter(lambda: tee.read(READ_STEP), b""):
+                        pass
+                    break
+                except BlobCorruptError:
+                    if not flight.hidden or not getattr(reader, "untrusted", False):
+                        raise
+                    # Peers served wrong bytes, which no reader has seen: blame them, and read it again elsewhere.
+                    reader.blame()
+                    fallback, untrusted = reader.fallback, reader
+                    reader = None
+                    untrusted.close()
+                    flight.rewind()
+                    reader = fallback()
         except BaseException as exc:    # the readers get it (or go on from the remote): nothing is lost here
             error = exc
             if isinstance(exc, _CacheWriteError):
                 LOG.warning("cache %s: %s: serving %s uncached", self.root, exc, name)
         finally:
-            reader.close()
+            if reader is not None:
+                reader.close()
         self._land(name, flight, error)
 
     def _land(self, name: str, flight: _Fetch, error: Optional[BaseException]) -> None:
@@ -379,6 +423,14 @@ class BlobCache:
         with flight.changed:
             flight.done, flight.error = True, error
             flight.changed.notify_all()
+        if keep and name in self:
+            self.on_stored(flight.key)
+
+    def hidden(self, key: str) -> bool:
+        """Whether `key` is being fetched from peers right now (none of it readable until it is verified)."""
+        with self._lock:
+            flight = self._inflight.get(self._name(key))
+        return flight is not None and flight.hidden and not flight.done
 
     def discard(self, key: str) -> None:
         with self._lock:

@@ -29,7 +29,7 @@ from ._prune import DEFAULT_GRACE_PERIOD, parse_duration
 from ._repository import Repository
 
 from ._remote import LocalRemote
-from ._remotes import remote_from_url
+from ._remotes import remote_from_urls
 from ._transfer import MAX_JOBS
 from ._version import require, require_for_url
 
@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--s3-no-verify-certs", "--no-verify-certs", dest="validate_certs", action="store_false",
                     help="do not verify the TLS certificate of the S3 or HTTPS endpoint (a test store)")
     s3.add_argument("--ca-bundle", default=os.environ.get("AWS_CA_BUNDLE"))
+    common.add_argument("--fallback-remote", action="append", default=[], metavar="URL",
+                        help="another copy of REMOTE (a replica, a mirror), read when the ones before it fail; repeatable")
+
+    peers = _Parser(add_help=False)
+    peers.add_argument("--peers-file", metavar="FILE",
+                       help="read content-addressed objects through the fleet's peers named in FILE (JSON)")
 
     # The docker CLI's flags and environment variables (DOCKER_CERT_PATH: see _daemons()).
     docker = _Parser(add_help=False)
@@ -129,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("remote")
     push.add_argument("images", nargs="+", metavar="IMAGE")
     push.add_argument("--compression", choices=["lz4", "none"], default="lz4")
-    pull = commands.add_parser("pull", parents=[common, docker], help="pull an image from REMOTE into Docker")
+    pull = commands.add_parser("pull", parents=[common, docker, peers], help="pull an image from REMOTE into Docker")
     pull.add_argument("remote")
     pull.add_argument("image", metavar="IMAGE")
     pull.add_argument("--trusted-key", action="append", metavar="KEYFILE",
@@ -153,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--sample", type=_non_negative, metavar="N",
                         help="read only N random blobs in full (default: all)")
     verify.add_argument("--repair", action="store_true", help="move damaged objects to quarantine/ on the remote")
-    serve = commands.add_parser("serve", parents=[common], help="serve REMOTE as a registry (pull and push)")
+    warm = commands.add_parser("warm", parents=[common, peers],
+                               help="have the peers that own an image's objects fetch them from REMOTE now")
+    warm.add_argument("remote")
+    warm.add_argument("images", nargs="+", metavar="IMAGE")
+    serve = commands.add_parser("serve", parents=[common, peers], help="serve REMOTE as a registry (pull and push)")
     serve.add_argument("remote")
     serve.add_argument("--listen", default="127.0.0.1:22375", help="HOST:PORT (default 127.0.0.1:22375)")
     serve.add_argument("--threads", type=_positive, default=16)
@@ -170,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--spool-dir", help="where pushed blobs are received (default: a directory remote's staging "
                                            "directory, the system temp dir for S3)")
     serve.add_argument("--max-blob-size", type=_size, default=64 << 30, help="largest blob a push may send (default 64G)")
+    serve.add_argument("--peer-listen", metavar="HOST:PORT",
+                       help="serve the fleet's peers here (HTTPS, the peers file's secret); needs --peers-file")
+    serve.add_argument("--peer-tls-cert", help="certificate (chain) of the peer listener")
+    serve.add_argument("--peer-tls-key", help="... and its private key")
+    serve.add_argument("--peer-threads", type=_positive, default=16, help="peer requests served at once (default 16)")
     serve.add_argument("--require-signature", action="append", metavar="KEYFILE",
                        help="serve an image manifest only if one of these PEM public keys (or certificates) signed it "
                             "(else 403 DENIED); repeatable")
@@ -179,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
 def repository_from_args(args) -> Repository:
     options = {name: getattr(args, name, None) for name in S3_FLAGS}
     options.update(jobs=args.jobs, validate_certs=args.validate_certs, ca_bundle=args.ca_bundle)
-    require_for_url(args.remote)
-    return Repository(remote_from_url(args.remote, **options))
+    urls = [args.remote] + list(getattr(args, "fallback_remote", None) or [])
+    for url in urls:
+        require_for_url(url)
+    return Repository(remote_from_urls(urls, **options))
 
 
 class Output:
@@ -383,12 +400,17 @@ class _SpooledRemote:
 def cmd_pull(args, out: Output) -> int:
     repo = repository_from_args(args)
     daemons = _daemons(args)
-    if len(daemons) > 1 and not isinstance(repo.remote, LocalRemote):   # a directory is read in place
+    peers = args.peers_file is not None
+    if peers or (len(daemons) > 1 and not isinstance(repo.remote, LocalRemote)):   # a directory is read in place
         import shutil
         import tempfile
         spool = tempfile.mkdtemp(prefix="dogestry-pull-")
         try:
-            repo.remote = _SpooledRemote(repo.remote, spool)
+            if peers:       # the peers' bytes verified in the spool before a daemon sees them, each layer fetched once
+                from ._peers import pulling_through_peers
+                repo.remote = pulling_through_peers(repo.remote, args.peers_file, spool)
+            else:
+                repo.remote = _SpooledRemote(repo.remote, spool)
             return _pull_into(repo, daemons, args, out)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
@@ -504,6 +526,32 @@ def cmd_prune(args, out: Output) -> int:
     return 0
 
 
+def cmd_warm(args, out: Output) -> int:
+    """Have the owners of each image's objects fetch them into their caches (publish pre-warms a release this
+    way, so that a deploy reads nothing but tags from the remote)."""
+    from ._peers import PeerClient, PeerConfig
+    from ._format import blob_key, manifest_key
+    if not args.peers_file:
+        raise DogestryError("warm needs --peers-file (the fleet's peers)")
+    repo = repository_from_args(args)
+    repo.check()
+    client = PeerClient(PeerConfig.from_file(args.peers_file, as_peer=False), repo.remote)
+    for image in args.images:
+        ref, oid = repo.resolve(image)
+        manifest = repo.read_manifest(oid)
+        objects = [(manifest_key(oid), None), (manifest.config_key, manifest.config_size)] + \
+            [(layer.key, layer.stored_size) for layer in manifest.layers]
+        owners = {}
+        for key, size in objects:
+            owner = client.warm(key, size)
+            if owner is None:
+                raise DogestryError("no peer of %s took %s: are the accelerators running?" % (args.peers_file, key))
+            owners[key] = owner
+        out.result({"image": str(ref or image), "owners": owners},
+                   "%s: %d object(s) warming on %d peer(s)" % (ref or image, len(owners), len(set(owners.values()))))
+    return 0
+
+
 def cmd_serve(args, out: Output) -> int:
     from ._registry_api import RegistryApi
     from ._server import configure_logging, serve
@@ -530,9 +578,10 @@ def cmd_serve(args, out: Output) -> int:
         from ._blob_cache import BlobCache
         try:
             cache = BlobCache(args.cache_dir, args.cache_size, metrics.cache_hit, metrics.cache_miss,
-                              on_evict=metrics.cache_evicted)
+                              on_evict=metrics.cache_evicted, on_bytes=metrics.blob_bytes)
         except OSError as exc:
             raise DogestryError("--cache-dir %s: %s" % (args.cache_dir, exc.strerror or exc))
+    peers = _serve_peers(args, repo, cache, metrics)
     writer = None
     if not args.read_only:
         from ._registry_push import RegistryWriter
@@ -550,11 +599,38 @@ def cmd_serve(args, out: Output) -> int:
     puller = _puller(repo, args.pull_into, args.timeout_docker, policy) if args.pull_into else None
     try:
         serve(RegistryApi(repo, cache, metrics, writer, puller, policy), args.listen, args.threads, ready, tls,
-              args.htpasswd)
+              args.htpasswd, peers)
     finally:
         if writer is not None:
             writer.close()
     return 0
+
+
+def _serve_peers(args, repo, cache, metrics):
+    """With --peers-file, blobs are read through the fleet's peers (repo.remote becomes a PeerRemote), and with
+    --peer-listen this accelerator serves them too. Returns serve()'s `peers` argument (None: no listener)."""
+    if args.peer_listen and not args.peers_file:
+        raise DogestryError("--peer-listen needs --peers-file (the fleet's peers and secret)")
+    if not args.peers_file:
+        return None
+    if cache is None:
+        raise DogestryError("--peers-file needs --cache-dir: what peers serve is verified there before Docker reads "
+                            "it, and served to the other peers from there")
+    if bool(args.peer_tls_cert) != bool(args.peer_tls_key) or (args.peer_listen and not args.peer_tls_cert):
+        raise DogestryError("--peer-listen needs --peer-tls-cert and --peer-tls-key")
+    from ._peers import PeerApp, PeerClient, PeerConfig, PeerRemote
+    config = PeerConfig.from_file(args.peers_file, as_peer=bool(args.peer_listen))
+    if args.peer_listen and config.me is None:
+        raise DogestryError("peers file %s names no \"self\": the URL the other peers reach this one at"
+                            % args.peers_file)
+    client = PeerClient(config, repo.remote, metrics, cache=cache)
+    repo.remote = PeerRemote(repo.remote, client)   # the registry API's cache verifies what peers serve
+    cache.on_stored = client.stored
+    logging.getLogger("dogestry.serve").info("reading blobs through %d peer(s)%s", len(config.peers),
+                                             " as %s" % config.me if config.me else "")
+    if not args.peer_listen:
+        return None
+    return PeerApp(client, cache), args.peer_listen, (args.peer_tls_cert, args.peer_tls_key), args.peer_threads
 
 
 def _check_spool_links(writer, remote, spool_dir: Optional[str]) -> None:
@@ -591,7 +667,7 @@ def _puller(repo, docker_host: str, timeout: int, policy=None):
 
 
 COMMANDS = {"push": cmd_push, "pull": cmd_pull, "sign": cmd_sign, "tags": cmd_tags, "prune": cmd_prune,
-            "verify": cmd_verify, "serve": cmd_serve}
+            "verify": cmd_verify, "serve": cmd_serve, "warm": cmd_warm}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

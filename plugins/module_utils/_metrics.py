@@ -71,8 +71,11 @@ class Metrics:
             "dogestry_request_duration_seconds", "Time from a request's arrival to the last byte of its answer",
             ["route", "code"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._bytes = counter("dogestry_bytes_served", "Body bytes sent to clients", registry=self.registry)
-        self._blob_bytes = counter("dogestry_blob_bytes", "Blob body bytes sent to clients, by where they were read",
-                                   ["source"], registry=self.registry)
+        self._served = counter("dogestry_served_bytes", "Blob body bytes sent to clients, by where they were read "
+                               "(remote, cache)", ["source"], registry=self.registry)
+        self._blob_bytes = counter("dogestry_blob_bytes", "Stored bytes of blobs read, by source: remote, peer "
+                                   "(another host's accelerator) or cache (a verified local copy)", ["source"],
+                                   registry=self.registry)
         self._hits = counter("dogestry_cache_hits", "Blob reads served from the local cache", registry=self.registry)
         self._misses = counter("dogestry_cache_misses", "Blob reads fetched from the remote", registry=self.registry)
         self._evictions = counter("dogestry_cache_evictions", "Cache entries evicted to stay within --cache-size",
@@ -86,8 +89,20 @@ class Metrics:
         self._remote_errors = counter("dogestry_remote_errors", "Remote failures, by kind (unavailable, denied, "
                                       "missing, format, corrupt)", ["kind"], registry=self.registry)
         for source in SOURCES:
+            self._served.labels(source)
             self._blob_bytes.labels(source)
         self._remote_errors.labels("unavailable")
+        # Fleet peers (_peers): what the peers did.
+        self._peer_errors = counter("dogestry_peer_errors", "Peers that failed a request, by peer and kind: refused, "
+                                    "timeout, broken, bad_answer, corrupt (served wrong bytes)", ["peer", "kind"],
+                                    registry=self.registry)
+        self._peer_skipped = counter("dogestry_peer_skipped", "Peers passed over because they failed recently",
+                                     ["peer"], registry=self.registry)
+        self._peer_busy = counter("dogestry_peer_busy", "Busy answers received from peers (sent on to holders)",
+                                  registry=self.registry)
+        self._peer_answers = counter("dogestry_peer_answers", "Peer requests this host answered, by answer: served, "
+                                     "busy, missing, refused", ["answer"], registry=self.registry)
+        self._peer_sent = counter("dogestry_peer_sent_bytes", "Bytes sent to peers", registry=self.registry)
 
     def request(self, method: str, code: int, sent: int, path: str = "", seconds: float = 0.0) -> None:
         if self.enabled:
@@ -95,9 +110,9 @@ class Metrics:
             self._latency.labels(route_of(path), str(code)).observe(seconds)
             self._bytes.inc(sent)
 
-    def blob_bytes(self, source: str, count: int) -> None:
+    def served_bytes(self, source: str, count: int) -> None:
         if self.enabled:
-            self._blob_bytes.labels(source).inc(count)
+            self._served.labels(source).inc(count)
 
     def cache_hit(self) -> None:
         if self.enabled:
@@ -126,6 +141,30 @@ class Metrics:
     def remote_error(self, exc: BaseException) -> None:
         if self.enabled:
             self._remote_errors.labels(error_kind(exc)).inc()
+
+    def blob_bytes(self, source: str, count: int) -> None:
+        if self.enabled and count:
+            self._blob_bytes.labels(source).inc(count)
+
+    def peer_error(self, peer: str, kind: str) -> None:
+        if self.enabled:
+            self._peer_errors.labels(peer, kind).inc()
+
+    def peer_skipped(self, peer: str) -> None:
+        if self.enabled:
+            self._peer_skipped.labels(peer).inc()
+
+    def peer_busy(self) -> None:
+        if self.enabled:
+            self._peer_busy.inc()
+
+    def peer_answer(self, answer: str) -> None:
+        if self.enabled:
+            self._peer_answers.labels(answer).inc()
+
+    def peer_sent(self, count: int) -> None:
+        if self.enabled and count:
+            self._peer_sent.inc(count)
 
     def render(self) -> Tuple[int, bytes, str]:
         if not self.enabled:

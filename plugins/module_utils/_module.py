@@ -15,13 +15,14 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_requ
 from ._compress import HAS_LZ4, LZ4_IMPORT_ERROR
 from ._docker import DEFAULT_DOCKER_HOST, DOCKER_IMPORT_ERROR, HAS_DOCKER, Daemon, tls_config
 from ._errors import DogestryError
-from ._remotes import remote_from_url
+from ._remotes import remote_from_urls
 from ._repository import Repository
 from ._transfer import MAX_JOBS
 from ._version import installed_versions, require_for_url, too_old
 
 REMOTE_ARGSPEC = dict(
     remote=dict(type="str", required=True),
+    fallback_remotes=dict(type="list", elements="str", default=[]),
     jobs=dict(type="int", default=4),
     access_key=dict(type="str", aliases=["aws_access_key_id", "aws_access_key"], no_log=False),
     secret_key=dict(type="str", aliases=["aws_secret_access_key", "aws_secret_key"], no_log=True),
@@ -61,8 +62,20 @@ def _repository_from_params(params) -> Repository:
     options = {name: params.get(name) for name in S3_OPTIONS}
     options.update(jobs=params["jobs"], validate_certs=params.get("s3_validate_certs", True))
     url = params.get("signed_url") or params["remote"]     # a signed URL wins over a remote from module_defaults
-    require_for_url(url)
-    return Repository(remote_from_url(url, **options))
+    urls = [url] + ([] if params.get("signed_url") else list(params.get("fallback_remotes") or []))
+    for each in urls:
+        require_for_url(each)
+    repo = Repository(remote_from_urls(urls, **options))
+    if params.get("peers_file"):
+        # content-addressed objects through the fleet's peers, verified in a spool of this run's own
+        import atexit
+        import shutil
+        import tempfile
+        from ._peers import pulling_through_peers
+        spool = tempfile.mkdtemp(prefix="dogestry-pull-")
+        atexit.register(shutil.rmtree, spool, True)
+        repo.remote = pulling_through_peers(repo.remote, params["peers_file"], spool)
+    return repo
 
 
 def _daemon_from_params(params, environ=None) -> Daemon:

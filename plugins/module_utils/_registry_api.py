@@ -788,7 +788,7 @@ class RegistryApi:
         source = getattr(stored, "source", "remote")
         try:
             for piece in _held_back(chunks):
-                self.metrics.blob_bytes(source, len(piece))
+                self.metrics.served_bytes(source, len(piece))
                 yield piece
         except BlobCorruptError as exc:
             self.metrics.remote_error(exc)

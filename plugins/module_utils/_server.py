@@ -504,21 +504,10 @@ def _open_files_limit() -> int:
         return 1024
 
 
-def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, ready=None,
-          tls: Optional[Tuple[str, str]] = None, htpasswd: Optional[str] = None) -> None:
-    """Serve until SIGTERM/SIGINT. `ready(host, port)` is called once the socket is bound.
-
-    `tls`: (certificate chain file, private key file); `htpasswd`: a bcrypt htpasswd file whose
-    users alone may use it (Basic auth). Both are required to listen on anything but loopback."""
-    if not HAS_CHEROOT:
-        raise DogestryError("the Python package 'cheroot' is required for dogestry serve: pip install cheroot")
+def _build_server(app, listen: str, threads: int, tls: Optional[Tuple[str, str]]) -> "_Server":
     host, port = parse_listen(listen)
-    if not is_loopback(host) and not (tls and htpasswd):
-        raise DogestryError("--listen %s is not a loopback address: serving other hosts needs TLS (--tls-cert, "
-                            "--tls-key) and credentials (--htpasswd)" % listen)
-    users = Htpasswd(htpasswd) if htpasswd else None
-    server = _Server((host, port), WsgiApp(api, users), numthreads=threads, server_name="dogestry",
-                     timeout=TIMEOUT, request_queue_size=128)
+    server = _Server((host, port), app, numthreads=threads, server_name="dogestry", timeout=TIMEOUT,
+                     request_queue_size=128)
     server.stats["Enabled"] = False
     if tls:
         for path in tls:
@@ -528,6 +517,31 @@ def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, rea
             server.ssl_adapter = _TlsAdapter(tls[0], tls[1])
         except (OSError, ValueError) as exc:      # ssl.SSLError is an OSError
             raise DogestryError("cannot use the TLS certificate %s and key %s: %s" % (tls[0], tls[1], exc))
+    return server
+
+
+def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, ready=None,
+          tls: Optional[Tuple[str, str]] = None, htpasswd: Optional[str] = None, peers=None) -> None:
+    """Serve until SIGTERM/SIGINT. `ready(host, port)` is called once the socket is bound.
+
+    `tls`: (certificate chain file, private key file); `htpasswd`: a bcrypt htpasswd file whose
+    users alone may use it (Basic auth). Both are required to listen on anything but loopback.
+    `peers`: (WSGI app, HOST:PORT, tls, threads) of the fleet-peer listener (_peers.PeerApp, which checks
+    the fleet's secret itself), served beside the registry; it always needs TLS."""
+    if not HAS_CHEROOT:
+        raise DogestryError("the Python package 'cheroot' is required for dogestry serve: pip install cheroot")
+    host, _port = parse_listen(listen)
+    if not is_loopback(host) and not (tls and htpasswd):
+        raise DogestryError("--listen %s is not a loopback address: serving other hosts needs TLS (--tls-cert, "
+                            "--tls-key) and credentials (--htpasswd)" % listen)
+    users = Htpasswd(htpasswd) if htpasswd else None
+    server = _build_server(WsgiApp(api, users), listen, threads, tls)
+    peer_server = None
+    if peers is not None:
+        peer_app, peer_listen, peer_tls, peer_threads = peers
+        if not peer_tls:
+            raise DogestryError("--peer-listen %s needs TLS (--peer-tls-cert, --peer-tls-key)" % peer_listen)
+        peer_server = _build_server(peer_app, peer_listen, peer_threads, peer_tls)
 
     def stop(signum, _frame):
         LOG.info("signal %d: shutting down", signum)
@@ -539,6 +553,14 @@ def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, rea
         server.prepare()
     except OSError as exc:
         raise DogestryError("cannot listen on %s: %s" % (listen, exc.strerror or exc))
+    if peer_server is not None:
+        try:
+            peer_server.prepare()
+        except OSError as exc:
+            server.stop()
+            raise DogestryError("cannot listen on %s for peers: %s" % (peers[1], exc.strerror or exc))
+        threading.Thread(target=peer_server.serve, daemon=True, name="dogestry-peer-listener").start()
+        LOG.info("serving peers on https://%s:%d%s", peer_server.bind_addr[0], peer_server.bind_addr[1], "/peer/v1/")
     bound = server.bind_addr
     LOG.info("serving %s on %s://%s:%d/v2/%s", api.repo.url, "https" if tls else "http", bound[0], bound[1],
              " (Basic auth: %d user(s))" % len(users.users) if users else "")
@@ -550,6 +572,8 @@ def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, rea
         pass
     finally:
         server.stop()
+        if peer_server is not None:
+            peer_server.stop()
         LOG.info("stopped")
 
 

@@ -57,6 +57,15 @@ options:
       - Required unless O(signed_url) is given.
     type: str
     aliases: [name]
+  peers_file:
+    description:
+      - Read the image's layers, config and manifest through the fleet's peers named in this file (the
+        C(peers.json) the C(dogestry.dogestry.accelerator) role writes with C(accelerator_peering=true)), so that a
+        deploy reads each layer from the remote once for the whole fleet; tags still come from the remote.
+      - Each object is asked of its owner among the live peers; what peers send is verified in a spool of the
+        pull's own before Docker sees a byte, and a peer that is down, slow or lying costs a fall-back to the
+        next peer or the remote, never the pull.
+    type: path
   trusted_keys:
     description:
       - Refuse the image, before anything reaches Docker, unless one of these keys signed the manifest digest
@@ -251,6 +260,7 @@ def main():
         remote=dict(type="str"),
         signed_url=dict(type="str", no_log=True),
         image=dict(type="str", aliases=["name"]),
+        peers_file=dict(type="path"),
         trusted_keys=dict(type="list", elements="str", no_log=False),
     )
     # Not mutually exclusive: `remote` often comes from the action group's module_defaults; signed_url wins.

@@ -118,8 +118,8 @@ def test_each_series_moves_with_the_traffic_that_should_move_it(tmp_path, server
     wait_for(lambda: value(scrape(server), "dogestry_request_duration_seconds_count", route="blobs", code="200") == 2,
              30, "two blob GETs in the latency histogram")
     samples = scrape(server)
-    assert value(samples, "dogestry_blob_bytes_total", source="remote") == len(first[0]), samples
-    assert value(samples, "dogestry_blob_bytes_total", source="cache") == len(first[0]), samples
+    assert value(samples, "dogestry_served_bytes_total", source="remote") == len(first[0]), samples
+    assert value(samples, "dogestry_served_bytes_total", source="cache") == len(first[0]), samples
     assert value(samples, "dogestry_cache_misses_total") == 1 and value(samples, "dogestry_cache_hits_total") == 1
     assert value(samples, "dogestry_cache_evictions_total") == 0
     assert value(samples, "dogestry_request_duration_seconds_bucket", route="blobs", code="200", le="+Inf") == 2
@@ -130,7 +130,7 @@ def test_each_series_moves_with_the_traffic_that_should_move_it(tmp_path, server
     wait_for(lambda: value(scrape(server), "dogestry_cache_evictions_total") == 1, 30, "an eviction")
     samples = scrape(server)
     assert 0 < value(samples, "dogestry_cache_size_bytes") <= CACHE_BYTES, samples
-    assert value(samples, "dogestry_blob_bytes_total", source="remote") == len(first[0]) + len(second[0])
+    assert value(samples, "dogestry_served_bytes_total", source="remote") == len(first[0]) + len(second[0])
 
     # Remote errors by kind: a damaged blob is "corrupt", a remote without its version object is "missing".
     stored = os.path.join(remote, "blobs", "sha256", _digest(first[0])[7:9], _digest(first[0])[7:])
@@ -171,7 +171,7 @@ def test_the_grafana_dashboard_names_only_exported_series():
         assert names, expr
         assert names <= exported, "%s names %s, which /metrics does not export" % (expr, sorted(names - exported))
         used |= names
-    for wanted in ("dogestry_request_duration_seconds_bucket", "dogestry_blob_bytes_total", "dogestry_uploads_in_progress",
+    for wanted in ("dogestry_request_duration_seconds_bucket", "dogestry_served_bytes_total", "dogestry_uploads_in_progress",
                    "dogestry_upload_spool_bytes", "dogestry_cache_size_bytes", "dogestry_cache_evictions_total",
                    "dogestry_remote_errors_total"):
         assert wanted in used, "the dashboard shows no panel of %s" % wanted

@@ -213,3 +213,61 @@ def test_a_reader_that_stopped_before_a_fetch_broke_still_gets_a_verdict(tmp_pat
                 with pytest.raises(verdict):
                     reader.verified()
         assert objects == [] and "k/r" not in cache
+
+
+class FromPeers(Gated):
+    """An object as fleet peers serve it (untrusted): `blame()` and `fallback()` as _peers.PeerReader has them.
+    `released`: the test lets the bytes past `hold_at` through once it has looked at what readers saw."""
+
+    untrusted = True
+
+    def __init__(self, data, remote_data, hold_at=None, fail_at=None):
+        Gated.__init__(self, data, fail_at)
+        self.remote_data, self.hold_at = remote_data, hold_at
+        self.released, self.holding = threading.Event(), threading.Event()
+        self.blamed = 0
+
+    def read(self, size=-1):
+        if self.hold_at is not None and self.offset >= self.hold_at and not self.released.is_set():
+            self.holding.set()
+            assert self.released.wait(BOUND)
+        return Gated.read(self, min(size, 1 << 16) if size and size > 0 else 1 << 16)
+
+    def blame(self):
+        self.blamed += 1
+
+    def fallback(self):
+        return io.BytesIO(self.remote_data)
+
+
+def test_bytes_from_peers_reach_no_reader_before_they_are_verified_and_a_liar_is_replaced_by_the_remote(tmp_path):
+    data = os.urandom(1 << 20)
+    lie = data[:600000] + bytes([data[600000] ^ 1]) + data[600001:]
+    cache = BlobCache(str(tmp_path), 10 << 20)
+    peers = FromPeers(lie, data, hold_at=700000)
+    stored = []
+    cache.on_stored = stored.append
+    got = []
+    with cache.open("k/p", lambda: peers, expecting(data)) as reader:
+        thread = threading.Thread(target=lambda: got.append(reader.read()))
+        thread.start()
+        assert peers.holding.wait(BOUND)
+        time.sleep(0.2)             # what a reader could have read by now (nothing may have come)
+        assert got == [] and thread.is_alive()
+        peers.released.set()
+        thread.join(BOUND)
+        reader.verified()
+    assert got == [data] and peers.blamed == 1
+    wait_for(lambda: "k/p" in cache)
+    assert stored == ["k/p"]
+
+
+def test_a_fetch_from_peers_that_broke_shows_its_readers_none_of_its_bytes(tmp_path):
+    data = os.urandom(1 << 20)
+    lie = bytes([data[0] ^ 1]) + data[1:]         # wrong before it breaks: the remote's bytes after could not tell
+    objects = [FromPeers(lie, data, fail_at=500000), Gated(data)]
+    cache = BlobCache(str(tmp_path), 10 << 20)
+    with cache.open("k/q", lambda: objects.pop(0), expecting(data)) as reader:
+        assert reader.read() == data        # all of it from the second fetch, none of the first's bytes
+        reader.verified()
+    assert objects == []
