@@ -10,6 +10,11 @@ hash/encode/spool each missing layer -> upload in parallel -> config -> manifest
 Pull: tag -> manifest -> config (verified) -> plan by ChainID -> stream each missing layer
 (S3: parallel ranged GETs) -> verify while streaming into docker load (manifest.json last) -> tag.
 
+On Docker's containerd image store, when the daemon shares our loopback, both go through Docker's own
+push and pull instead of `docker save` / `docker load` (slow on that store): the engine serves the
+remote to the daemon on 127.0.0.1 for the operation (_loopback), so Docker sends only the layers the
+remote lacks and fetches only those it lacks; what is stored, and in which order, is the same.
+
 Every plan has a `reason`: a sentence saying what a real run would change, or None.
 """
 
@@ -20,14 +25,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ._docker import LOADED_BY_DOGESTRY, Daemon, image_layers
-from ._docker_archive import LoadLayer, load_stream, oci_load_stream, read_save_stream
+from ._docker_archive import LoadLayer, SavedImage, load_stream, oci_load_stream, read_save_stream
 from ._errors import (
     BlobCorruptError, DockerError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError, RemoteNotFoundError,
 )
 from ._format import (
-    ENCODINGS, MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, looks_like_id_prefix,
-    parse_digest, parse_image_ref, sha256_hex,
+    ENCODINGS, IMAGE_MANIFEST_MEDIA_TYPES, MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, LayerEntry, Manifest, blob_key,
+    chain_ids, looks_like_id_prefix, parse_digest, parse_image_ref, sha256_hex,
 )
+from ._loopback import ENGINE_NAME, HAS_CHEROOT, LoopbackServer, PushReceiver, only_under, private_tag, recording_failures
 from ._prune import drop_lease, push_lease
 from ._remote import temp_dir_for
 from ._repository import READ_JOBS, Repository, Target
@@ -65,6 +71,7 @@ class PushPlan:
     up_to_date: bool = False
     current_image_id: Optional[str] = None     # image the remote tag points at now
     same_as: Optional[ImageRef] = None         # an earlier plan of this run stores the image: tag only
+    via_daemon: bool = False                   # Docker pushes it into the engine's loopback endpoint
 
     @property
     def config_oid(self) -> Optional[str]:
@@ -124,6 +131,8 @@ def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
         raise ImageReferenceError("%s is an image ID prefix, not a name: push by name:tag (docker tag %s name:tag)"
                                   % (source, source))
     plan = PushPlan(source, ref, info["Id"], image_layers(info), None, None, info["Id"], daemon.containerd_store)
+    plan.via_daemon = plan.containerd and _serves_daemon(daemon) and \
+        (info.get("Descriptor") or {}).get("mediaType") in IMAGE_MANIFEST_MEDIA_TYPES      # an index: docker save
     found = {}
     if _remote_exists(repo):
         plan.current = repo.read_tag(ref)
@@ -149,6 +158,13 @@ def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
         plan.image_id = None
     plan.config_missing = plan.image_id is None or blob_key(plan.config_oid) not in found
     return _plan_layers(plan, found)
+
+
+def _serves_daemon(daemon: Daemon) -> bool:
+    """Whether the engine can serve the remote to the daemon as a registry (_loopback): on the containerd
+    store its push and pull move only what is missing, where `docker save` / `docker load` move the whole
+    image slowly. On the classic store those are faster than Docker's push (which gzips every layer)."""
+    return HAS_CHEROOT and daemon.containerd_store and daemon.reaches_our_loopback
 
 
 def _plan_layers(plan: PushPlan, found) -> PushPlan:
@@ -238,7 +254,8 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
     if plan.existing:
         return _tag_existing(repo, plan, result)
     uploaded: Dict[str, int] = {}
-    saved = _save_and_upload(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded, progress)
+    export = _push_through_daemon if plan.via_daemon else _save_and_upload
+    saved = export(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded, progress)
     if saved.diff_ids != plan.diff_ids or plan.image_id not in (None, "sha256:" + saved.config_oid):
         raise DockerError("image %s changed while it was being pushed (now sha256:%s): run the push again"
                           % (plan.source, saved.config_oid))
@@ -253,7 +270,7 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         # (a second pass over `docker save`, in this rare case only).
         for oid in damaged:
             quarantine(repo, plan.present.pop(oid).key)
-        again = _save_and_upload(daemon, repo, plan, set(damaged), compression, jobs, uploaded, progress)
+        again = export(daemon, repo, plan, set(damaged), compression, jobs, uploaded, progress)
         saved.layers.update(again.layers)
         plan.missing.extend(damaged)
         result.update(plan.result(), layers_repaired=["sha256:" + oid for oid in damaged])
@@ -298,6 +315,40 @@ def _save_and_upload(daemon: Daemon, repo: Repository, plan: PushPlan, wanted, c
     return saved
 
 
+def _push_through_daemon(daemon: Daemon, repo: Repository, plan: PushPlan, wanted, compression: str, _jobs: int,
+                         uploaded: Dict[str, int], progress: Callable[[str, int], None]) -> SavedImage:
+    """Docker's own push into the engine's loopback endpoint (containerd store): Docker sends only the
+    layers whose pushed digest the remote does not vouch for, compressed as it keeps them; each is
+    decoded while it arrives and stored by diff_id. Returns what `docker save` would have told."""
+    spool = temp_dir_for(repo.remote)
+    tag = private_tag()
+    receiver = PushReceiver(repo, plan.present, compression, spool, tag, on_stored=progress)
+    try:
+        with LoopbackServer(only_under(ENGINE_NAME, receiver)) as server:
+            target = "%s/%s" % (server.host, ENGINE_NAME)
+            daemon.tag(plan.daemon_id, target, tag)
+            try:
+                daemon.push(target, tag)
+            finally:
+                daemon.untag("%s:%s" % (target, tag))
+        manifest, config, layers = receiver.image(lambda config_hex: repo.remote.get(blob_key(config_hex)))
+    except FormatError as exc:
+        raise DockerError("Docker daemon %s: the push of %s sent something else than one whole image: %s"
+                          % (daemon.host, plan.source, exc))
+    except OSError as exc:      # the spool's filesystem: full, read-only, gone
+        raise RemoteError("spooling %s into %s failed: %s" % (plan.source, spool, exc.strerror or exc))
+    finally:
+        receiver.close()
+        shutil.rmtree(spool, ignore_errors=True)
+    uploaded.update(receiver.stored)
+    pushed_id = "sha256:" + sha256_hex(receiver.manifest)
+    if pushed_id != plan.daemon_id:
+        raise DockerError("image %s changed while it was being pushed (now %s): run the push again" % (plan.source, pushed_id))
+    diff_ids = [layer.oid for layer in layers]
+    return SavedImage(sha256_hex(config), config, diff_ids, [], {layer.oid: layer.size for layer in layers},
+                      {layer.oid: layer for layer in layers if layer.oid in wanted})
+
+
 # ---- pull -----------------------------------------------------------------------------------
 
 @dataclass
@@ -312,6 +363,7 @@ class PullPlan:
     missing: List[LayerEntry] = field(default_factory=list)      # what must be downloaded
     skipped: List[LayerEntry] = field(default_factory=list)      # what the daemon already has
     containerd: bool = False
+    via_daemon: bool = False        # Docker pulls it from the engine's loopback endpoint
 
     @property
     def daemon_image_id(self) -> str:
@@ -357,15 +409,27 @@ def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
         plan.tag_present = ref is None or str(ref) in set(info.get("RepoTags") or [])
         return plan
     plan.config = repo.read_config(manifest)
-    layers = list(manifest.layers)
-    if plan.containerd:
+    plan.via_daemon = plan.containerd and ref is not None and _serves_daemon(daemon)
+    _plan_downloads(daemon, plan)
+    stored = repo.remote.stat([layer.key for layer in plan.missing]) if plan.missing else {}
+    absent = [layer for layer in plan.missing if layer.key not in stored]
+    if absent:
+        raise BlobCorruptError("%s is damaged: layer sha256:%s of %s is missing (push the image again)"
+                               % (repo.url, absent[0].oid, ref or requested))
+    return plan
+
+
+def _plan_downloads(daemon: Daemon, plan: PullPlan, by_blobs: bool = False) -> None:
+    layers = list(plan.manifest.layers)
+    if plan.containerd and (by_blobs or not plan.via_daemon):
         # `docker load` into containerd needs every layer blob its content store lacks, wherever
         # it sits in the stack (snapshots alone do not do: the image would register without layers).
         present = daemon.present_layer_blobs()
         plan.skipped = [layer for layer in layers if layer.oid in present]
         remaining = [layer for layer in layers if layer.oid not in present]
     else:
-        # The classic store skips a layer when it has its ChainID (that layer and all below it).
+        # The classic store's load, and any pull Docker makes itself, skip a layer when the daemon has
+        # its ChainID (that layer and all below it).
         present = daemon.present_chain_ids()
         have = 0
         for chain in chain_ids([layer.oid for layer in layers]):
@@ -374,16 +438,11 @@ def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
             have += 1
         plan.skipped, remaining = layers[:have], layers[have:]
     seen = set()
+    plan.missing = []
     for layer in remaining:
         if layer.oid not in seen:
             seen.add(layer.oid)
             plan.missing.append(layer)
-    stored = repo.remote.stat([layer.key for layer in plan.missing]) if plan.missing else {}
-    absent = [layer for layer in plan.missing if layer.key not in stored]
-    if absent:
-        raise BlobCorruptError("%s is damaged: layer sha256:%s of %s is missing (push the image again)"
-                               % (repo.url, absent[0].oid, ref or requested))
-    return plan
 
 
 def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
@@ -395,6 +454,48 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
         daemon.tag(plan.daemon_image_id, plan.ref.name, plan.ref.tag)
         result.update(bytes_transferred=0)
         return result
+    if plan.via_daemon:
+        _pull_through_daemon(daemon, repo, plan)
+        info = daemon.inspect(plan.daemon_image_id)
+        if info is not None and image_layers(info) == [layer.oid for layer in plan.manifest.layers]:
+            for layer in plan.missing:
+                progress(LoadLayer(layer.oid, layer.size, layer.encoding, None))
+            return result
+        # Docker does not fetch a layer it has unpacked already; if that copy came from an image of its
+        # own (compressed blobs), the new image lacks the layer's blob. Load the blobs it lacks.
+        _plan_downloads(daemon, plan, by_blobs=True)
+        result.update(plan.result())
+    _load(daemon, repo, plan, progress)
+    return result
+
+
+def _pull_through_daemon(daemon: Daemon, repo: Repository, plan: PullPlan) -> None:
+    """Docker's own pull from the engine's loopback endpoint (containerd store), by the digest of the
+    image as dogestry shows it (the daemon's image ID afterwards): Docker fetches the layers it lacks,
+    each decoded and verified while it streams (the accelerator's RegistryApi), then the pull is named."""
+    from ._registry_api import RegistryApi
+    from ._server import WsgiApp
+    api = RegistryApi(repo)
+    api._learn(plan.manifest_oid)      # serve this manifest by its digest without reading every tag
+    failures: List[Exception] = []
+    with LoopbackServer(only_under(ENGINE_NAME, recording_failures(WsgiApp(api), failures))) as server:
+        source = "%s/%s" % (server.host, ENGINE_NAME)
+        try:
+            daemon.pull(source, plan.daemon_image_id)
+        except DockerError:
+            corrupt = [exc for exc in failures if isinstance(exc, BlobCorruptError)]
+            if corrupt:     # what Docker reports is a cut connection: say why it was cut
+                raise BlobCorruptError(str(corrupt[0]))
+            if failures:
+                raise DockerError("Docker daemon %s: pulling %s from %s failed: %s"
+                                  % (daemon.host, plan.ref, repo.url, failures[0]))
+            raise
+    daemon.tag(plan.daemon_image_id, plan.ref.name, plan.ref.tag)
+    daemon.untag("%s@%s" % (source, plan.daemon_image_id))
+
+
+def _load(daemon: Daemon, repo: Repository, plan: PullPlan, progress: Callable[[LoadLayer], None]) -> None:
+    """`docker load` of an archive holding the layers the daemon lacks, each verified while it streams."""
     missing = {layer.oid for layer in plan.missing}
     readers = _LayerReaders(repo.remote, plan.missing)
     load_layers = []
@@ -420,7 +521,6 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
             daemon.remove(plan.daemon_image_id)     # registered without its layers: never leave it usable
         raise DockerError("Docker daemon %s accepted the archive but has no complete image %s afterwards"
                           % (daemon.host, plan.daemon_image_id))
-    return result
 
 
 class _LayerReaders:
