@@ -20,7 +20,6 @@ import json
 import os
 import posixpath
 import tarfile
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set
 
@@ -31,6 +30,7 @@ except ImportError:
     HAS_ZSTD = False
 
 from ._compress import decoder, encoder
+from ._decode import gzip_decompressobj, read_ahead
 from ._errors import BlobCorruptError, FormatError
 from ._format import diff_ids_of_config, full_name, sha256_hex
 from ._remote import unlink_quietly
@@ -96,7 +96,7 @@ def _decoded_chunks(reader, what: str) -> Iterator[bytes]:
                 yield chunk
                 chunk = unzstd.read(CHUNK)
         return
-    inflate = zlib.decompressobj(wbits=31) if first.startswith(_GZIP_MAGIC) else None
+    inflate = gzip_decompressobj() if first.startswith(_GZIP_MAGIC) else None
     chunk = first
     while chunk:
         yield inflate.decompress(chunk, CHUNK) if inflate else chunk     # bounded: gzip bombs exist too
@@ -119,7 +119,7 @@ def spool_layer(reader, what: str, encoding: str, spool_dir: str) -> SpooledLaye
     try:
         with open(path, "wb") as out:
             fd = out
-            for raw in _decoded_chunks(reader, what):
+            for raw in read_ahead(_decoded_chunks(reader, what)):     # inflating on another core
                 digest.update(raw)
                 size += len(raw)
                 data = enc.update(raw)

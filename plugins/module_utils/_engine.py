@@ -27,13 +27,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 from ._docker import LOADED_BY_DOGESTRY, Daemon, image_layers
 from ._docker_archive import LoadLayer, SavedImage, load_stream, oci_load_stream, read_save_stream
 from ._errors import (
-    BlobCorruptError, DockerError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError, RemoteNotFoundError,
+    BlobCorruptError, DockerError, DogestryError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError, RemoteNotFoundError,
 )
 from ._format import (
     ENCODINGS, IMAGE_MANIFEST_MEDIA_TYPES, MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, LayerEntry, Manifest, blob_key,
     chain_ids, looks_like_id_prefix, parse_digest, parse_image_ref, sha256_hex,
 )
-from ._loopback import ENGINE_NAME, HAS_CHEROOT, LoopbackServer, PushReceiver, only_under, private_tag, recording_failures
+from ._loopback import ENGINE_NAME, HAS_CHEROOT, LoopbackServer, PullServer, PushReceiver, only_under, private_tag
 from ._prune import drop_lease, push_lease
 from ._remote import temp_dir_for
 from ._repository import READ_JOBS, Repository, Target
@@ -419,9 +419,9 @@ def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
     return plan
 
 
-def _plan_downloads(daemon: Daemon, plan: PullPlan, by_blobs: bool = False) -> None:
+def _plan_downloads(daemon: Daemon, plan: PullPlan) -> None:
     layers = list(plan.manifest.layers)
-    if plan.containerd and (by_blobs or not plan.via_daemon):
+    if plan.containerd and not plan.via_daemon:
         # `docker load` into containerd needs every layer blob its content store lacks, wherever
         # it sits in the stack (snapshots alone do not do: the image would register without layers).
         present = daemon.present_layer_blobs()
@@ -437,12 +437,7 @@ def _plan_downloads(daemon: Daemon, plan: PullPlan, by_blobs: bool = False) -> N
                 break
             have += 1
         plan.skipped, remaining = layers[:have], layers[have:]
-    seen = set()
-    plan.missing = []
-    for layer in remaining:
-        if layer.oid not in seen:
-            seen.add(layer.oid)
-            plan.missing.append(layer)
+    plan.missing = _unique_layers(remaining)
 
 
 def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
@@ -462,36 +457,37 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
                 progress(LoadLayer(layer.oid, layer.size, layer.encoding, None))
             return result
         # Docker does not fetch a layer it has unpacked already; if that copy came from an image of its
-        # own (compressed blobs), the new image lacks the layer's blob. Load the blobs it lacks.
-        _plan_downloads(daemon, plan, by_blobs=True)
+        # own (compressed blobs), the new image lacks the layer's blob: load the skipped layers' blobs.
+        fetched, known = plan.missing, daemon.present_layer_blobs()
+        lacking = [layer for layer in _unique_layers(plan.skipped) if layer.oid not in known]
+        plan.missing = fetched + [layer for layer in lacking if layer.oid not in {f.oid for f in fetched}]
+        plan.skipped = [layer for layer in plan.manifest.layers if layer.oid not in {m.oid for m in plan.missing}]
         result.update(plan.result())
     _load(daemon, repo, plan, progress)
     return result
 
 
+def _unique_layers(layers: List[LayerEntry]) -> List[LayerEntry]:
+    return list({layer.oid: layer for layer in layers}.values())
+
+
 def _pull_through_daemon(daemon: Daemon, repo: Repository, plan: PullPlan) -> None:
     """Docker's own pull from the engine's loopback endpoint (containerd store), by the digest of the
     image as dogestry shows it (the daemon's image ID afterwards): Docker fetches the layers it lacks,
-    each decoded and verified while it streams (the accelerator's RegistryApi), then the pull is named."""
-    from ._registry_api import RegistryApi
-    from ._server import WsgiApp
-    api = RegistryApi(repo)
-    api._learn(plan.manifest_oid)      # serve this manifest by its digest without reading every tag
-    failures: List[Exception] = []
-    with LoopbackServer(only_under(ENGINE_NAME, recording_failures(WsgiApp(api), failures))) as server:
+    each decoded and verified while it streams; then the pull is given its name."""
+    app = PullServer(repo, plan.manifest, plan.config)
+    with LoopbackServer(only_under(ENGINE_NAME, app)) as server:
         source = "%s/%s" % (server.host, ENGINE_NAME)
         try:
-            daemon.pull(source, plan.daemon_image_id)
+            daemon.pull(source, app.digest)
         except DockerError:
-            corrupt = [exc for exc in failures if isinstance(exc, BlobCorruptError)]
-            if corrupt:     # what Docker reports is a cut connection: say why it was cut
-                raise BlobCorruptError(str(corrupt[0]))
-            if failures:
-                raise DockerError("Docker daemon %s: pulling %s from %s failed: %s"
-                                  % (daemon.host, plan.ref, repo.url, failures[0]))
+            if app.failures:    # what Docker reports is a cut connection: say why it was cut
+                failure = app.failures[0]
+                raise failure if isinstance(failure, DogestryError) else RemoteError(
+                    "reading %s failed: %s" % (repo.url, failure))
             raise
-    daemon.tag(plan.daemon_image_id, plan.ref.name, plan.ref.tag)
-    daemon.untag("%s@%s" % (source, plan.daemon_image_id))
+    daemon.tag(app.digest, plan.ref.name, plan.ref.tag)
+    daemon.untag("%s@%s" % (source, app.digest))
 
 
 def _load(daemon: Daemon, repo: Repository, plan: PullPlan, progress: Callable[[LoadLayer], None]) -> None:

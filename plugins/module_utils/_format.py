@@ -349,6 +349,28 @@ class Manifest:
             raise FormatError("manifest %s is malformed (%s)" % (where, exc))
 
 
+@dataclass(frozen=True)
+class PushedLayer:
+    """What a layer blob pushed through a registry endpoint (compressed, under the digest of what was sent)
+    became in the remote: pushed/sha256/<blob hex> holds record() (docs/FORMAT.md, "Push records")."""
+    blob_size: int          # bytes of the blob as pushed
+    layer: LayerEntry       # the stored layer: diff_id, uncompressed size, encoding, stored size
+
+    def record(self) -> bytes:
+        return canonical_json({"diff_id": "sha256:" + self.layer.oid, "size": self.layer.size,
+                               "encoding": self.layer.encoding, "stored_size": self.layer.stored_size,
+                               "blob_size": self.blob_size})
+
+    @classmethod
+    def from_record(cls, data: bytes, where: str) -> "PushedLayer":
+        try:
+            doc = load_json(data)
+            return cls(_size(doc["blob_size"]), LayerEntry(parse_digest(doc["diff_id"]), _size(doc["size"]),
+                                                           _encoding(doc["encoding"]), _size(doc["stored_size"])))
+        except (ValueError, TypeError, KeyError, AttributeError, FormatError) as exc:
+            raise FormatError("push record %s is malformed (%s)" % (where, exc))
+
+
 def _size(value) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError("bad size %r" % (value,))

@@ -14,8 +14,12 @@ remote to the daemon as a registry on 127.0.0.1 for the length of one operation:
   as for `docker save`), stored by diff_id and recorded under pushed/ (docs/FORMAT.md), so that the
   next push's existence checks skip it; nothing else is stored. The engine writes config, manifest
   and tag after Docker's push returned, in the save path's order.
-- pull: the accelerator's RegistryApi, told the one manifest to serve, behind its WSGI glue; every
-  layer is decoded and verified while it streams, as for `dogestry serve`.
+- pull: PullServer serves one image: its manifest as dogestry shows it (Manifest.oci_bytes(), the
+  daemon's image ID afterwards), its config, and each layer decoded and verified while it streams,
+  the last piece held back until the whole layer matched, so Docker never receives a corrupt layer whole.
+
+This is not the accelerator (`dogestry serve`): the engine stays below the front ends, and an endpoint
+for one operation of one daemon needs neither tags, nor listings, nor caches.
 
 The endpoint listens on one fixed port when it is free (ENGINE_PORT) and names the image one fixed
 way (ENGINE_NAME): containerd labels every blob it pushes or pulls with the registry's host:port and
@@ -41,11 +45,11 @@ except ImportError:
     HAS_CHEROOT = False
     CHEROOT_IMPORT_ERROR = traceback.format_exc()
 
-from ._docker_archive import looks_like_layer, spool_layer
-from ._errors import DogestryError, FormatError
+from ._docker_archive import LoadLayer, looks_like_layer, spool_layer, verified_chunks
+from ._errors import DogestryError, FormatError, RemoteNotFoundError
 from ._format import (
-    IMAGE_MANIFEST_MEDIA_TYPES, LayerEntry, OciManifest, blob_key, diff_ids_of_config, parse_digest, pushed_key,
-    sha256_hex, split_digest,
+    IMAGE_MANIFEST_MEDIA_TYPES, OCI_MANIFEST_MEDIA_TYPE, LayerEntry, Manifest, OciManifest, PushedLayer, blob_key,
+    diff_ids_of_config, parse_digest, pushed_key, sha256_hex, split_digest,
 )
 from ._remote import read_bounded, unlink_quietly
 from ._repository import Repository
@@ -108,10 +112,11 @@ _STATUS = {200: "200 OK", 201: "201 Created", 202: "202 Accepted", 204: "204 No 
            404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Payload Too Large", 500: "500 Internal Server Error"}
 
 
-def _respond(start_response, status: int, headers=(), body: bytes = b""):
+def _respond(start_response, status: int, headers=(), body: bytes = b"", length: Optional[int] = None):
+    """`length`: the Content-Length of a HEAD answer, whose body is empty."""
     start_response(_STATUS.get(status, "%d Status" % status),
-                   [("Content-Length", str(len(body))), ("Docker-Distribution-API-Version", "registry/2.0")]
-                   + list(headers))
+                   [("Content-Length", str(len(body) if length is None else length)),
+                    ("Docker-Distribution-API-Version", "registry/2.0")] + list(headers))
     return [body]
 
 
@@ -126,26 +131,6 @@ def only_under(name: str, app):
         body = b'{"errors":[{"code":"NAME_UNKNOWN","message":"no such repository here","detail":null}]}'
         return _respond(start_response, 404, [("Content-Type", "application/json")], body)
     return guarded
-
-
-def recording_failures(app, failures: list):
-    """A WSGI app whose response bodies record the exception that ended one early (a blob that failed
-    verification) in `failures`, so the engine can tell why Docker's pull failed."""
-    def recorded(environ, start_response):
-        body = app(environ, start_response)
-
-        def chunks():
-            try:
-                yield from body
-            except Exception as exc:
-                failures.append(exc)
-                raise
-            finally:
-                close = getattr(body, "close", None)
-                if close is not None:
-                    close()
-        return chunks()
-    return recorded
 
 
 class _HashingReader:
@@ -190,11 +175,8 @@ class PushReceiver:
 
     def __init__(self, repo: Repository, present: Dict[str, LayerEntry], encoding: str, spool_dir: str, tag: str,
                  max_blob: int = 64 << 30, on_stored: Callable[[str, int], None] = lambda oid, size: None):
-        from ._registry_push import PushedLayer, RegistryWriter     # the accelerator's record of pushed layers
         self.repo, self.present, self.encoding, self.spool_dir = repo, dict(present), encoding, spool_dir
         self.tag, self.max_blob, self.on_stored = tag, max_blob, on_stored
-        self._record = PushedLayer
-        self._records = RegistryWriter(repo, spool_dir=spool_dir)
         self.received: Dict[str, Tuple[int, Optional[LayerEntry]]] = {}
         self.configs: Dict[str, bytes] = {}
         self.stored: Dict[str, int] = {}
@@ -204,7 +186,6 @@ class PushReceiver:
         self._lock = threading.Lock()           # store sends each blob in one PUT; other clients may chunk)
 
     def close(self) -> None:
-        self._records.close()
         for path in self._uploads.values():
             unlink_quietly(path)
 
@@ -323,7 +304,7 @@ class PushReceiver:
         with self._lock:
             if digest in self.received:
                 return self.received[digest][0]
-        pushed = self._records.pushed_layer(hexdigest)
+        pushed = self._pushed_layer(hexdigest)
         if pushed is not None:
             self._take(digest, pushed.blob_size, pushed.layer)
             return pushed.blob_size
@@ -334,6 +315,17 @@ class PushReceiver:
         key = blob_key(hexdigest)
         found = self.repo.remote.stat([key]).get(key)
         return found.size if found is not None else None     # a config (or a raw layer the plan did not name)
+
+    def _pushed_layer(self, hexdigest: str) -> Optional[PushedLayer]:
+        """What an earlier push recorded for a pushed blob, if the layer it names is still stored whole
+        (records are hints: the stored copy's size decides)."""
+        try:
+            pushed = PushedLayer.from_record(self.repo.remote.get(pushed_key(hexdigest)),
+                                             "%s on %s" % (pushed_key(hexdigest), self.repo.url))
+        except (RemoteNotFoundError, FormatError):
+            return None
+        found = self.repo.remote.stat([pushed.layer.key]).get(pushed.layer.key)
+        return pushed if found is not None and found.size == pushed.layer.stored_size else None
 
     def _take(self, digest: str, blob_size: int, layer: Optional[LayerEntry]) -> None:
         with self._lock:
@@ -400,7 +392,7 @@ class PushReceiver:
                 layer = LayerEntry(layer.oid, layer.size, layer.encoding, self.repo.remote.stat([key])[key].size)
             self.on_stored(layer.oid, layer.stored_size)
         if hexdigest != layer.oid or layer.encoding != "none":
-            self.repo.remote.put(pushed_key(hexdigest), self._record(blob_size, layer).record(), overwrite=True)
+            self.repo.remote.put(pushed_key(hexdigest), PushedLayer(blob_size, layer).record(), overwrite=True)
         return layer
 
     # -- the manifest --------------------------------------------------------------------------
@@ -445,6 +437,60 @@ class PushReceiver:
                                   % (descriptor.digest, diff_id))
             layers.append(layer)
         return manifest, config, layers
+
+
+class PullServer:
+    """The read side of the engine's endpoint for one `docker pull` (a WSGI app): one image, by digest.
+
+    `failures` records why a layer's body was cut short (a BlobCorruptError, a remote error), so the
+    engine can say why Docker's pull failed rather than Docker's "unexpected EOF"."""
+
+    def __init__(self, repo: Repository, manifest: Manifest, config: bytes):
+        self.repo, self.manifest, self.config = repo, manifest, config
+        self.body = manifest.oci_bytes()
+        self.digest = "sha256:" + sha256_hex(self.body)
+        self.layers = {"sha256:" + layer.oid: layer for layer in manifest.layers}
+        self.failures: List[Exception] = []
+
+    def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        head = method == "HEAD"
+        if path in ("/v2", "/v2/"):
+            return _respond(start_response, 200, [("Content-Type", "application/json")], b"{}")
+        match = _ROUTE.match(path)
+        kind, ref = (match.group("kind"), match.group("ref")) if match else (None, None)
+        if method not in ("GET", "HEAD") or kind not in ("manifests", "blobs"):
+            return _respond(start_response, 405 if match else 404)
+        if kind == "manifests" and ref == self.digest:
+            headers = [("Content-Type", OCI_MANIFEST_MEDIA_TYPE), ("Docker-Content-Digest", self.digest)]
+            return _respond(start_response, 200, headers, b"" if head else self.body, len(self.body))
+        if kind == "blobs" and ref == "sha256:" + self.manifest.config_oid:
+            headers = [("Content-Type", "application/octet-stream"), ("Docker-Content-Digest", ref)]
+            return _respond(start_response, 200, headers, b"" if head else self.config, len(self.config))
+        layer = self.layers.get(ref) if kind == "blobs" else None
+        if layer is None:
+            return _respond(start_response, 404)
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(layer.size)),
+                                  ("Docker-Content-Digest", ref), ("Docker-Distribution-API-Version", "registry/2.0")])
+        return [b""] if head else self._layer_body(layer)
+
+    def _layer_body(self, layer: LayerEntry):
+        """The layer decoded from its stored encoding and verified while it streams; the last piece is sent
+        only once every byte matched (a mismatch raises instead, and the server cuts the connection)."""
+        what = "layer sha256:%s on %s" % (layer.oid, self.repo.url)
+        try:
+            with self.repo.remote.open(layer.key, layer.stored_size) as stored:
+                pending = None
+                for chunk in verified_chunks(stored, LoadLayer(layer.oid, layer.size, layer.encoding, None, what)):
+                    if pending is not None:
+                        yield pending
+                    pending = chunk
+                if pending is not None:
+                    yield pending
+        except (DogestryError, OSError) as exc:
+            self.failures.append(exc)
+            raise
 
 
 def _unquote(text: str) -> str:
