@@ -31,8 +31,10 @@ except ImportError:
 
 from ._errors import DockerError, DogestryError
 from ._format import chain_ids, parse_digest
+from ._transfer import parallel_map
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+INSPECT_JOBS = 8        # image inspects in flight at once (the SDK keeps up to 10 connections to a daemon)
 # Set on the index.json descriptor of every image dogestry loads into the containerd image store:
 # its layers are then in the content store as uncompressed blobs named by their diff_ids, which
 # later loads may leave out (inspect shows a descriptor's annotations).
@@ -100,15 +102,18 @@ class Daemon:
         return (str(info.get("OSType") or "linux"),) + OCI_ARCHITECTURES.get(machine, (machine, None))
 
     def _all_images(self) -> Iterator[Dict]:
+        """Every image's inspect document, several requests at once (a pull plans with all of them)."""
         try:
-            image_ids = {image["Id"] for image in self.api.images(all=True)}
+            image_ids = sorted({image["Id"] for image in self.api.images(all=True)})
         except DockerException as exc:
             raise self._fail("listing images", exc)
-        for image_id in image_ids:
+
+        def inspect(image_id):
             try:
-                yield self.api.inspect_image(image_id)
+                return self.api.inspect_image(image_id)
             except DockerException:
-                continue    # removed since the listing (`docker image prune` running meanwhile): not there
+                return None     # removed since the listing (`docker image prune` running meanwhile): not there
+        return (info for info in parallel_map(inspect, image_ids, INSPECT_JOBS) if info is not None)
 
     def present_layer_blobs(self) -> Set[str]:
         """Containerd store: diff_ids whose uncompressed blob the content store holds, as far as we can
@@ -157,6 +162,15 @@ class Daemon:
             _raise_on_error(events, what, self.host)
         except DockerException as exc:
             raise self._fail(what, exc)
+
+    def names_under(self, repository: str) -> List[str]:
+        """The names (tags and digests) of images in `repository` (host:port/path)."""
+        try:
+            images = self.api.images(name=repository)
+        except DockerException as exc:
+            raise self._fail("listing images of %s" % repository, exc)
+        return sorted({name for image in images for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
+                       if name.startswith(repository + ":") or name.startswith(repository + "@")})
 
     def untag(self, ref: str) -> None:
         """Remove one name of an image (the image stays while another name or a container holds it)."""

@@ -33,7 +33,7 @@ from ._format import (
     ENCODINGS, IMAGE_MANIFEST_MEDIA_TYPES, MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, LayerEntry, Manifest, blob_key,
     chain_ids, looks_like_id_prefix, parse_digest, parse_image_ref, sha256_hex,
 )
-from ._loopback import ENGINE_NAME, HAS_CHEROOT, LoopbackServer, PullServer, PushReceiver, only_under, private_tag
+from ._loopback import ENGINE_NAME, ENGINE_PORT, HAS_CHEROOT, LoopbackServer, PullServer, PushReceiver, only_under, private_tag
 from ._prune import drop_lease, push_lease
 from ._remote import temp_dir_for
 from ._repository import READ_JOBS, Repository, Target
@@ -326,6 +326,7 @@ def _push_through_daemon(daemon: Daemon, repo: Repository, plan: PushPlan, wante
     try:
         with LoopbackServer(only_under(ENGINE_NAME, receiver)) as server:
             target = "%s/%s" % (server.host, ENGINE_NAME)
+            _drop_stale_names(daemon, server)
             daemon.tag(plan.daemon_id, target, tag)
             try:
                 daemon.push(target, tag)
@@ -360,10 +361,31 @@ class PullPlan:
     config: Optional[bytes] = None
     image_present: bool = False
     tag_present: bool = False
-    missing: List[LayerEntry] = field(default_factory=list)      # what must be downloaded
-    skipped: List[LayerEntry] = field(default_factory=list)      # what the daemon already has
     containerd: bool = False
     via_daemon: bool = False        # Docker pulls it from the engine's loopback endpoint
+    # (what must be downloaded, what the daemon already has), planned when first asked for: a pull Docker
+    # makes itself finds out without inspecting every image of the daemon, so only check mode (and
+    # whoever reads them before the pull) pays for that
+    _layers: Optional[Tuple[List[LayerEntry], List[LayerEntry]]] = field(default=None, repr=False)
+    _planner: Optional[Callable[[], Tuple[List[LayerEntry], List[LayerEntry]]]] = field(default=None, repr=False)
+
+    @property
+    def missing(self) -> List[LayerEntry]:
+        return self._planned()[0]
+
+    @property
+    def skipped(self) -> List[LayerEntry]:
+        return self._planned()[1]
+
+    def _planned(self) -> Tuple[List[LayerEntry], List[LayerEntry]]:
+        if self._layers is None:
+            self._layers = self._planner() if self._planner else ([], [])
+        return self._layers
+
+    def moved(self, missing: List[LayerEntry]) -> None:
+        """What a pull actually downloaded: the rest was present."""
+        oids = {layer.oid for layer in missing}
+        self._layers = (_unique_layers(missing), [layer for layer in self.manifest.layers if layer.oid not in oids])
 
     @property
     def daemon_image_id(self) -> str:
@@ -410,22 +432,20 @@ def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
         return plan
     plan.config = repo.read_config(manifest)
     plan.via_daemon = plan.containerd and ref is not None and _serves_daemon(daemon)
-    _plan_downloads(daemon, plan)
-    stored = repo.remote.stat([layer.key for layer in plan.missing]) if plan.missing else {}
-    absent = [layer for layer in plan.missing if layer.key not in stored]
-    if absent:
-        raise BlobCorruptError("%s is damaged: layer sha256:%s of %s is missing (push the image again)"
-                               % (repo.url, absent[0].oid, ref or requested))
+    plan._planner = lambda: _plan_downloads(daemon, repo, plan)
+    if not plan.via_daemon:
+        plan._planned()
     return plan
 
 
-def _plan_downloads(daemon: Daemon, plan: PullPlan) -> None:
+def _plan_downloads(daemon: Daemon, repo: Repository, plan: PullPlan) -> Tuple[List[LayerEntry], List[LayerEntry]]:
+    """(layers to download, layers the daemon has); BlobCorruptError if one to download is not stored."""
     layers = list(plan.manifest.layers)
     if plan.containerd and not plan.via_daemon:
         # `docker load` into containerd needs every layer blob its content store lacks, wherever
         # it sits in the stack (snapshots alone do not do: the image would register without layers).
         present = daemon.present_layer_blobs()
-        plan.skipped = [layer for layer in layers if layer.oid in present]
+        skipped = [layer for layer in layers if layer.oid in present]
         remaining = [layer for layer in layers if layer.oid not in present]
     else:
         # The classic store's load, and any pull Docker makes itself, skip a layer when the daemon has
@@ -436,34 +456,45 @@ def _plan_downloads(daemon: Daemon, plan: PullPlan) -> None:
             if chain not in present:
                 break
             have += 1
-        plan.skipped, remaining = layers[:have], layers[have:]
-    plan.missing = _unique_layers(remaining)
+        skipped, remaining = layers[:have], layers[have:]
+    missing = _unique_layers(remaining)
+    stored = repo.remote.stat([layer.key for layer in missing]) if missing else {}
+    absent = [layer for layer in missing if layer.key not in stored]
+    if absent:
+        raise BlobCorruptError(_missing_layer(repo, plan, absent[0]))
+    return missing, skipped
+
+
+def _missing_layer(repo: Repository, plan: PullPlan, layer: LayerEntry) -> str:
+    return "%s is damaged: layer sha256:%s of %s is missing (push the image again)" % (
+        repo.url, layer.oid, plan.ref or plan.requested)
 
 
 def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
                  progress: Callable[[LoadLayer], None] = lambda layer: None) -> Dict:
-    result = plan.result()
-    if plan.reason is None:
-        return result
     if plan.image_present:
-        daemon.tag(plan.daemon_image_id, plan.ref.name, plan.ref.tag)
-        result.update(bytes_transferred=0)
+        result = plan.result()
+        if plan.reason is not None:
+            daemon.tag(plan.daemon_image_id, plan.ref.name, plan.ref.tag)
+            result.update(bytes_transferred=0)
         return result
     if plan.via_daemon:
-        _pull_through_daemon(daemon, repo, plan)
+        fetched = _pull_through_daemon(daemon, repo, plan, progress)
+        plan.moved(fetched)     # what Docker fetched: what check mode's plan predicts, by the same rule
+        result = plan.result()
         info = daemon.inspect(plan.daemon_image_id)
         if info is not None and image_layers(info) == [layer.oid for layer in plan.manifest.layers]:
-            for layer in plan.missing:
-                progress(LoadLayer(layer.oid, layer.size, layer.encoding, None))
             return result
         # Docker does not fetch a layer it has unpacked already; if that copy came from an image of its
         # own (compressed blobs), the new image lacks the layer's blob: load the skipped layers' blobs.
-        fetched, known = plan.missing, daemon.present_layer_blobs()
-        lacking = [layer for layer in _unique_layers(plan.skipped) if layer.oid not in known]
-        plan.missing = fetched + [layer for layer in lacking if layer.oid not in {f.oid for f in fetched}]
-        plan.skipped = [layer for layer in plan.manifest.layers if layer.oid not in {m.oid for m in plan.missing}]
+        known = daemon.present_layer_blobs()
+        plan.moved(fetched + [layer for layer in plan.skipped if layer.oid not in known])
+        load = [layer for layer in plan.missing if layer.oid not in {f.oid for f in fetched}]
         result.update(plan.result())
-    _load(daemon, repo, plan, progress)
+        _load(daemon, repo, plan, load, progress)
+        return result
+    result = plan.result()
+    _load(daemon, repo, plan, plan.missing, progress)
     return result
 
 
@@ -471,29 +502,45 @@ def _unique_layers(layers: List[LayerEntry]) -> List[LayerEntry]:
     return list({layer.oid: layer for layer in layers}.values())
 
 
-def _pull_through_daemon(daemon: Daemon, repo: Repository, plan: PullPlan) -> None:
+def _pull_through_daemon(daemon: Daemon, repo: Repository, plan: PullPlan,
+                         progress: Callable[[LoadLayer], None]) -> List[LayerEntry]:
     """Docker's own pull from the engine's loopback endpoint (containerd store), by the digest of the
     image as dogestry shows it (the daemon's image ID afterwards): Docker fetches the layers it lacks,
-    each decoded and verified while it streams; then the pull is given its name."""
-    app = PullServer(repo, plan.manifest, plan.config)
+    each decoded and verified while it streams; then the pull is given its name. Returns the layers
+    Docker fetched."""
+    app = PullServer(repo, plan.manifest, plan.config, lambda layer: progress(
+        LoadLayer(layer.oid, layer.size, layer.encoding, None)))
     with LoopbackServer(only_under(ENGINE_NAME, app)) as server:
         source = "%s/%s" % (server.host, ENGINE_NAME)
+        _drop_stale_names(daemon, server)
         try:
             daemon.pull(source, app.digest)
         except DockerError:
             if app.failures:    # what Docker reports is a cut connection: say why it was cut
                 failure = app.failures[0]
+                if isinstance(failure, RemoteNotFoundError):
+                    raise BlobCorruptError(_missing_layer(repo, plan, app.failed_layers[0]))
                 raise failure if isinstance(failure, DogestryError) else RemoteError(
                     "reading %s failed: %s" % (repo.url, failure))
             raise
     daemon.tag(app.digest, plan.ref.name, plan.ref.tag)
     daemon.untag("%s@%s" % (source, app.digest))
+    return [layer for layer in plan.manifest.layers if layer.oid in app.served]
 
 
-def _load(daemon: Daemon, repo: Repository, plan: PullPlan, progress: Callable[[LoadLayer], None]) -> None:
-    """`docker load` of an archive holding the layers the daemon lacks, each verified while it streams."""
-    missing = {layer.oid for layer in plan.missing}
-    readers = _LayerReaders(repo.remote, plan.missing)
+def _drop_stale_names(daemon: Daemon, server: LoopbackServer) -> None:
+    """Names of the endpoint that a killed run left on the daemon. While this process holds the fixed
+    port no other run uses it, so every name under it is stale."""
+    if server.host.endswith(":%d" % ENGINE_PORT):
+        for name in daemon.names_under("%s/%s" % (server.host, ENGINE_NAME)):
+            daemon.untag(name)
+
+
+def _load(daemon: Daemon, repo: Repository, plan: PullPlan, send: List[LayerEntry],
+          progress: Callable[[LoadLayer], None]) -> None:
+    """`docker load` of an archive holding the layers `send` (those the daemon lacks), each verified while it streams."""
+    missing = {layer.oid for layer in send}
+    readers = _LayerReaders(repo.remote, send)
     load_layers = []
     for layer in plan.manifest.layers:
         if layer.oid in missing:

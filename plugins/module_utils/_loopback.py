@@ -60,6 +60,7 @@ MAX_MANIFEST = 4 << 20
 THREADS = 16                # Docker pushes and pulls a few layers at once (5 by default)
 ENGINE_PORT = 22376         # next to the accelerator's 22375; a free port when it is taken
 ENGINE_NAME = "dogestry/engine"
+BACKLOG = 128              # pending connections the listening socket holds
 POLL = 0.02                 # seconds between cheroot's looks at idle connections (its default 0.5 delays stop)
 
 _ROUTE = re.compile(r"^/v2/(?P<name>[a-z0-9/._-]+?)/(?P<kind>blobs/uploads|blobs|manifests)/(?P<ref>[^/]*)$")
@@ -72,8 +73,10 @@ class LoopbackServer:
         if not HAS_CHEROOT:
             raise DogestryError("the Python package 'cheroot' is required to serve the daemon: pip install cheroot")
         for port in ports:
+            # Docker opens a dozen connections at once (each request tries TLS first, then plain http):
+            # cheroot's default listen backlog of 5 drops some, and a dropped SYN costs a 1 s retransmit.
             self._server = cheroot_wsgi.Server(("127.0.0.1", port), app, numthreads=threads, server_name="dogestry",
-                                               timeout=60)
+                                               timeout=60, request_queue_size=BACKLOG)
             self._server.stats["Enabled"] = False
             self._server.expiration_interval = POLL     # stop() waits for one poll of the connections
             try:
@@ -215,7 +218,10 @@ class PushReceiver:
                                           ("Docker-Distribution-API-Version", "registry/2.0")])
                 return [b""]
             if kind == "blobs/uploads":
-                return self._upload(start_response, method, name, ref, query, body)
+                # Absolute http:// locations: Docker tries TLS first on a registry it was not told is plain
+                # http, and a relative location would send each upload's PUT through that detour again.
+                base = "http://%s" % environ.get("HTTP_HOST", "127.0.0.1")
+                return self._upload(start_response, method, base, name, ref, query, body)
             if kind == "manifests" and method == "PUT":
                 if ref != self.tag:
                     raise _ApiError(404, "NAME_UNKNOWN", "this endpoint takes one manifest, under another tag")
@@ -233,8 +239,8 @@ class PushReceiver:
             error = json.dumps({"errors": [{"code": "UNKNOWN", "message": str(exc), "detail": None}]}).encode()
             return _respond(start_response, 500, [("Content-Type", "application/json")], error)
 
-    def _upload(self, start_response, method, name, session, query, body):
-        location = "/v2/%s/blobs/uploads/%s" % (name, session)
+    def _upload(self, start_response, method, base, name, session, query, body):
+        location = "%s/v2/%s/blobs/uploads/%s" % (base, name, session)
         if method == "POST" and not session:
             mount = query.get("mount")
             if mount and self.blob_size(mount) is not None:
@@ -245,7 +251,7 @@ class PushReceiver:
                 return _respond(start_response, 201, [("Location", "/v2/%s/blobs/%s" % (name, digest)),
                                                       ("Docker-Content-Digest", digest)])
             session = uuid.uuid4().hex
-            return _respond(start_response, 202, [("Location", "/v2/%s/blobs/uploads/%s" % (name, session)),
+            return _respond(start_response, 202, [("Location", "%s/v2/%s/blobs/uploads/%s" % (base, name, session)),
                                                   ("Docker-Upload-UUID", session), ("Range", "0-0")])
         if method == "PATCH" and session:
             size = self._append(session, body)
@@ -445,12 +451,15 @@ class PullServer:
     `failures` records why a layer's body was cut short (a BlobCorruptError, a remote error), so the
     engine can say why Docker's pull failed rather than Docker's "unexpected EOF"."""
 
-    def __init__(self, repo: Repository, manifest: Manifest, config: bytes):
-        self.repo, self.manifest, self.config = repo, manifest, config
+    def __init__(self, repo: Repository, manifest: Manifest, config: bytes,
+                 on_served: Callable[[LayerEntry], None] = lambda layer: None):
+        self.repo, self.manifest, self.config, self.on_served = repo, manifest, config, on_served
         self.body = manifest.oci_bytes()
         self.digest = "sha256:" + sha256_hex(self.body)
         self.layers = {"sha256:" + layer.oid: layer for layer in manifest.layers}
         self.failures: List[Exception] = []
+        self.failed_layers: List[LayerEntry] = []
+        self.served: set = set()       # oids of the layers sent whole (verified)
 
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD", "GET")
@@ -490,7 +499,11 @@ class PullServer:
                     yield pending
         except (DogestryError, OSError) as exc:
             self.failures.append(exc)
+            self.failed_layers.append(layer)
             raise
+        if layer.oid not in self.served:
+            self.served.add(layer.oid)
+            self.on_served(layer)
 
 
 def _unquote(text: str) -> str:
