@@ -78,6 +78,7 @@ class LoopbackServer:
             self._server = cheroot_wsgi.Server(("127.0.0.1", port), app, numthreads=threads, server_name="dogestry",
                                                timeout=60, request_queue_size=BACKLOG)
             self._server.stats["Enabled"] = False
+            self._server.error_log = _quiet     # a body cut short is reported by the engine, in one line
             self._server.expiration_interval = POLL     # stop() waits for one poll of the connections
             try:
                 self._server.prepare()
@@ -98,6 +99,10 @@ class LoopbackServer:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    """cheroot's error log: tracebacks on stderr, where a module's output must stay one JSON document."""
 
 
 def private_tag() -> str:
