@@ -330,6 +330,11 @@ def _push_through_daemon(daemon: Daemon, repo: Repository, plan: PushPlan, wante
             daemon.tag(plan.daemon_id, target, tag)
             try:
                 daemon.push(target, tag)
+            except DockerError:
+                if receiver.failures:   # Docker's message names a status code; ours says what was wrong
+                    raise DockerError("Docker daemon %s: the push of %s failed: %s"
+                                      % (daemon.host, plan.source, receiver.failures[0]))
+                raise
             finally:
                 daemon.untag("%s:%s" % (target, tag))
         manifest, config, layers = receiver.image(lambda config_hex: repo.remote.get(blob_key(config_hex)))

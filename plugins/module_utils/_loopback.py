@@ -177,8 +177,9 @@ class PushReceiver:
 
     `present`: layers (by diff_id) the remote already stores, as the push plan found them. What a blob
     Docker sends becomes is kept in `received` (digest -> (blob size, layer entry or None)); configs in
-    `configs`; the manifest Docker puts last in `manifest`. `stored` maps each layer oid this receiver
-    wrote to the remote to its stored size; `on_stored(oid, stored size)` is called as each is written.
+    `configs`; the manifest Docker puts last in `manifest`; why a write was refused in `failures`.
+    `stored` maps each layer oid this receiver wrote to the remote to its stored size; `on_stored(oid,
+    stored size)` is called as each is written.
     """
 
     def __init__(self, repo: Repository, present: Dict[str, LayerEntry], encoding: str, spool_dir: str, tag: str,
@@ -190,6 +191,7 @@ class PushReceiver:
         self.stored: Dict[str, int] = {}
         self.sizes: Dict[str, int] = {}         # uncompressed size of each layer seen (decoded, or by its record)
         self.manifest: Optional[bytes] = None
+        self.failures: List[DogestryError] = []     # why a write was refused: Docker's own error says less
         self._uploads: Dict[str, str] = {}      # session -> spool file of PATCHed chunks (Docker's containerd
         self._lock = threading.Lock()           # store sends each blob in one PUT; other clients may chunk)
 
@@ -237,10 +239,13 @@ class PushReceiver:
                 raise _ApiError(404, "MANIFEST_UNKNOWN", "manifests are written by the engine, not served here")
             raise _ApiError(405, "UNSUPPORTED", "%s %s is not supported here" % (method, path[:200]))
         except _ApiError as exc:
+            if method not in ("HEAD", "GET"):
+                self.failures.append(DogestryError(exc.message))
             error = json.dumps({"errors": [{"code": exc.code, "message": exc.message, "detail": None}]}).encode()
             return _respond(start_response, exc.status, [("Content-Type", "application/json")],
                             b"" if method == "HEAD" else error)
         except DogestryError as exc:    # the remote failed: Docker's push fails, the engine reports it
+            self.failures.append(exc)
             error = json.dumps({"errors": [{"code": "UNKNOWN", "message": str(exc), "detail": None}]}).encode()
             return _respond(start_response, 500, [("Content-Type", "application/json")], error)
 

@@ -192,8 +192,10 @@ def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, rea
         raise DogestryError("--listen %s is not a loopback address: serving other hosts needs TLS (--tls-cert, "
                             "--tls-key) and credentials (--htpasswd)" % listen)
     users = Htpasswd(htpasswd) if htpasswd else None
+    # A listen backlog of 128, not cheroot's 5: Docker opens a dozen connections at once (each request tries
+    # TLS first on a plain-http registry), and a connection the backlog drops waits 1 s for its SYN retry.
     server = cheroot_wsgi.Server((host, port), WsgiApp(api, users), numthreads=threads,
-                                 server_name="dogestry", timeout=30)
+                                 server_name="dogestry", timeout=30, request_queue_size=128)
     server.stats["Enabled"] = False
     if tls:
         for path in tls:

@@ -16,6 +16,9 @@ description:
     in parallel.
   - Every byte is checked against its sha256 before the daemon can register it; a corrupt
     or truncated blob fails the task and leaves no image behind.
+  - On Docker's containerd image store, when the daemon shares the host's network namespace and the
+    Python package C(cheroot) is installed, Docker's own pull fetches the image from an endpoint the
+    module opens on 127.0.0.1 for the task, instead of C(docker load), each layer verified as it streams.
   - Pulling an image the daemon already has under the tag changes nothing.
 extends_documentation_fragment:
   - dogestry.dogestry.remote

@@ -257,3 +257,19 @@ def test_a_unix_socket_served_in_our_namespace_shares_our_loopback(tmp_path):
         assert _shares_our_loopback("unix://" + str(tmp_path / "absent.sock")) is False
     finally:
         listener.close()
+
+
+def test_the_endpoint_holds_a_burst_of_connections_in_its_backlog(repo):
+    """Docker opens a dozen connections at once; a listen backlog of cheroot's default 5 dropped some,
+    and each dropped connection waited a second for its SYN to be sent again."""
+    import shutil
+    import subprocess
+    manifest, config, _tars = stored_image(repo, [b"q" * 1000])
+    server = LoopbackServer(only_under(ENGINE_NAME, PullServer(repo, manifest, config)), ports=(0,))
+    try:
+        port = server.host.rpartition(":")[2]
+        listing = subprocess.run([shutil.which("ss") or "/usr/bin/ss", "-ltnH", "sport = :%s" % port],
+                                 stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.split()
+        assert listing[0] == "LISTEN" and int(listing[2]) >= 64, listing    # Send-Q of a listener: its backlog
+    finally:
+        server.close()
