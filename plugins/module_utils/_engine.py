@@ -21,6 +21,7 @@ Every plan has a `reason`: a sentence saying what a real run would change, or No
 from __future__ import annotations
 
 import shutil
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -326,8 +327,8 @@ def _push_through_daemon(daemon: Daemon, repo: Repository, plan: PushPlan, wante
     try:
         with LoopbackServer(only_under(ENGINE_NAME, receiver)) as server:
             target = "%s/%s" % (server.host, ENGINE_NAME)
-            _drop_stale_names(daemon, server)
             daemon.tag(plan.daemon_id, target, tag)
+            tidying = _drop_stale_names(daemon, server, "%s:%s" % (target, tag))
             try:
                 daemon.push(target, tag)
             except DockerError:
@@ -337,9 +338,11 @@ def _push_through_daemon(daemon: Daemon, repo: Repository, plan: PushPlan, wante
                 raise
             finally:
                 daemon.untag("%s:%s" % (target, tag))
-        manifest, config, layers = receiver.image(lambda config_hex: repo.remote.get(blob_key(config_hex)))
+                if tidying is not None:
+                    tidying.join()
+        _manifest, config, layers = receiver.image(lambda config_hex: repo.remote.get(blob_key(config_hex)))
     except FormatError as exc:
-        raise DockerError("Docker daemon %s: the push of %s sent something else than one whole image: %s"
+        raise DockerError("Docker daemon %s: the push of %s sent something other than one whole image: %s"
                           % (daemon.host, plan.source, exc))
     except OSError as exc:      # the spool's filesystem: full, read-only, gone
         raise RemoteError("spooling %s into %s failed: %s" % (plan.source, spool, exc.strerror or exc))
@@ -517,7 +520,7 @@ def _pull_through_daemon(daemon: Daemon, repo: Repository, plan: PullPlan,
         LoadLayer(layer.oid, layer.size, layer.encoding, None)))
     with LoopbackServer(only_under(ENGINE_NAME, app)) as server:
         source = "%s/%s" % (server.host, ENGINE_NAME)
-        _drop_stale_names(daemon, server)
+        tidying = _drop_stale_names(daemon, server, "%s@%s" % (source, app.digest))
         try:
             daemon.pull(source, app.digest)
         except DockerError:
@@ -528,17 +531,31 @@ def _pull_through_daemon(daemon: Daemon, repo: Repository, plan: PullPlan,
                 raise failure if isinstance(failure, DogestryError) else RemoteError(
                     "reading %s failed: %s" % (repo.url, failure))
             raise
+        finally:
+            if tidying is not None:
+                tidying.join()
     daemon.tag(app.digest, plan.ref.name, plan.ref.tag)
     daemon.untag("%s@%s" % (source, app.digest))
     return [layer for layer in plan.manifest.layers if layer.oid in app.served]
 
 
-def _drop_stale_names(daemon: Daemon, server: LoopbackServer) -> None:
-    """Names of the endpoint that a killed run left on the daemon. While this process holds the fixed
-    port no other run uses it, so every name under it is stale."""
-    if server.host.endswith(":%d" % ENGINE_PORT):
-        for name in daemon.names_under("%s/%s" % (server.host, ENGINE_NAME)):
-            daemon.untag(name)
+def _drop_stale_names(daemon: Daemon, server: LoopbackServer, keep: str) -> Optional[threading.Thread]:
+    """Drop the names of the endpoint that a killed run left on the daemon, beside the operation (a
+    thread: it costs the daemon a listing). While this process holds the fixed port no other run uses
+    it, so every name under it but `keep` (this run's) is stale. join() the thread before moving on."""
+    if not server.host.endswith(":%d" % ENGINE_PORT):
+        return None
+
+    def drop():
+        try:
+            for name in daemon.names_under("%s/%s" % (server.host, ENGINE_NAME)):
+                if name != keep:
+                    daemon.untag(name)
+        except DockerError:
+            pass        # only tidying: the next run tries again
+    thread = threading.Thread(target=drop, name="dogestry-tidy", daemon=True)
+    thread.start()
+    return thread
 
 
 def _load(daemon: Daemon, repo: Repository, plan: PullPlan, send: List[LayerEntry],
