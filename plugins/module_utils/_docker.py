@@ -164,12 +164,14 @@ class Daemon:
             raise self._fail(what, exc)
 
     def names_under(self, repository: str) -> List[str]:
-        """The names (tags and digests) of images in `repository` (host:port/path)."""
+        """The names of images in `repository` (host:port/path): its tags, and the name@digest of a pull by
+        digest on the containerd store (both are RepoTags; RepoDigests only describe, and removing one
+        would remove every name of the image in that repository)."""
         try:
             images = self.api.images(name=repository)
         except DockerException as exc:
             raise self._fail("listing images of %s" % repository, exc)
-        return sorted({name for image in images for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
+        return sorted({name for image in images for name in image.get("RepoTags") or []
                        if name.startswith(repository + ":") or name.startswith(repository + "@")})
 
     def untag(self, ref: str) -> None:

@@ -61,6 +61,7 @@ THREADS = 16                # Docker pushes and pulls a few layers at once (5 by
 ENGINE_PORT = 22376         # next to the accelerator's 22375; a free port when it is taken
 ENGINE_NAME = "dogestry/engine"
 BACKLOG = 128              # pending connections the listening socket holds
+STOP_WAIT = 0.2            # seconds stop() waits for a busy worker before shutting its connection
 POLL = 0.02                 # seconds between cheroot's looks at idle connections (its default 0.5 delays stop)
 
 _ROUTE = re.compile(r"^/v2/(?P<name>[a-z0-9/._-]+?)/(?P<kind>blobs/uploads|blobs|manifests)/(?P<ref>[^/]*)$")
@@ -80,6 +81,9 @@ class LoopbackServer:
             self._server.stats["Enabled"] = False
             self._server.error_log = _quiet     # a body cut short is reported by the engine, in one line
             self._server.expiration_interval = POLL     # stop() waits for one poll of the connections
+            # and for its workers: one still reading a connection Docker keeps open would hold stop()
+            # for cheroot's default 5 s; the operation is over by then, so its sockets are shut at once
+            self._server.shutdown_timeout = STOP_WAIT
             try:
                 self._server.prepare()
                 break

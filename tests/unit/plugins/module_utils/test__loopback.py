@@ -254,6 +254,7 @@ def test_a_unix_socket_served_in_our_namespace_shares_our_loopback(tmp_path):
     accepted.start()
     try:
         assert _shares_our_loopback("unix://" + path) is True
+        accepted.join(10)
         assert _shares_our_loopback("unix://" + str(tmp_path / "absent.sock")) is False
     finally:
         listener.close()
