@@ -268,7 +268,7 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
     damaged = damaged_reused_layers(repo, plan.present, saved.sizes)
     if damaged:
         # Stored copies that cannot be this layer: move them aside and upload the layer again
-        # (a second pass over `docker save`, in this rare case only).
+        # (a second pass over `docker save`, or a second push by Docker, in this rare case only).
         for oid in damaged:
             quarantine(repo, plan.present.pop(oid).key)
         again = export(daemon, repo, plan, set(damaged), compression, jobs, uploaded, progress)
@@ -534,8 +534,9 @@ def _pull_through_daemon(daemon: Daemon, repo: Repository, plan: PullPlan,
         finally:
             if tidying is not None:
                 tidying.join()
-    daemon.tag(app.digest, plan.ref.name, plan.ref.tag)
-    daemon.untag("%s@%s" % (source, app.digest))
+        # named while this process holds the port: another run's tidying takes no name of a live pull
+        daemon.tag(app.digest, plan.ref.name, plan.ref.tag)
+        daemon.untag("%s@%s" % (source, app.digest))
     return [layer for layer in plan.manifest.layers if layer.oid in app.served]
 
 

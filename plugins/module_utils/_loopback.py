@@ -37,15 +37,17 @@ import threading
 import traceback
 import uuid
 from typing import Callable, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs
 
 try:
     from cheroot import wsgi as cheroot_wsgi
     HAS_CHEROOT = True
+    CHEROOT_IMPORT_ERROR = None
 except ImportError:
     HAS_CHEROOT = False
     CHEROOT_IMPORT_ERROR = traceback.format_exc()
 
-from ._docker_archive import LoadLayer, looks_like_layer, spool_layer, verified_chunks
+from ._docker_archive import LoadLayer, _Prefixed, looks_like_layer, spool_layer, verified_chunks
 from ._errors import DogestryError, FormatError, RemoteNotFoundError
 from ._format import (
     IMAGE_MANIFEST_MEDIA_TYPES, OCI_MANIFEST_MEDIA_TYPE, LayerEntry, Manifest, OciManifest, PushedLayer, blob_key,
@@ -162,20 +164,6 @@ class _HashingReader:
         return data
 
 
-class _Prefixed:
-    """A reader whose first bytes were already read (to tell a layer)."""
-
-    def __init__(self, head: bytes, reader):
-        self._head, self._reader = head, reader
-
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            data, self._head = (self._head, b"") if size < 0 or size >= len(self._head) else \
-                (self._head[:size], self._head[size:])
-            return data
-        return self._reader.read(size)
-
-
 class PushReceiver:
     """The write side of the engine's endpoint for one `docker push` (a WSGI app).
 
@@ -193,7 +181,6 @@ class PushReceiver:
         self.received: Dict[str, Tuple[int, Optional[LayerEntry]]] = {}
         self.configs: Dict[str, bytes] = {}
         self.stored: Dict[str, int] = {}
-        self.sizes: Dict[str, int] = {}         # uncompressed size of each layer seen (decoded, or by its record)
         self.manifest: Optional[bytes] = None
         self.failures: List[DogestryError] = []     # why a write was refused: Docker's own error says less
         self._uploads: Dict[str, str] = {}      # session -> spool file of PATCHed chunks (Docker's containerd
@@ -208,8 +195,7 @@ class PushReceiver:
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
-        query = dict(part.partition("=")[::2] for part in environ.get("QUERY_STRING", "").split("&") if part)
-        query = {key: _unquote(value) for key, value in query.items()}
+        query = {key: values[0] for key, values in parse_qs(environ.get("QUERY_STRING", "")).items()}
         try:
             if path in ("/v2", "/v2/"):
                 return _respond(start_response, 200, [("Content-Type", "application/json")], b"{}")
@@ -350,8 +336,6 @@ class PushReceiver:
     def _take(self, digest: str, blob_size: int, layer: Optional[LayerEntry]) -> None:
         with self._lock:
             self.received[digest] = (blob_size, layer)
-            if layer is not None:
-                self.sizes[layer.oid] = layer.size
 
     def _receive(self, body, digest: Optional[str]) -> str:
         """Take one blob: a layer is decoded while it arrives and stored by diff_id, a config kept."""
@@ -371,6 +355,8 @@ class PushReceiver:
                 try:
                     spooled = spool_layer(_Prefixed(head, reader), "layer %s pushed by Docker" % digest,
                                           self.encoding, self.spool_dir)
+                except _ApiError:
+                    raise
                 except (FormatError, OSError, EOFError) as exc:
                     raise _ApiError(400, "BLOB_UPLOAD_INVALID", "layer %s cannot be decoded: %s" % (digest, exc))
                 except Exception as exc:  # noqa: BLE001  zlib and zstd errors: not a layer after all
@@ -518,8 +504,3 @@ class PullServer:
         if layer.oid not in self.served:
             self.served.add(layer.oid)
             self.on_served(layer)
-
-
-def _unquote(text: str) -> str:
-    from urllib.parse import unquote
-    return unquote(text)
