@@ -7,6 +7,8 @@ What must hold: the same results and the same remote content as the save/load pa
 can follow the other), only missing layers move, a corrupt layer never reaches Docker whole, and a
 run killed at any point leaves no tag on incomplete data and no half-loaded image."""
 
+import contextlib
+import ctypes
 import glob
 import json
 import os
@@ -18,8 +20,10 @@ import time
 import docker
 import pytest
 
+from ansible_runner import run_tasks
 from dogestry_cli import DOGESTRY, MiB, cli_env, dogestry, netns_of_docker
 from test_faults import assert_remote_whole
+from test_modules_local import BASE, pull, push
 
 ENDPOINT = "dogestry/engine"       # the name the engine's endpoint serves under (_loopback.ENGINE_NAME)
 TRIALS = int(os.environ.get("DOGESTRY_FAULT_TRIALS", "5"))
@@ -50,6 +54,21 @@ def pushed_records(remote):
 def transient_names(api):
     return [name for image in api.images() for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
             if "/%s" % ENDPOINT in name]
+
+
+@contextlib.contextmanager
+def in_daemon_namespace():
+    """This thread (and what it starts: ansible-playbook, its modules) in Docker 28's network namespace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ours = os.open("/proc/self/ns/net", os.O_RDONLY)
+    theirs = os.open("/proc/%d/ns/net" % netns_of_docker("28"), os.O_RDONLY)
+    try:
+        assert libc.setns(theirs, 0x40000000) == 0, os.strerror(ctypes.get_errno())     # CLONE_NEWNET
+        yield
+    finally:
+        assert libc.setns(ours, 0x40000000) == 0, os.strerror(ctypes.get_errno())
+        os.close(ours)
+        os.close(theirs)
 
 
 @pytest.fixture
@@ -85,6 +104,42 @@ def test_push_through_docker_stores_what_the_save_path_stores_and_moves_only_new
     assert not transient_names(api28), transient_names(api28)
     check = json.loads(dogestry_near("push", near, name + ":2", "--docker-host", docker28_host, "--json").stdout)
     assert not check["changed"]
+
+
+def test_modules_through_docker_in_check_real_idempotent_rhythm(tmp_path, docker28_host, api28, build_image, name):
+    """dogestry_push and dogestry_pull run by ansible-playbook on a host whose daemon shares its network
+    namespace: check mode reports what the real run does, and a second run changes nothing."""
+    remote = str(tmp_path / "remote")
+    build_image(docker28_host, name + ":1", [BASE, {"/hello.txt": b"hello through docker\n"}],
+                cmd=["/bin/busybox", "cat", "/hello.txt"])
+    with in_daemon_namespace():
+        pushed = run_tasks(tmp_path, [
+            push(remote, [name + ":1"], "check", check_mode=True, docker_host=docker28_host),
+            push(remote, [name + ":1"], "real", docker_host=docker28_host),
+            push(remote, [name + ":1"], "idem_check", check_mode=True, docker_host=docker28_host),
+            push(remote, [name + ":1"], "idem", docker_host=docker28_host),
+        ])
+    check, real = pushed["check"], pushed["real"]
+    assert check["changed"] and real["changed"], pushed["_output"][-3000:]
+    assert check["layers_transferred"] == real["layers_transferred"] and len(real["layers_transferred"]) == 3
+    assert pushed_records(remote), "Docker pushed it (the save path writes no push records)"
+    assert not pushed["idem_check"]["changed"] and not pushed["idem"]["changed"]
+    api28.remove_image(name + ":1", force=True)
+    with in_daemon_namespace():
+        pulled = run_tasks(tmp_path, [
+            pull(remote, name + ":1", "check", check_mode=True, docker_host=docker28_host),
+            pull(remote, name + ":1", "real", docker_host=docker28_host),
+            pull(remote, name + ":1", "idem_check", check_mode=True, docker_host=docker28_host),
+            pull(remote, name + ":1", "idem", docker_host=docker28_host),
+        ])
+    assert pulled["check"]["changed"] and pulled["real"]["changed"], pulled["_output"][-3000:]
+    assert pulled["check"]["layers_transferred"] == pulled["real"]["layers_transferred"]
+    assert pulled["check"]["reason"] == pulled["real"]["reason"]
+    info = api28.inspect_image(name + ":1")
+    assert info["Id"] == pulled["real"]["daemon_image_id"] and "annotations" not in info["Descriptor"]
+    assert not pulled["idem_check"]["changed"] and not pulled["idem"]["changed"]
+    out = docker.DockerClient(base_url=docker28_host).containers.run(name + ":1", network_mode="none", remove=True)
+    assert out == b"hello through docker\n"
 
 
 def test_pull_through_docker_fetches_only_missing_layers_and_leaves_the_same_image(
