@@ -445,6 +445,7 @@ class RegistryBench:
 
     def report(self):
         containerd = "containerd store" in self.daemon_version
+
         def med(values):
             values = sorted(values)
             return values[len(values) // 2] if values else None

@@ -44,7 +44,7 @@ def test_read_ahead_runs_the_producer_in_another_thread():
     threads = []
 
     def produce():
-        for _ in range(3):
+        for _item in range(3):
             threads.append(threading.current_thread())
             yield b"x"
     assert list(read_ahead(produce())) == [b"x"] * 3

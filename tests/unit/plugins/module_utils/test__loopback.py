@@ -73,7 +73,7 @@ def receiver(repo, tmp_path):
 
 
 def push_blob(app, data):
-    status, headers, _ = call(app, "POST", "/v2/%s/blobs/uploads/" % ENGINE_NAME)
+    status, headers, _body = call(app, "POST", "/v2/%s/blobs/uploads/" % ENGINE_NAME)
     assert status == 202 and headers["Location"].startswith("http://127.0.0.1:22376/v2/%s/blobs/uploads/" % ENGINE_NAME)
     path = headers["Location"][len("http://127.0.0.1:22376"):]
     return call(app, "PUT", path, data, "digest=" + digest(data).replace(":", "%3A"))
@@ -83,7 +83,7 @@ def test_a_gzip_layer_is_stored_by_diff_id_and_recorded_so_the_next_push_skips_i
     tar = layer_tar(os.urandom(200000))
     blob = gzip.compress(tar)
     assert call(receiver, "HEAD", "/v2/%s/blobs/%s" % (ENGINE_NAME, digest(blob)))[0] == 404
-    status, headers, _ = push_blob(receiver, blob)
+    status, headers, _body = push_blob(receiver, blob)
     assert status == 201 and headers["Docker-Content-Digest"] == digest(blob)
     diff_id = sha256_hex(tar)
     assert blob_key(diff_id, "lz4") in repo.remote.stat([blob_key(diff_id, "lz4")])
@@ -92,7 +92,7 @@ def test_a_gzip_layer_is_stored_by_diff_id_and_recorded_so_the_next_push_skips_i
     assert (record.blob_size, record.layer.oid, record.layer.size) == (len(blob), diff_id, len(tar))
     # a later push (another receiver) is told the remote has it, from the record alone
     again = PushReceiver(repo, {}, "lz4", str(tmp_path / "spool"), TAG)
-    status, headers, _ = call(again, "HEAD", "/v2/%s/blobs/%s" % (ENGINE_NAME, digest(blob)))
+    status, headers, _body = call(again, "HEAD", "/v2/%s/blobs/%s" % (ENGINE_NAME, digest(blob)))
     assert status == 200 and headers["Content-Length"] == str(len(blob))
 
 
@@ -107,9 +107,9 @@ def test_a_record_whose_layer_is_gone_is_not_trusted(repo, receiver):
 
 def test_a_blob_that_is_not_what_its_digest_says_is_refused_and_nothing_is_stored(repo, receiver):
     blob = gzip.compress(layer_tar(b"y" * 5000))
-    status, headers, _ = call(receiver, "POST", "/v2/%s/blobs/uploads/" % ENGINE_NAME)
+    status, headers, _body = call(receiver, "POST", "/v2/%s/blobs/uploads/" % ENGINE_NAME)
     path = headers["Location"][len("http://127.0.0.1:22376"):]
-    status, _, body = call(receiver, "PUT", path, blob, "digest=sha256:" + "0" * 64)
+    status, _headers, body = call(receiver, "PUT", path, blob, "digest=sha256:" + "0" * 64)
     assert status == 400 and json.loads(body)["errors"][0]["code"] == "DIGEST_INVALID"
     assert not receiver.stored and not list(repo.remote.list("pushed/"))
 
@@ -142,7 +142,7 @@ def test_the_image_is_assembled_from_what_docker_sent_in_the_config_order(receiv
         assert push_blob(receiver, blob)[0] == 201
     manifest = image_manifest(config, blobs)
     assert call(receiver, "PUT", "/v2/%s/manifests/another-tag" % ENGINE_NAME, manifest)[0] == 404
-    status, headers, _ = call(receiver, "PUT", "/v2/%s/manifests/%s" % (ENGINE_NAME, TAG), manifest)
+    status, headers, _body = call(receiver, "PUT", "/v2/%s/manifests/%s" % (ENGINE_NAME, TAG), manifest)
     assert status == 201 and headers["Docker-Content-Digest"] == digest(manifest)
     _parsed, got_config, layers = receiver.image(lambda config_hex: pytest.fail("the config was sent"))
     assert got_config == config and [layer.oid for layer in layers] == [sha256_hex(t) for t in tars]
@@ -162,7 +162,7 @@ def test_a_manifest_whose_layers_are_not_its_configs_is_refused(receiver):
 def test_a_manifest_naming_a_blob_that_was_not_pushed_is_refused(receiver):
     config = canonical_json({"rootfs": {"type": "layers", "diff_ids": []}})
     push_blob(receiver, config)
-    status, _, body = call(receiver, "PUT", "/v2/%s/manifests/%s" % (ENGINE_NAME, TAG),
+    status, _headers, body = call(receiver, "PUT", "/v2/%s/manifests/%s" % (ENGINE_NAME, TAG),
                            image_manifest(config, [b"never sent"]))
     assert status == 400 and json.loads(body)["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
 
@@ -250,7 +250,9 @@ def test_a_unix_socket_served_in_our_namespace_shares_our_loopback(tmp_path):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
-    accepted = threading.Thread(target=lambda: listener.accept()[0].close(), daemon=True)
+    def accept_one():
+        listener.accept()[0].close()
+    accepted = threading.Thread(target=accept_one, daemon=True)
     accepted.start()
     try:
         assert _shares_our_loopback("unix://" + path) is True
