@@ -250,6 +250,7 @@ def test_a_unix_socket_served_in_our_namespace_shares_our_loopback(tmp_path):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
+
     def accept_one():
         listener.accept()[0].close()
     accepted = threading.Thread(target=accept_one, daemon=True)
