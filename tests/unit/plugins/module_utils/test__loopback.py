@@ -163,7 +163,7 @@ def test_a_manifest_naming_a_blob_that_was_not_pushed_is_refused(receiver):
     config = canonical_json({"rootfs": {"type": "layers", "diff_ids": []}})
     push_blob(receiver, config)
     status, _headers, body = call(receiver, "PUT", "/v2/%s/manifests/%s" % (ENGINE_NAME, TAG),
-                           image_manifest(config, [b"never sent"]))
+                                  image_manifest(config, [b"never sent"]))
     assert status == 400 and json.loads(body)["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
 
 
