@@ -479,6 +479,16 @@ class RegistryBench:
         print("| server peak RSS | %s |" % " | ".join(
             "%.0f MB" % (max(self.rss[c]) / 1e6) if self.rss[c] else "-" for c in columns))
         print("(floor: `docker save` in the cold push row, `docker load` in the cold pull row)")
+        if self.args.chart:
+            import chart
+            names = {"registry": "registry", "accelerator": "accelerator", "dogestry": "modules", "cli": "CLI"}
+            seconds = {row.replace("update", "one-layer update"):
+                       {names[c]: med(self.samples[c][row]) for c in names if self.samples[c].get(row)}
+                       for row in ROWS}
+            stored = {names[c]: med(self.stored[c]) for c in names if self.stored[c]}
+            with open(self.args.chart, "w", encoding="utf-8") as out:
+                out.write(chart.render(seconds, stored, "medians of registry_bench.py, %d MB image, Docker %s, %s"
+                                       % (self.args.size_mb, self.daemon_version, time.strftime("%Y-%m-%d"))))
 
         targets = []
 
@@ -518,6 +528,7 @@ def main():
     parser.add_argument("--s3-mbps", type=float, default=60.0, help="MB/s per connection, each way")
     parser.add_argument("--docker28", action="store_true", help="against Docker 28 on the containerd store, "
                         "started (or shared) as the tests start it, in its own network namespace")
+    parser.add_argument("--chart", metavar="OUT.svg", help="also draw the results as an SVG bar chart (benchmarks/chart.py)")
     parser.add_argument("--netns-pid", type=int, help="the daemon at --docker-host lives in this process's "
                         "network namespace: start the registry and the accelerator in it")
     args = parser.parse_args()

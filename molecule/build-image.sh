@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the image molecule's instances run: Debian bookworm with systemd as PID 1, python3 and the
-# accelerator's Python dependencies from Debian,
+# Build the image molecule's instances run: a fresh Debian bookworm with systemd as PID 1 and python3
+# (with none of the libraries the dogestry modules need: the accelerator role installs them),
 # made here with debootstrap from the Debian mirror this machine uses (no registry is reachable).
 # Cached by a tag derived from this file, so a second run is instant. Prints the image name.
 #
@@ -29,13 +29,6 @@ log "debootstrap bookworm from $mirror (about a minute)"
 debootstrap --variant=minbase --include=systemd,systemd-sysv,python3,python3-apt,iproute2,ca-certificates,procps \
     bookworm "$work/root" "$mirror" >"$work/debootstrap.log" 2>&1 \
     || { tail -n 20 "$work/debootstrap.log" >&2; log "debootstrap failed"; exit 1; }
-# The accelerator role's Debian install path finds its packages here (installed after debootstrap,
-# whose own configure step trips over python3-zstandard's byte-compilation).
-log "adding the accelerator's Python dependencies from Debian"
-chroot "$work/root" sh -c 'apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q install -y \
-    --no-install-recommends python3-venv python3-boto3 python3-docker python3-lz4 python3-zstandard \
-    python3-cheroot python3-prometheus-client' >"$work/apt.log" 2>&1 \
-    || { tail -n 20 "$work/apt.log" >&2; log "apt-get install in the new root failed"; exit 1; }
 rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*
 tar -C "$work/root" -c . | docker import - "$TAG-rootfs" >/dev/null
 # systemd stops on SIGRTMIN+3; `docker import -c STOPSIGNAL` is refused, a two-line build is not.

@@ -3,7 +3,8 @@
 #   - Debian packages: docker.io (dockerd 20.10, containerd, runc), busybox-static (the demo and
 #     test images' only binary), git, rsync, iproute2, skopeo (a registry client the accelerator's
 #     tests pull with), docker-registry (CNCF distribution 2.8: what benchmarks/registry_bench.py
-#     compares with) (skipped when all are installed already);
+#     compares with), openssh-server and -client (the fleet test reaches its hosts over SSH) (skipped
+#     when all are installed already);
 #   - a virtualenv at .venv with requirements.txt + tests/requirements.txt (skipped when unchanged),
 #     and this checkout installed editable into it (.venv/bin/dogestry, from pyproject.toml);
 #   - community.docker and ansible.posix for molecule, from the ansible wheel, into .venv/collections;
@@ -12,7 +13,9 @@
 #   - a running dockerd (started in the background when none answers; log in /var/log or /tmp).
 # Re-running it when everything is in place takes about a second.
 #
-# Environment: PYTHON (interpreter for the venv, default python3), DOGESTRY_SKIP_EXTRA_DOCKERS=1.
+# Environment: PYTHON (interpreter for the venv, default python3), DOGESTRY_SKIP_EXTRA_DOCKERS=1,
+# DOGESTRY_SETUP_VENV_ONLY=1 (the virtualenv and the dogestry command only: no root, no Docker; what
+# the fast tier, scripts/test.sh --fast, needs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,8 +33,10 @@ as_root() {
 }
 
 # --- Debian packages -----------------------------------------------------------------------------
-packages=(docker.io busybox-static git rsync iproute2 util-linux ca-certificates shellcheck skopeo docker-registry)
+packages=(docker.io busybox-static git rsync iproute2 util-linux ca-certificates shellcheck skopeo docker-registry
+          openssh-server openssh-client)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+[ "${DOGESTRY_SETUP_VENV_ONLY:-}" = 1 ] && packages=()
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
@@ -63,6 +68,11 @@ if [ "$("$VENV/bin/python" -c 'import dogestry._cli as c; print(c.__file__)' 2>/
     say "pip install -e $ROOT (the dogestry command)"
     "$VENV/bin/python" -m pip install --disable-pip-version-check --no-deps -e "$ROOT" >"$VENV/pip-install-cli.log" 2>&1 \
         || { tail -n 30 "$VENV/pip-install-cli.log" >&2; die "pip install -e failed (log: $VENV/pip-install-cli.log)"; }
+fi
+
+if [ "${DOGESTRY_SETUP_VENV_ONLY:-}" = 1 ]; then
+    say "ready (virtualenv only): $("$VENV/bin/python" -c 'from ansible.release import __version__ as a; print("ansible-core", a)')"
+    exit 0
 fi
 
 # --- collections molecule's docker driver needs (community.docker, ansible.posix) -------------------

@@ -5,6 +5,10 @@
 #
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k infra -x`; DOGESTRY_PYTEST_PATHS
 # replaces the default path `tests`.
+#
+# `bash scripts/test.sh --fast`: the fast tier, the tests not marked slow (unit tests, moto, dogestry
+# processes; tests/conftest.py marks a test slow when it uses a Docker daemon, ansible-playbook or
+# molecule), with a virtualenv-only setup and no sanity: no root, Docker or molecule needed.
 # Environment: DOGESTRY_SKIP_SANITY=1 skips ansible-test sanity; DOGESTRY_SANITY_ARGS adds options
 # to it (e.g. "--test pep8").
 set -uo pipefail
@@ -13,6 +17,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 VENV=$ROOT/.venv
 PY=$VENV/bin/python
+
+if [ "${1:-}" = --fast ]; then
+    shift
+    set -- -m "not slow" "$@"
+    export DOGESTRY_SETUP_VENV_ONLY=1 DOGESTRY_SKIP_SANITY=1
+fi
 
 now() { date +%s; }
 t0=$(now)

@@ -10,6 +10,11 @@
 - build_image:   build small busybox-based images with chosen layers on either daemon
 
 Servers are started only when none answers, and stopped at the end of the session if we started them.
+
+Tiers: a test that asks for a Docker daemon (any fixture in SLOW_FIXTURES) or whose module runs
+ansible-playbook (ansible_runner) or molecule is marked `slow` at collection, so new tests are marked
+by what they use. `pytest -m "not slow"` (scripts/test.sh --fast) runs the rest: unit tests, moto,
+`dogestry` processes; no root, Docker or molecule.
 """
 
 import hashlib
@@ -50,6 +55,26 @@ def _link_collection():
 
 
 _link_collection()
+
+SLOW_FIXTURES = {"docker_host", "docker26_host", "docker28_host", "any_docker_host", "engine", "build_image"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: needs a Docker daemon, ansible-playbook or molecule "
+                                       "(set from the fixtures a test uses; deselect with -m 'not slow')")
+
+
+def _runs_ansible(module):
+    """The test module runs ansible-playbook (tests/integration/ansible_runner) or molecule."""
+    return any(getattr(value, "__module__", None) == "ansible_runner" for value in vars(module).values()) \
+        or "molecule" in module.__name__
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = getattr(item, "module", None)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or (module is not None and _runs_ansible(module)):
+            item.add_marker(pytest.mark.slow)
 
 
 def free_port():
@@ -134,6 +159,20 @@ def servers():
     yield lambda *a, **kw: started.append(Server(*a, **kw)) or started[-1]
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def fault_seed(request):
+    """The seed of every random choice of a fault or storm test: DOGESTRY_FAULT_SEED, or a new one (printed)."""
+    import random
+    seed = int(os.environ.get("DOGESTRY_FAULT_SEED") or random.SystemRandom().randrange(1 << 30))
+    print("fault seed %d: replay with DOGESTRY_FAULT_SEED=%d pytest '%s'" % (seed, seed, request.node.nodeid))
+    return seed
+
+
+def replay(seed):
+    """How a failure message names its seed."""
+    return "seed %d (replay: DOGESTRY_FAULT_SEED=%d)" % (seed, seed)
 
 
 @pytest.fixture
@@ -442,7 +481,7 @@ def s3_endpoint():
     url = "http://127.0.0.1:%d" % port
     exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
     proc = _start([exe, "-H", "127.0.0.1", "-p", str(port)],
-                  os.path.join(tempfile.gettempdir(), "dogestry-test-moto.log"))
+                  os.path.join(tempfile.gettempdir(), "dogestry-test-moto-%d.log" % os.getuid()))
     wait_for(lambda: urllib.request.urlopen(url + "/moto-api/", timeout=2).status == 200, 60, "moto_server")
     yield url
     _stop(proc)

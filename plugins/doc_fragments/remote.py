@@ -21,6 +21,15 @@ options:
         signed pull URL minted by M(dogestry.dogestry.dogestry_signed_url).
     type: str
     required: true
+  fallback_remotes:
+    description:
+      - More copies of O(remote) (a replica bucket in another region, an HTTP mirror), read in this order when the
+        ones before them fail; every byte is verified as always, and writes go to O(remote) only.
+      - A copy that failed is tried last for 30 seconds. For a tag the first copy that answers decides; a blob
+        or manifest a copy lacks is looked for in the next ones.
+    type: list
+    elements: str
+    default: []
   jobs:
     description:
       - How many transfers run at the same time (blobs on push; parts of a layer on S3 pulls), from 1 to 64.
@@ -64,36 +73,21 @@ options:
       - URL of an S3-compatible endpoint (MinIO, Ceph RGW, moto); default is AWS.
     type: str
     aliases: [aws_endpoint_url]
-  validate_certs:
+  s3_validate_certs:
     description:
-      - Verify TLS certificates of the S3 or HTTPS endpoint.
+      - Verify the TLS certificate of the S3 endpoint, or of an V(https://) remote or signed URL.
+      - This option was called C(validate_certs) before dogestry.dogestry 0.2.0. That name is now the Docker daemon's, as
+        in community.docker (see O(validate_certs)), so that one C(module_defaults) entry for the action group can
+        set both.
     type: bool
     default: true
+    aliases: [aws_validate_certs]
+    version_added: 0.2.0
   ca_bundle:
     description:
       - CA bundle to verify the S3 or HTTPS endpoint with.
     type: path
     aliases: [aws_ca_bundle]
-"""
-
-    # Options of modules that talk to a Docker daemon.
-    DOCKER = r"""
-options:
-  docker_host:
-    description:
-      - The Docker daemon to use, V(unix:///path/docker.sock) or V(tcp://host:2375).
-      - One controller can feed several daemons by looping over hosts.
-      - Falls back to the E(DOCKER_HOST) environment variable.
-    type: str
-    default: unix:///var/run/docker.sock
-    aliases: [docker_url]
-  timeout:
-    description:
-      - Seconds to wait for a Docker API call before giving up.
-    type: int
-    default: 300
 requirements:
-  - docker (Docker SDK for Python) >= 5.0.0
-  - lz4 >= 3.1.0
-  - boto3 >= 1.28.0 (for S3 remotes)
+  - boto3 >= 1.35.2 (for S3 remotes)
 """

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
+import ssl
 import struct
 import traceback
 from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
@@ -17,7 +19,10 @@ from urllib.parse import urlsplit
 
 try:
     import docker
+    import requests.adapters
+    from docker.constants import MINIMUM_DOCKER_API_VERSION
     from docker.errors import DockerException, ImageNotFound, NotFound
+    from docker.tls import TLSConfig
     HAS_DOCKER = True
     DOCKER_IMPORT_ERROR = None
 except ImportError:
@@ -28,6 +33,7 @@ except ImportError:
         pass
 
     NotFound = ImageNotFound = DockerException
+    TLSConfig = None
 
 from ._errors import DockerError, DogestryError
 from ._format import chain_ids, parse_digest
@@ -42,18 +48,90 @@ LOADED_BY_DOGESTRY = "org.dogestry.layers"
 
 
 def _one_line(exc: Exception) -> str:
+    tls = _tls_failure(exc)
+    if tls:
+        hint = (" (is the CA, ca_path or --tlscacert, the one that signed the daemon's certificate, and is the daemon "
+                "named so in it, or in tls_hostname?)" if "verify failed" in tls else
+                " (the daemon wants a client certificate signed by a CA it trusts: client_cert and client_key, or "
+                "--tlscert and --tlskey)" if "alert" in tls else "")
+        return "TLS handshake failed: %s%s" % (tls, hint)
     explanation = getattr(exc, "explanation", None)
     text = str(explanation or exc)
     return " ".join(text.split())
 
 
+def _tls_failure(exc: Optional[BaseException]) -> Optional[str]:
+    """What an ssl.SSLError somewhere in `exc`'s chain says ("certificate verify failed: …", "tlsv13 alert
+    certificate required"), or None. requests and urllib3 wrap it three deep in a retry summary."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLError):
+            text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+            return " ".join(re.sub(r"^\[SSL: \w+\] |\s*\(_ssl\.c:\d+\)$", "", text).split())
+        if type(exc).__name__ == "CertificateError":    # urllib3's own name check (tls_hostname), a ValueError
+            return "certificate verify failed: %s" % " ".join(str(exc).split())
+        inner = [getattr(exc, "reason", None)] + list(getattr(exc, "args", ()))
+        exc = exc.__cause__ or next((e for e in inner if isinstance(e, BaseException)), None) or exc.__context__
+    return None
+
+
 DOCKER_HOST_SCHEMES = ("unix", "tcp", "http", "https", "ssh", "npipe")
+CERT_FILES = ("ca.pem", "cert.pem", "key.pem")     # in DOCKER_CERT_PATH, as the docker CLI names them
+CERT_OPTIONS = ("ca_path (--tlscacert)", "client_cert (--tlscert)", "client_key (--tlskey)")
+
+
+def tls_config(verify: bool = False, ca_cert: Optional[str] = None, client_cert: Optional[str] = None,
+               client_key: Optional[str] = None, cert_dir: Optional[str] = None) -> "TLSConfig":
+    """A docker.tls.TLSConfig for a daemon behind TLS, as `docker --tls` (verify=False) or `--tlsverify` sets it up.
+
+    `cert_dir` (DOCKER_CERT_PATH) stands in for the files not given, where they exist (the docker CLI's rule).
+    A file that is missing, or a certificate without its key, is a one-line DockerError."""
+    if not HAS_DOCKER:
+        raise DogestryError("the Python package 'docker' (Docker SDK for Python) is required: pip install docker")
+    given = {"ca_path": ca_cert, "client_cert": client_cert, "client_key": client_key}
+    for (option, path), default, label in zip(list(given.items()), CERT_FILES, CERT_OPTIONS):
+        if path and not os.path.isfile(path):
+            raise DockerError("%s %s: no such file" % (label, path))
+        if not path and cert_dir and os.path.isfile(os.path.join(cert_dir, default)):
+            given[option] = os.path.join(cert_dir, default)
+    if bool(given["client_cert"]) != bool(given["client_key"]):
+        raise DockerError("client_cert and client_key go together: give both, or neither (got only %s)"
+                          % ("client_cert" if given["client_cert"] else "client_key"))
+    return TLSConfig(client_cert=(given["client_cert"], given["client_key"]) if given["client_cert"] else None,
+                     ca_cert=given["ca_path"] if verify else None, verify=bool(verify))
+
+
+if HAS_DOCKER:
+    class _PinnedTLSAdapter(requests.adapters.HTTPAdapter):
+        """HTTPS to the daemon with exactly the TLSConfig's CA and client certificate: requests lets REQUESTS_CA_BUNDLE
+        or CURL_CA_BUNDLE override a session's CA (its per-request settings win), so they are set on every send.
+        With `hostname` (tls_hostname), the daemon's certificate must name it rather than the URL's host (the Docker
+        SDK 7 dropped assert_hostname)."""
+
+        def __init__(self, verify, cert, hostname: Optional[str] = None):
+            self.verify, self.cert, self.hostname = verify, cert, hostname
+            super().__init__()
+
+        def init_poolmanager(self, *args, **kwargs):
+            if self.hostname:
+                kwargs.update(assert_hostname=self.hostname, server_hostname=self.hostname)
+            super().init_poolmanager(*args, **kwargs)
+
+        def send(self, request, **kwargs):
+            kwargs.update(verify=self.verify, cert=self.cert)
+            return super().send(request, **kwargs)
 
 
 class Daemon:
-    """One Docker daemon. `host` is for messages."""
+    """One Docker daemon. `host` is for messages.
 
-    def __init__(self, docker_host: Optional[str] = None, timeout: int = 300):
+    `tls`: a docker.tls.TLSConfig (see tls_config()), or None for a socket or a plain tcp:// daemon; with it a
+    tcp:// host is reached over HTTPS. `tls_hostname`: the name the daemon's certificate must carry, when it is
+    not the host of `docker_host`. `api_version`: "auto" negotiates."""
+
+    def __init__(self, docker_host: Optional[str] = None, timeout: int = 300, tls: Optional["TLSConfig"] = None,
+                 tls_hostname: Optional[str] = None, api_version: Optional[str] = None):
         if not HAS_DOCKER:
             raise DogestryError("the Python package 'docker' (Docker SDK for Python) is required: pip install docker")
         self.host = docker_host or DEFAULT_DOCKER_HOST
@@ -63,8 +141,16 @@ class Daemon:
         if not sep or scheme not in DOCKER_HOST_SCHEMES or not rest.strip("/"):
             raise DockerError("docker_host %r is not a Docker daemon address: use unix:///path/docker.sock, "
                               "tcp://host:2375 or ssh://user@host" % self.host[:200])
+        version = api_version or "auto"
+        negotiate = version == "auto"
         try:
-            self.api = docker.APIClient(base_url=self.host, version="auto", timeout=timeout)
+            # With TLS the adapter must be mounted before the first request, so the version is negotiated after.
+            self.api = docker.APIClient(base_url=self.host, timeout=timeout, tls=tls or False,
+                                        version=MINIMUM_DOCKER_API_VERSION if tls and negotiate else version)
+            if tls:
+                self.api.mount("https://", _PinnedTLSAdapter(self.api.verify, self.api.cert, tls_hostname))
+                if negotiate:
+                    self.api._version = self.api._retrieve_server_version()    # what version="auto" does
         except (DockerException, ValueError) as exc:     # ValueError: a malformed URL or port
             raise DockerError("cannot reach the Docker daemon at %s: %s" % (self.host, _one_line(exc)))
 

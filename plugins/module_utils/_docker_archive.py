@@ -84,8 +84,30 @@ def looks_like_layer(head: bytes) -> bool:
     return head.startswith((_GZIP_MAGIC, _ZSTD_MAGIC)) or head[257:262] == b"ustar"
 
 
+@dataclass(frozen=True)
+class DecodeLimit:
+    """How far an untrusted blob (a registry push) is decoded: at most `max_size` bytes, and at most `ratio`
+    times the bytes read so far plus `floor`. A gzip bomb expands a thousandfold, a zstd one far more;
+    real layers a few times (a layer of zero-filled files a few hundred times: kept as pushed, not decoded)."""
+    max_size: int
+    ratio: int = 100
+    floor: int = 64 << 20
+
+
+class _Counted:
+    """A reader that counts the bytes taken from it (what a DecodeLimit's ratio is measured against)."""
+
+    def __init__(self, reader):
+        self._reader, self.count = reader, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._reader.read(size)
+        self.count += len(data)
+        return data
+
+
 def _decoded_chunks(reader, what: str) -> Iterator[bytes]:
-    """Raw tar bytes of a layer member, undoing the containerd store's gzip if present."""
+    """Raw tar bytes of a layer member, undoing the containerd store's gzip or zstd if present."""
     first = reader.read(CHUNK)
     if first.startswith(_ZSTD_MAGIC):
         if not HAS_ZSTD:
@@ -96,32 +118,67 @@ def _decoded_chunks(reader, what: str) -> Iterator[bytes]:
                 yield chunk
                 chunk = unzstd.read(CHUNK)
         return
-    inflate = gzip_decompressobj() if first.startswith(_GZIP_MAGIC) else None
+    if first.startswith(_GZIP_MAGIC):
+        yield from _gunzipped(first, reader, what)
+        return
     chunk = first
     while chunk:
-        yield inflate.decompress(chunk, CHUNK) if inflate else chunk     # bounded: gzip bombs exist too
-        while inflate and inflate.unconsumed_tail:
-            yield inflate.decompress(inflate.unconsumed_tail, CHUNK)
+        yield chunk
         chunk = reader.read(CHUNK)
-    if inflate:
-        tail = inflate.flush()
-        if tail:
-            yield tail
 
 
-def spool_layer(reader, what: str, encoding: str, spool_dir: str) -> SpooledLayer:
-    """Hash and encode one layer in a single pass into a spool file in `spool_dir`."""
+def _gunzipped(data: bytes, reader, what: str) -> Iterator[bytes]:
+    """Every member of a gzip stream, as Go's reader (Docker's) takes it: pigz -i and eStargz write several.
+    Output comes in pieces of at most CHUNK (gzip bombs exist); anything after a member but another
+    member is refused, and so is a stream that ends inside one."""
+    inflate = gzip_decompressobj()
+    while True:
+        if not data:
+            data = reader.read(CHUNK)
+            if not data:
+                break
+        out = inflate.decompress(data, CHUNK)
+        while True:
+            if out:
+                yield out
+            if inflate.eof or not inflate.unconsumed_tail:
+                break
+            out = inflate.decompress(inflate.unconsumed_tail, CHUNK)
+        data = b""
+        if inflate.eof:
+            data = inflate.unused_data + inflate.unconsumed_tail
+            while len(data) < len(_GZIP_MAGIC):
+                more = reader.read(CHUNK)
+                if not more:
+                    break
+                data += more
+            if not data:
+                return
+            if not data.startswith(_GZIP_MAGIC):
+                raise FormatError("%s has data after the end of its gzip stream" % what)
+            inflate = gzip_decompressobj()
+    raise FormatError("%s ends in the middle of a gzip member (truncated)" % what)
+
+
+def spool_layer(reader, what: str, encoding: str, spool_dir: str, limit: Optional[DecodeLimit] = None) -> SpooledLayer:
+    """Hash and encode one layer in a single pass into a spool file in `spool_dir`; with a `limit`, a blob
+    that decodes past it is a FormatError as soon as it does (a bomb is abandoned, not decoded)."""
     digest = hashlib.sha256()
     enc = encoder(encoding)
     size = stored = 0
     fd = None
     path = os.path.join(spool_dir, "layer-%s.part" % os.urandom(8).hex())
+    counted = _Counted(reader)
     try:
         with open(path, "wb") as out:
             fd = out
-            for raw in read_ahead(_decoded_chunks(reader, what)):     # inflating on another core
+            for raw in read_ahead(_decoded_chunks(counted, what)):     # inflating on another core
                 digest.update(raw)
                 size += len(raw)
+                ceiling = min(limit.max_size, limit.ratio * counted.count + limit.floor) if limit else size
+                if size > ceiling:
+                    raise FormatError("%s decodes to more than %d bytes from its first %d: not decoded further"
+                                      % (what, ceiling, counted.count))
                 data = enc.update(raw)
                 stored += len(data)
                 out.write(data)

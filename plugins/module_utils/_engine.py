@@ -15,7 +15,8 @@ push and pull instead of `docker save` / `docker load` (slow on that store): the
 remote to the daemon on 127.0.0.1 for the operation (_loopback), so Docker sends only the layers the
 remote lacks and fetches only those it lacks; what is stored, and in which order, is the same.
 
-Every plan has a `reason`: a sentence saying what a real run would change, or None.
+Every plan has a `reason`: a sentence saying what a real run would change, or None; the result of
+a real run carries `describe(done=True)`, the same sentence saying what was done.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ._prune import drop_lease, push_lease
 from ._remote import temp_dir_for
 from ._repository import READ_JOBS, Repository, Target
 from ._transfer import TransferPool, parallel_map
-from ._verify import damaged_reused_layers, quarantine
+from ._verify import damaged_reused_layers
 
 
 def _unique(items: List[str]) -> List[str]:
@@ -80,16 +81,21 @@ class PushPlan:
 
     @property
     def reason(self) -> Optional[str]:
+        return self.describe(done=False)
+
+    def describe(self, done: bool) -> Optional[str]:
+        """What a real run would change (done=False), or what it changed (done=True); None for nothing."""
         if self.up_to_date:
             return None
         if self.same_as:
-            return "%s: tag would be set to the image pushed as %s" % (self.ref, self.same_as)
+            return "%s: tag %s to the image pushed as %s" % (self.ref, "set" if done else "would be set", self.same_as)
         if self.existing:
-            return "%s: tag %s -> %s (image already stored)" % (
-                self.ref, "would be set" if not self.current else "would move", self.image_id[:19])
+            verb = ("set" if done else "would be set") if not self.current else ("moved" if done else "would move")
+            return "%s: tag %s -> %s (image already stored)" % (self.ref, verb, self.image_id[:19])
         layers = len(_unique(self.diff_ids))
-        return "%s: %d of %d layers%s missing on the remote" % (
-            self.ref, len(self.missing), layers, " and the config" if self.config_missing else "")
+        return "%s: %d of %d layers%s %s" % (
+            self.ref, len(self.missing), layers, " and the config" if self.config_missing else "",
+            "uploaded" if done else "missing on the remote")
 
     def result(self) -> Dict:
         return {
@@ -245,8 +251,9 @@ def _tag_existing(repo: Repository, plan: PushPlan, result: Dict) -> Dict:
         repo.write_source(plan.daemon_id, plan.existing)
     if plan.current != plan.existing:
         repo.write_tag(plan.ref, plan.existing)
-    result.update(manifest="sha256:" + plan.existing, bytes_transferred=0,
-                  changed=plan.current != plan.existing)
+    changed = plan.current != plan.existing
+    result.update(manifest="sha256:" + plan.existing, bytes_transferred=0, changed=changed,
+                  reason=plan.describe(done=True) if changed else None)
     return result
 
 
@@ -270,14 +277,14 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         # Stored copies that cannot be this layer: move them aside and upload the layer again
         # (a second pass over `docker save`, or a second push by Docker, in this rare case only).
         for oid in damaged:
-            quarantine(repo, plan.present.pop(oid).key)
+            repo.quarantine(plan.present.pop(oid).key)
         again = export(daemon, repo, plan, set(damaged), compression, jobs, uploaded, progress)
         saved.layers.update(again.layers)
         plan.missing.extend(damaged)
         result.update(plan.result(), layers_repaired=["sha256:" + oid for oid in damaged])
     config_key = blob_key(plan.config_oid)
     if not repo.remote.put(config_key, saved.config_bytes) and sha256_hex(repo.remote.get(config_key)) != plan.config_oid:
-        quarantine(repo, config_key)        # a damaged stored config: replace it
+        repo.quarantine(config_key)        # a damaged stored config: replace it
         repo.remote.put(config_key, saved.config_bytes)
     layers = []
     for oid in saved.diff_ids:
@@ -290,7 +297,7 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         repo.write_source(plan.daemon_id, manifest_oid)
     repo.write_tag(plan.ref, manifest_oid)
     result.update(manifest="sha256:" + manifest_oid, bytes_transferred=sum(uploaded.values()) + (
-        len(saved.config_bytes) if plan.config_missing else 0))
+        len(saved.config_bytes) if plan.config_missing else 0), reason=plan.describe(done=True))
     return result
 
 
@@ -394,6 +401,7 @@ class PullPlan:
         """What a pull actually downloaded: the rest was present."""
         oids = {layer.oid for layer in missing}
         self._layers = (_unique_layers(missing), [layer for layer in self.manifest.layers if layer.oid not in oids])
+    signature: Optional[object] = None      # _signing.Verified, when a policy required one
 
     @property
     def daemon_image_id(self) -> str:
@@ -405,14 +413,19 @@ class PullPlan:
 
     @property
     def reason(self) -> Optional[str]:
+        return self.describe(done=False)
+
+    def describe(self, done: bool) -> Optional[str]:
+        """What a real run would change (done=False), or what it changed (done=True); None for nothing."""
         if self.image_present:
             if self.tag_present:
                 return None
-            return "%s: image %s is present, tag would be set" % (self.ref, self.manifest.image_id[:19])
+            return "%s: image %s is present, tag %s" % (self.ref, self.manifest.image_id[:19],
+                                                        "set" if done else "would be set")
         stored = sum(layer.stored_size for layer in self.missing)
-        return "%s: %d of %d layers (%s) to download" % (
+        return "%s: %d of %d layers (%s) %s" % (
             self.ref or self.requested, len(self.missing), len(_unique([l.oid for l in self.manifest.layers])),
-            human_size(stored))
+            human_size(stored), "downloaded" if done else "to download")
 
     def result(self) -> Dict:
         return {
@@ -425,14 +438,19 @@ class PullPlan:
             "layers_transferred": ["sha256:" + layer.oid for layer in self.missing],
             "layers_skipped": ["sha256:" + layer.oid for layer in self.skipped],
             "bytes_transferred": sum(layer.stored_size for layer in self.missing),
+            **({"signature": self.signature.result()} if self.signature is not None else {}),
         }
 
 
-def plan_pull(daemon: Daemon, repo: Repository, requested: str) -> PullPlan:
+def plan_pull(daemon: Daemon, repo: Repository, requested: str, policy=None) -> PullPlan:
+    """`policy` (a _signing.Policy): refuse, before Docker is asked anything, what no trusted key signed."""
     repo.check()
-    ref, manifest_oid = repo.resolve(requested, daemon.platform)
+    ref, target = repo.resolve_target(requested)
+    # the tag is read once: what is verified is what is loaded (an index's signature pins its platforms)
+    signature = policy.require(repo, target, str(ref or requested)) if policy is not None else None
+    manifest_oid = repo.image_for(target, daemon.platform, str(ref))
     manifest = repo.read_manifest(manifest_oid)
-    plan = PullPlan(requested, ref, manifest_oid, manifest, containerd=daemon.containerd_store)
+    plan = PullPlan(requested, ref, manifest_oid, manifest, containerd=daemon.containerd_store, signature=signature)
     info = daemon.inspect(plan.daemon_image_id)
     if info is not None and image_layers(info) == [layer.oid for layer in manifest.layers]:
         plan.image_present = True
@@ -484,7 +502,7 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
         result = plan.result()
         if plan.reason is not None:
             daemon.tag(plan.daemon_image_id, plan.ref.name, plan.ref.tag)
-            result.update(bytes_transferred=0)
+            result.update(bytes_transferred=0, reason=plan.describe(done=True))
         return result
     if plan.via_daemon:
         fetched = _pull_through_daemon(daemon, repo, plan, progress)
@@ -492,6 +510,7 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
         result = plan.result()
         info = daemon.inspect(plan.daemon_image_id)
         if info is not None and image_layers(info) == [layer.oid for layer in plan.manifest.layers]:
+            result["reason"] = plan.describe(done=True)
             return result
         # Docker does not fetch a layer it has unpacked already; if that copy came from an image of its
         # own (compressed blobs), the new image lacks the layer's blob: load the skipped layers' blobs.
@@ -500,9 +519,11 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
         load = [layer for layer in plan.missing if layer.oid not in {f.oid for f in fetched}]
         result.update(plan.result())
         _load(daemon, repo, plan, load, progress)
+        result["reason"] = plan.describe(done=True)
         return result
     result = plan.result()
     _load(daemon, repo, plan, plan.missing, progress)
+    result["reason"] = plan.describe(done=True)
     return result
 
 

@@ -14,12 +14,13 @@ Keys, relative to the remote's root::
     images/sha256/<config-hex>             "sha256:<manifest-hex>": finds a manifest by image ID (prefix)
     sources/sha256/<daemon-id-hex>         "sha256:<manifest-hex>": what a push from a containerd image
                                            store stored for that daemon image ID (a checked hint)
-    pushed/sha256/<blob-hex>               what a layer pushed through the registry API became (a hint)
+    pushed/sha256/<blob-hex>               what a blob pushed through the registry API was stored as (a hint)
     repositories/<name>/_tags/<tag>        "sha256:<manifest-hex>": the only objects ever rewritten
 
 Version 2 adds any OCI content pushed through the registry API, stored verbatim:
 
     blobs/<alg>/<ab>/<hex>                 any blob, as pushed (alg: sha256 or sha512)
+    pushed/<alg>/<hex>                     its push record, as pushed/sha256/ above
     oci-manifests/<alg>/<hex>              an image manifest, index or artifact manifest, as pushed
     referrers/<alg>/<subject-hex>/<alg>-<hex>   descriptor of a manifest whose subject is <subject>
     repositories/<name>/_tags/<tag>        or an OCI descriptor (canonical JSON) of a verbatim manifest
@@ -177,12 +178,13 @@ def source_key(daemon_id_hex: str) -> str:
     return "sources/sha256/%s" % daemon_id_hex
 
 
-PUSHED_PREFIX = "pushed/sha256/"
+PUSHED_PREFIX = "pushed/"
 
 
-def pushed_key(blob_hex: str) -> str:
-    """The record of a layer blob pushed compressed through the registry API (see _registry_push)."""
-    return PUSHED_PREFIX + blob_hex
+def pushed_key(digest: str) -> str:
+    """pushed/<alg>/<hex>: the PushRecord of a blob pushed through a registry endpoint (_registry_push, _loopback)."""
+    algo, hexdigest = split_digest(digest)
+    return "%s%s/%s" % (PUSHED_PREFIX, algo, hexdigest)
 
 
 def tag_key(name: str, tag: str) -> str:
@@ -350,21 +352,26 @@ class Manifest:
 
 
 @dataclass(frozen=True)
-class PushedLayer:
-    """What a layer blob pushed through a registry endpoint (compressed, under the digest of what was sent)
-    became in the remote: pushed/sha256/<blob hex> holds record() (docs/FORMAT.md, "Push records")."""
-    blob_size: int          # bytes of the blob as pushed
-    layer: LayerEntry       # the stored layer: diff_id, uncompressed size, encoding, stored size
+class PushRecord:
+    """What a blob pushed through a registry endpoint (the registry API, or the engine's loopback endpoint) was
+    stored as, under pushed/<alg>/<hex> (pushed_key; docs/FORMAT.md, "Push records"): its size, and for a layer,
+    the layer it decoded to."""
+    blob_size: int                      # bytes of the blob as pushed
+    layer: Optional[LayerEntry] = None  # the stored layer: diff_id, uncompressed size, encoding, stored size
 
-    def record(self) -> bytes:
-        return canonical_json({"diff_id": "sha256:" + self.layer.oid, "size": self.layer.size,
-                               "encoding": self.layer.encoding, "stored_size": self.layer.stored_size,
-                               "blob_size": self.blob_size})
+    def to_bytes(self) -> bytes:
+        doc = {"blob_size": self.blob_size}
+        if self.layer is not None:
+            doc.update(diff_id="sha256:" + self.layer.oid, size=self.layer.size, encoding=self.layer.encoding,
+                       stored_size=self.layer.stored_size)
+        return canonical_json(doc)
 
     @classmethod
-    def from_record(cls, data: bytes, where: str) -> "PushedLayer":
+    def from_bytes(cls, data: bytes, where: str) -> "PushRecord":
         try:
             doc = load_json(data)
+            if "diff_id" not in doc:
+                return cls(_size(doc["blob_size"]))
             return cls(_size(doc["blob_size"]), LayerEntry(parse_digest(doc["diff_id"]), _size(doc["size"]),
                                                            _encoding(doc["encoding"]), _size(doc["stored_size"])))
         except (ValueError, TypeError, KeyError, AttributeError, FormatError) as exc:

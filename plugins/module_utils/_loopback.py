@@ -50,7 +50,7 @@ except ImportError:
 from ._docker_archive import LoadLayer, _Prefixed, looks_like_layer, spool_layer, verified_chunks
 from ._errors import DogestryError, FormatError, RemoteNotFoundError
 from ._format import (
-    IMAGE_MANIFEST_MEDIA_TYPES, OCI_MANIFEST_MEDIA_TYPE, LayerEntry, Manifest, OciManifest, PushedLayer, blob_key,
+    IMAGE_MANIFEST_MEDIA_TYPES, OCI_MANIFEST_MEDIA_TYPE, LayerEntry, Manifest, OciManifest, PushRecord, blob_key,
     diff_ids_of_config, parse_digest, pushed_key, sha256_hex, split_digest,
 )
 from ._remote import read_bounded, unlink_quietly
@@ -322,13 +322,15 @@ class PushReceiver:
         found = self.repo.remote.stat([key]).get(key)
         return found.size if found is not None else None     # a config (or a raw layer the plan did not name)
 
-    def _pushed_layer(self, hexdigest: str) -> Optional[PushedLayer]:
-        """What an earlier push recorded for a pushed blob, if the layer it names is still stored whole
-        (records are hints: the stored copy's size decides)."""
+    def _pushed_layer(self, hexdigest: str) -> Optional[PushRecord]:
+        """What an earlier push (this endpoint's or the registry API's) recorded for a pushed blob, if it was a
+        layer and the layer it names is still stored whole (records are hints: the stored copy's size decides)."""
+        key = pushed_key("sha256:" + hexdigest)
         try:
-            pushed = PushedLayer.from_record(self.repo.remote.get(pushed_key(hexdigest)),
-                                             "%s on %s" % (pushed_key(hexdigest), self.repo.url))
+            pushed = PushRecord.from_bytes(self.repo.remote.get(key), "%s on %s" % (key, self.repo.url))
         except (RemoteNotFoundError, FormatError):
+            return None
+        if pushed.layer is None:        # stored as pushed, not decoded: not a layer this push can name
             return None
         found = self.repo.remote.stat([pushed.layer.key]).get(pushed.layer.key)
         return pushed if found is not None and found.size == pushed.layer.stored_size else None
@@ -398,7 +400,7 @@ class PushReceiver:
                 layer = LayerEntry(layer.oid, layer.size, layer.encoding, self.repo.remote.stat([key])[key].size)
             self.on_stored(layer.oid, layer.stored_size)
         if hexdigest != layer.oid or layer.encoding != "none":
-            self.repo.remote.put(pushed_key(hexdigest), PushedLayer(blob_size, layer).record(), overwrite=True)
+            self.repo.remote.put(pushed_key("sha256:" + hexdigest), PushRecord(blob_size, layer).to_bytes(), overwrite=True)
         return layer
 
     # -- the manifest --------------------------------------------------------------------------

@@ -35,16 +35,17 @@ disagrees with the store's is not fooled either way.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteError, RemoteNotFoundError
 from ._format import (
     DIGEST_ALGORITHMS, ENCODINGS, OCI_MANIFESTS_PREFIX, REFERRERS_PREFIX, blob_key, canonical_json, image_index_prefix,
-    load_json, manifest_key, parse_digest, referrers_prefix, split_digest,
+    load_json, manifest_key, parse_digest, referrers_prefix, sha256_hex, split_digest,
 )
 from ._remote import ObjectInfo
 from ._repository import READ_JOBS, Repository
@@ -59,22 +60,39 @@ MARKER_POLL = 1.0
 DELETE_BATCH = 1000         # keys per Remote.delete_many call (S3's DeleteObjects limit)
 LEASE_TTL = 24 * 3600       # a push's lease protects its oids this long from its creation, whatever the grace
 MIN_GRACE_SECONDS = 60      # young garbage is judged by the store's clock: spare a minute of skew at least
+# dogestry_prune's grace_period and `dogestry prune --grace-period`, both: a week to undo a tag removed by mistake
+# (its image is still there; tag it again) before prune takes the data.
+DEFAULT_GRACE_PERIOD = "7d"
 DELETE_ORDER = ("image_index", "referrers", "oci_manifests", "manifests", "blobs", "tickets", "leases")
 JOBS = 8
+
+
+def parse_duration(text) -> int:
+    """'3600', '90m', '24h', '7d' -> seconds; anything else is a one-line DogestryError."""
+    match = re.match(r"^\s*(\d+)\s*([smhd]?)\s*$", str(text))
+    if not match:
+        raise DogestryError("%r is not a duration like 3600, 90m, 24h or 7d" % (text,))
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 # ---- leases (the push side) -----------------------------------------------------------------
 
 def write_lease(repo: Repository, oids: Iterable[str], expect: Iterable[str] = ()) -> str:
-    """Announce the oids a push is about to reference; returns the lease key for drop_lease().
+    """Announce what a push is about to reference; returns the lease key for drop_lease().
 
+    `oids` are sha256 hex digests (layers, configs, dogestry manifests) or full digests
+    ("sha512:<hex>" blobs, OCI manifests kept as pushed, which prune follows like a tag's).
     Then wait while a prune is running, and check that every key in `expect` (what the push plan
     found already stored) still exists; if one is gone a prune won the race: raise RemoteError
     so the push is re-planned (nothing was written that references the missing object).
     """
     key = "%s%s.json" % (LEASES_PREFIX, uuid.uuid4().hex)
-    repo.remote.put(key, canonical_json({"dogestry_lease": 1, "created": int(time.time()),
-                                         "oids": sorted(set(oids))}))
+    oids = set(oids)
+    digests = {oid for oid in oids if ":" in oid}
+    doc = {"dogestry_lease": 1, "created": int(time.time()), "oids": sorted(oids - digests)}
+    if digests:     # a field of its own: releases that read only "oids" (sha256 hex) still parse the lease
+        doc["digests"] = sorted(digests)
+    repo.remote.put(key, canonical_json(doc))
     try:
         _wait_for_prunes(repo, key)
         expect = sorted(set(expect))
@@ -138,7 +156,7 @@ def _referenced(repo: Repository, now: float, grace: float) -> Live:
         # deleting around it could destroy the only copy; nothing is deleted until someone decides.
         (_ref, why), more = sorted(malformed.items())[0], len(malformed) - 1
         raise FormatError("prune refused: %s%s; a malformed tag could name any stored image, so prune deletes nothing "
-                          "while one is there: fix it, or remove it (dogestry_tags state=absent), then prune again"
+                          "while one is there: fix it, or remove it (dogestry_tag state=absent), then prune again"
                           % (why, " (and %d more malformed tag%s)" % (more, "s" if more > 1 else "") if more else ""))
     roots = {target for target in targets if isinstance(target, str)}
     roots |= _oci_referenced(repo, [target.digest for target in targets if not isinstance(target, str)], live)
@@ -147,13 +165,20 @@ def _referenced(repo: Repository, now: float, grace: float) -> Live:
         if expiry is not None and expiry >= now:
             live.tickets += 1
             roots.add(parse_digest(_json(repo, info.key)["manifest"]))
+    # An image dogestry_push stored is served (and signed) as Manifest.oci_bytes(): keep its signatures too.
+    _oci_referenced(repo, ["sha256:" + sha256_hex(manifest.oci_bytes())
+                           for manifest in repo.read_manifests(roots, missing_ok=True).values()], live)
+    leased_digests = []
     for info in remote.list(LEASES_PREFIX):
         if not info.key.startswith(MARKER_PREFIX) and _lease_expiry(info) >= now:
             live.leases += 1
-            oids = {parse_digest("sha256:" + str(oid)) for oid in _json(repo, info.key).get("oids", [])}
+            oids, digests = _lease(repo, info.key)
             live.manifests |= oids
             live.configs |= oids
             live.blobs |= oids
+            live.blobs.update(_blob_id(digest) for digest in digests)
+            leased_digests.extend(digests)
+    roots |= _oci_referenced(repo, leased_digests, live)       # a manifest being put, and what it names
     # Leased oids may name a manifest the push reuses: read those too (absent ones are skipped).
     todo, followed = roots | live.manifests, set()
     while todo:
@@ -203,6 +228,17 @@ def _blob_id(digest: str) -> str:
     """How Live.blobs and _category name a blob: the hex of sha256 (every encoding), else the digest."""
     algorithm, hexdigest = split_digest(digest)
     return hexdigest if algorithm == "sha256" else digest
+
+
+def _lease(repo: Repository, key: str) -> Tuple[Set[str], List[str]]:
+    """A lease's sha256 oids and full digests; a malformed one stops the prune (it may protect anything)."""
+    doc = _json(repo, key)
+    try:
+        oids = {parse_digest("sha256:" + str(oid)) for oid in doc.get("oids", [])}
+        digests = ["%s:%s" % split_digest(digest) for digest in doc.get("digests", [])]
+    except (FormatError, TypeError) as exc:
+        raise FormatError("%s on %s is malformed (%s): fix or delete it before pruning" % (key, repo.url, exc))
+    return oids, digests
 
 
 def _lease_expiry(info: ObjectInfo) -> float:

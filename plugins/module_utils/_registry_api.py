@@ -11,7 +11,8 @@ No HTTP server here (_server.py is the glue), so every rule is testable without 
 An image dogestry_push stored is shown as `Manifest.oci_bytes()`, its layers uncompressed (digest =
 diff_id), decoded from their stored encoding while streaming; what was pushed through this API is
 served as pushed. Every blob is verified while it streams: the last chunk of a body is held back
-until the whole blob has been verified, so a corrupt blob is never received whole.
+until the whole blob has been verified, so a corrupt blob is never received whole. Ranges read
+only what they need (_stored_range, _decoded_range: a range cannot be checked on its own).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -26,18 +28,23 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from time import monotonic as _monotonic
 from urllib.parse import quote
 
-from ._docker_archive import LoadLayer, verified_chunks
+from ._blob_cache import Uncached, skipped
+from ._compress import decoder
+from ._docker_archive import CHUNK, LoadLayer, verified_chunks
 from ._errors import (
     BlobCorruptError, DockerError, DogestryError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError,
     RemoteNotFoundError,
 )
 from ._format import (
-    OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, Manifest, blob_key, load_json, object_key,
-    referrers_prefix, sha256_hex, split_digest,
+    OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, LayerEntry, Manifest, blob_key, load_json,
+    object_key, referrers_prefix, sha256_hex, split_digest,
 )
 from ._metrics import Metrics
-from ._registry_push import ApiError, RegistryWriter
+from ._registry_push import MAX_MANIFEST, SMALL_BLOB, ApiError, RegistryWriter, StoredBlobs
+from ._remote import Remote
 from ._repository import Repository
+from ._signing import SignatureError
+from ._verify import read_verified
 
 # distribution's reference grammar for repository paths (no domain: that is the host we are)
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -49,10 +56,14 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _NS = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_CONTENT_LENGTH = re.compile(r"^[0-9]{1,20}$")
+MAX_NAME = 255              # distribution's limit on a repository name (so no path component passes NAME_MAX)
+MAX_PATH = 2048             # longer request paths are refused before any pattern is matched against them
 DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 MAX_PAGE = 10000
 MAX_REFERRERS = 1000        # descriptors one referrers response lists
 PIECE = 256 << 10           # bytes per write to a client
+RANGE_PIECE = 4 << 20       # bytes per ranged read of a stored object
 INDEX_REFRESH_SECONDS = 5.0     # a digest miss re-reads the tags at most this often
 
 
@@ -75,22 +86,29 @@ def _header(headers: Dict[str, List[str]], name: str) -> Optional[str]:
     return values[0] if values else None
 
 
+def _at_most(digits: str, limit: int) -> int:
+    """int(digits), capped at `limit` (Python's int() refuses strings of over 4300 digits)."""
+    digits = digits.lstrip("0") or "0"
+    return limit if len(digits) > len(str(limit)) else min(int(digits), limit)
+
+
 def parse_range(header: Optional[str], size: int) -> Optional[Tuple[int, int]]:
     """'bytes=a-b' -> (start, end inclusive) within size; None without a header; ApiError 416 if unsatisfiable."""
     if not header:
         return None
     match = _RANGE.match(header.strip())
-    bad = ApiError(416, "BLOB_UNKNOWN", "range %r not satisfiable for %d bytes" % (header[:100], size))
+    bad = ApiError(416, "BLOB_UNKNOWN", "range %r not satisfiable for %d bytes" % (header[:100], size),
+                   [("Content-Range", "bytes */%d" % size)])
     if not match or (not match.group(1) and not match.group(2)):
         raise bad
     first, last = match.group(1), match.group(2)
     if not first:                       # suffix range: the last N bytes
-        count = int(last)
+        count = _at_most(last, size)
         if count == 0 or size == 0:
             raise bad
-        return max(0, size - count), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
+        return size - count, size - 1
+    start = _at_most(first, size)
+    end = _at_most(last, size - 1) if last else size - 1
     if start >= size or start > end:
         raise bad
     return start, end
@@ -157,14 +175,31 @@ def _then(chunks: Iterator[bytes], action) -> Iterator[bytes]:
     action()
 
 
-def _sliced(chunks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
-    """Bytes start..end (inclusive) of a stream; the stream is still read to its end (verification)."""
+def _exactly(reader, count: int, what: str) -> Iterator[bytes]:
+    """The next `count` bytes of `reader`; BlobCorruptError if it ends before."""
+    while count:
+        data = reader.read(min(count, PIECE))
+        if not data:
+            raise BlobCorruptError("%s ends %d bytes before its recorded size" % (what, count))
+        count -= len(data)
+        yield data
+
+
+def _decoded_range(stored, layer: LoadLayer, start: int, end: int) -> Iterator[bytes]:
+    """Bytes start..end of a stored layer's decoded content, decoding no further than `end`."""
+    dec = decoder(layer.encoding, layer.what)
     offset = 0
-    for chunk in chunks:
-        lo, hi = max(start - offset, 0), min(end + 1 - offset, len(chunk))
-        if lo < hi:
-            yield chunk[lo:hi]
-        offset += len(chunk)
+    while offset <= end:
+        chunk = stored.read(CHUNK)
+        for data in dec.decode(chunk) if chunk else (dec.finish(),):
+            first, last = max(start - offset, 0), min(end + 1 - offset, len(data))
+            if first < last:
+                yield data[first:last]
+            offset += len(data)
+            if offset > end:
+                return
+        if not chunk:
+            raise BlobCorruptError("%s is corrupt: it decodes to %d bytes, not %d" % (layer.what, offset, layer.size))
 
 
 @dataclass(frozen=True)
@@ -181,12 +216,14 @@ class RegistryApi:
     MAX_CONFIGS = 1000      # verified image configs kept in memory (kilobytes each)
 
     def __init__(self, repo: Repository, cache=None, metrics: Optional[Metrics] = None,
-                 writer: Optional[RegistryWriter] = None, puller=None):
+                 writer: Optional[RegistryWriter] = None, puller=None, policy=None):
         """`cache`: a _blob_cache.BlobCache for stored layers (None: every read goes to the remote);
         `writer`: takes pushes (None: the registry is read-only); `puller(image) -> result dict`:
         loads an image from the remote into the local Docker (POST /dogestry/pull?image=NAME:TAG,
-        the original's server-side pulls; None: no such endpoint)."""
+        the original's server-side pulls; None: no such endpoint); `policy`: a _signing.Policy that
+        every image manifest served must satisfy (None: serve what is stored)."""
         self.repo = repo
+        self.policy = policy
         self.cache = cache
         self.writer = writer
         self.puller = puller
@@ -288,6 +325,7 @@ class RegistryApi:
         clock = clock or time.monotonic
         head = method == "HEAD"
         try:
+            self._check_path(path)
             if path == "/dogestry/pull" and self.puller is not None:
                 return self._server_side_pull(method, query)
             if method not in ("GET", "HEAD") or _UPLOAD_ROUTE.match(path):
@@ -295,7 +333,7 @@ class RegistryApi:
             if path in ("/v2", "/v2/"):
                 return self._json({}, head)
             if path == "/healthz":
-                return self._health(head)
+                return self.health(head)
             if path == "/metrics":
                 status, body, content_type = self.metrics.render()
                 return Response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))],
@@ -321,12 +359,24 @@ class RegistryApi:
         except ApiError as exc:
             return error_response(exc, head)
         except BlobCorruptError as exc:
-            self.metrics.remote_error()
+            self.metrics.remote_error(exc)
             return error_response(ApiError(500, "UNKNOWN", str(exc)), head)
         except DogestryError as exc:
-            self.metrics.remote_error()
+            self.metrics.remote_error(exc)
             # The remote is unreachable or refused: say so, and let the client retry.
             return error_response(ApiError(503, "UNAVAILABLE", str(exc)), head)
+
+    @staticmethod
+    def _check_path(path: str) -> None:
+        """A path too long to be a request of this API, or a repository name over MAX_NAME: 400 before
+        the remote sees it (a name component over the filesystem's NAME_MAX would fail there)."""
+        if len(path) > MAX_PATH:
+            raise ApiError(400, "NAME_INVALID", "request path of %d characters: longer than any this registry answers"
+                           % len(path))
+        route = _ROUTE.match(path) or _UPLOAD_ROUTE.match(path)
+        if route and len(route.group("name")) > MAX_NAME:
+            raise ApiError(400, "NAME_INVALID", "repository name of %d characters: at most %d"
+                           % (len(route.group("name")), MAX_NAME))
 
     # -- server-side pulls --------------------------------------------------------------------
 
@@ -342,6 +392,8 @@ class RegistryApi:
                 result = self.puller(image)
             except ImageReferenceError as exc:
                 raise ApiError(404, "MANIFEST_UNKNOWN", str(exc))
+            except SignatureError as exc:
+                raise ApiError(403, "DENIED", str(exc))
             except DockerError as exc:
                 raise ApiError(502, "UNKNOWN", str(exc))
         return self._json(result, False)
@@ -352,8 +404,7 @@ class RegistryApi:
         writer = self.writer
         if writer is None:
             raise ApiError(405, "UNSUPPORTED", "%s is not supported: this accelerator is read-only" % method)
-        length = _header(headers, "content-length")
-        length = int(length) if length and length.isdigit() else None
+        length = self._content_length(_header(headers, "content-length"), max(writer.max_blob, MAX_MANIFEST))
         upload = _UPLOAD_ROUTE.match(path)
         if upload:
             name, session = upload.group("name"), upload.group("session")
@@ -382,7 +433,7 @@ class RegistryApi:
             if ":" not in ref and not _TAG.match(ref):
                 raise ApiError(400, "TAG_INVALID", "invalid tag %r" % ref[:130])
             digest, manifest = writer.put_manifest(name, ref, _header(headers, "content-type"), body,
-                                                   self._thin_manifest_exists)
+                                                   self._thin_manifest_exists, self._vouched)
             extra = [("OCI-Subject", manifest.subject.digest)] if manifest.subject is not None else []
             return self._empty(201, [("Location", "/v2/%s/manifests/%s" % (name, digest)),
                                      ("Docker-Content-Digest", digest)] + extra)
@@ -393,6 +444,19 @@ class RegistryApi:
             return self._empty(202)
         raise ApiError(405, "UNSUPPORTED", "%s of %s is not supported: tags are deleted by name, and data by "
                        "dogestry prune" % (method, kind))
+
+    @staticmethod
+    def _content_length(text: Optional[str], limit: int) -> Optional[int]:
+        """The request body's declared length (None: chunked or none), refused before a byte is read if it is
+        not a plain number or is over what any write here takes."""
+        if text is None:
+            return None
+        if not _CONTENT_LENGTH.match(text):
+            raise ApiError(400, "SIZE_INVALID", "invalid Content-Length %r" % text[:30])
+        if int(text) > limit:
+            raise ApiError(413, "SIZE_INVALID", "a body of %s bytes is over what this accelerator takes (%d bytes)"
+                           % (text, limit))
+        return int(text)
 
     def _start_upload(self, name: str, query: Dict[str, str], body, length: Optional[int]) -> Response:
         writer = self.writer
@@ -413,14 +477,26 @@ class RegistryApi:
                         + list(extra), b"", 0)
 
     def _blob_size(self, digest: str) -> Optional[int]:
-        """Size of a blob this registry can vouch for: stored as pushed, or a layer of a stored image."""
+        vouched = self._vouched(digest)
+        return vouched[0] if vouched is not None else None
+
+    def _vouched(self, digest: str) -> Optional[Tuple[int, str]]:
+        """(size, key) of a blob this registry vouches for to a push (a mount, the blobs a manifest names):
+        stored as pushed and still what was pushed, or a layer or config of a stored image, stored whole."""
         key = object_key(digest)
         found = self.repo.remote.stat([key]).get(key)
-        if found is not None:
-            return found.size
-        with self._lock:
-            info = self._blobs.get(digest.partition(":")[2]) if digest.startswith("sha256:") else None
-        return info.size if info is not None and self._stored(info) else None
+        if found is not None and self._stored_blobs().vouches(digest, found.size):
+            return found.size, key
+        return self._image_blob(digest)
+
+    def _image_blob(self, digest: str) -> Optional[Tuple[int, str]]:
+        """(size, key) of a layer or config of a stored image, stored whole: its manifest tells what it was
+        stored as (no push record needed)."""
+        info = self._known(self._blobs, digest[7:], _monotonic) if digest.startswith("sha256:") else None
+        return (info.size, blob_key(info.oid, info.encoding or "none")) if info is not None and self._stored(info) else None
+
+    def _stored_blobs(self) -> StoredBlobs:
+        return self.writer.blobs if self.writer is not None else StoredBlobs(self.repo)
 
     def _thin_manifest_exists(self, digest: str) -> bool:
         """An index may name an image dogestry_push stored, by the digest of its Manifest.oci_bytes()."""
@@ -442,9 +518,19 @@ class RegistryApi:
                    ("Docker-Distribution-API-Version", "registry/2.0")] + list(extra)
         return Response(status, headers, b"" if head else body, 0 if head else len(body))
 
-    def _health(self, head: bool) -> Response:
-        Repository(self.repo.remote).check()     # read afresh: the remote may have gone away, or arrived
-        return self._json({"status": "ok", "remote": self.repo.url}, head)
+    def health(self, head: bool = False, detailed: bool = True) -> Response:
+        """/healthz: whether the remote answers (read afresh: it may have gone away, or arrived). Undetailed
+        (a client without credentials where they are required: a load balancer, a systemd check) it says
+        only ok or unavailable, never where the remote is or why it failed."""
+        try:
+            Repository(self.repo.remote).check()
+        except DogestryError as exc:
+            if detailed:
+                raise
+            self.metrics.remote_error(exc)
+            return error_response(ApiError(503, "UNAVAILABLE", "the remote is not available (details for "
+                                                               "authenticated clients)"), head)
+        return self._json({"status": "ok", "remote": self.repo.url} if detailed else {"status": "ok"}, head)
 
     @staticmethod
     def _page(items: List[str], query: Dict[str, str]) -> Tuple[List[str], bool]:
@@ -480,13 +566,14 @@ class RegistryApi:
         return self._json({"repositories": page}, head, extra=extra)
 
     def _manifest(self, names: List[str], ref: str, accept: List[str], head: bool, clock) -> Response:
+        what = "%s%s%s" % (names[-1], "@" if ":" in ref else ":", ref)     # for a refusal's message
         if ":" in ref:
             digest = self._digest(ref)
             with self._lock:       # an image this API has shown already: no remote request
                 target: Union[str, Descriptor, None] = self._by_digest.get(digest[7:]) if digest.startswith("sha256:") else None
             if target is None and self._holds_images():
                 try:
-                    return self._verbatim_manifest(Descriptor("", digest, 0), head)
+                    return self._verbatim_manifest(Descriptor("", digest, 0), head, what)
                 except RemoteNotFoundError:
                     pass
                 if digest.startswith("sha256:"):
@@ -499,7 +586,7 @@ class RegistryApi:
             _name, target = self._resolve_tag(names, ref)
             if isinstance(target, Descriptor):
                 try:
-                    return self._verbatim_manifest(target, head)
+                    return self._verbatim_manifest(target, head, what)
                 except RemoteNotFoundError:
                     raise ApiError(404, "MANIFEST_UNKNOWN", "tag %s names manifest %s, which is missing from the "
                                    "remote" % (ref, target.digest))
@@ -507,12 +594,25 @@ class RegistryApi:
         if not accepts_oci(accept):
             raise ApiError(404, "MANIFEST_UNKNOWN",
                            "the image is served only as %s, which the Accept header leaves out" % OCI_MANIFEST_MEDIA_TYPE)
+        self._admit("sha256:" + digest, None, what)
         return self._manifest_response(OCI_MANIFEST_MEDIA_TYPE, "sha256:" + digest, body, head)
 
-    def _verbatim_manifest(self, target: Descriptor, head: bool) -> Response:
+    def _verbatim_manifest(self, target: Descriptor, head: bool, what: str) -> Response:
         """A manifest, index or artifact stored as pushed (read and verified; RemoteNotFoundError if absent)."""
         manifest = self.repo.read_oci_manifest(target.digest)
+        self._admit(target.digest, manifest, what)
         return self._manifest_response(manifest.media_type, target.digest, manifest.data, head)
+
+    def _admit(self, digest: str, manifest, what: str) -> None:
+        """With a signature policy, an image Docker could run is served only if a trusted key signed it (or a
+        signed index served here names it): 403 DENIED, saying why. Signatures themselves stay readable."""
+        if self.policy is not None:
+            try:
+                self.policy.admit(self.repo, digest, manifest, what)
+            except SignatureError as exc:
+                # Docker shows a HEAD's status only: the reason goes to the accelerator's log too
+                logging.getLogger("dogestry.serve").warning("refused: %s", exc)
+                raise ApiError(403, "DENIED", str(exc))
 
     @staticmethod
     def _manifest_response(media_type: str, digest: str, body: bytes, head: bool) -> Response:
@@ -583,17 +683,31 @@ class RegistryApi:
             body = config[start:end + 1] if span else config
             return Response(status, headers, body, len(body))
         key = blob_key(info.oid, info.encoding)
-
-        def fetch():
-            return self.repo.remote.open(key, size=self._stored_size(info))
+        layer = LoadLayer(info.oid, info.size, info.encoding, None, "layer sha256:%s on %s" % (info.oid, self.repo.url))
         try:
-            stored = self.cache.open(key, fetch) if self.cache is not None else fetch()
+            if span and self.cache is None:
+                # Decoded from the remote up to the range's last byte, unverified: only the whole layer
+                # can be checked, and a client that asks for a range checks the whole it assembles.
+                stored = Uncached(self.repo.remote.open(key))
+            else:
+                # Through the cache: a range is cut from a verified entry, or from the one fetch of the
+                # blob in flight, its last piece held back until that fetch has verified the whole.
+                stored = self._open_stored(key, self._stored_size(info), lambda reader: verified_chunks(reader, layer))
         except RemoteNotFoundError:
             raise ApiError(404, "BLOB_UNKNOWN", "blob %s is missing from the remote" % ref)
-        return Response(status, headers, self._layer_body(stored, info, start, end, span is not None), length)
+        if span:
+            chunks = _then(_decoded_range(stored, layer, start, end), stored.verified)
+        elif stored.verified_reads:      # the cache checks every byte this reader reads: decode only
+            chunks = _then(_decoded_range(stored, layer, 0, info.size - 1), stored.verified)
+        else:
+            chunks = verified_chunks(stored, layer)
+        return Response(status, headers, self._served(stored, _pieces(chunks)), length)
 
     def _verbatim_blob(self, digest: str, key: str, size: int, range_header: Optional[str], head: bool) -> Response:
         """A blob stored as pushed: streamed from the remote (through the cache), verified as it goes."""
+        if head and not (self._stored_blobs().vouches(digest, size)       # a push would skip sending it
+                         or (self._image_blob(digest) or (0, None))[1] == key):
+            raise ApiError(404, "BLOB_UNKNOWN", "blob %s on this remote is damaged: push it again" % digest)
         span = parse_range(range_header, size)
         start, end = span if span else (0, size - 1)
         length = end - start + 1 if size else 0
@@ -606,17 +720,60 @@ class RegistryApi:
         if head:
             return Response(status, headers, b"", 0)
 
-        def fetch():
-            return self.repo.remote.open(key, size=size)
-        stored = self.cache.open(key, fetch) if self.cache is not None else fetch()
-        verified = _hashed(_pieces(_read_all(stored)), digest, "blob %s on %s" % (digest, self.repo.url))
-        return Response(status, headers, self._verified_body(stored, verified, start, end, span is not None), length)
+        if span:
+            return Response(status, headers, self._served(*self._stored_range(key, start, end)), length)
+        what = "blob %s on %s" % (digest, self.repo.url)
+        stored = self._open_stored(key, size, lambda reader: _hashed(_read_all(reader), digest, what))
+        chunks = _pieces(_read_all(stored))
+        chunks = _then(chunks, stored.verified) if stored.verified_reads else _hashed(chunks, digest, what)
+        return Response(status, headers, self._served(stored, chunks), length)
+
+    def _open_stored(self, key: str, size: Optional[int], verifier):
+        """A reader of a stored object: through the cache (which fetches it once, and keeps it if `verifier`
+        passes), or straight from the remote."""
+        if self.cache is None:
+            return Uncached(self.repo.remote.open(key, size=size))
+        return self.cache.open(key, lambda: self.repo.remote.open(key, size=size), verifier)
+
+    def _stored_range(self, key: str, start: int, end: int):
+        """(reader, chunks) of bytes start..end of a blob stored as pushed: from its cache entry (verified when
+        it was cached) or by ranged reads of the stored object. A range cannot be checked against the
+        blob's digest without the rest of the blob; the spec lets a registry serve ranges of what it
+        stores, and the client that asks for ranges verifies the whole it puts together, so no more of
+        the blob is read than the range."""
+        entry = self.cache.open_cached(key) if self.cache is not None else None
+        if entry is not None:
+            entry.seek(start)
+            return entry, _exactly(entry, end - start + 1, key)
+        remote = self.repo.remote
+        if type(remote).get_range is Remote.get_range:
+            # the interface's fallback get_range streams from byte 0 at each call: one stream, skipped to start
+            reader = Uncached(remote.open(key))
+            return reader, _exactly(skipped(reader, start), end - start + 1, key)
+        pieces = (remote.get_range(key, first, min(first + RANGE_PIECE, end + 1) - 1)
+                  for first in range(start, end + 1, RANGE_PIECE))
+        return None, _pieces(pieces)
 
     def _stored(self, info: BlobInfo) -> bool:
-        """The remote still holds the blob. A HEAD answers what a push will rely on (a blob it need not
-        send), so it is checked, not taken from memory: a prune may have removed an untagged image's blobs."""
+        """The remote still holds the blob whole. A HEAD answers what a push will rely on (a blob it need not
+        send), so it is checked, not taken from memory: a prune may have removed an untagged image's blobs,
+        and a damaged copy must be sent again. Its size must be the stored size its manifest gives; a small
+        blob is read and verified."""
         key = blob_key(info.oid, info.encoding or "none")
-        return key in self.repo.remote.stat([key])
+        found = self.repo.remote.stat([key]).get(key)
+        expected = info.manifest.config_size if info.encoding is None else self._stored_size(info)
+        if found is None or (expected is not None and found.size != expected):
+            return False
+        if found.size > SMALL_BLOB:
+            return True
+        layer = LayerEntry(info.oid, info.size, info.encoding or "none", found.size)
+        try:
+            if info.encoding is None:
+                return sha256_hex(self.repo.remote.get(key)) == info.oid
+            read_verified(self.repo, layer, "layer sha256:%s on %s" % (info.oid, self.repo.url))
+            return True
+        except (BlobCorruptError, RemoteNotFoundError, FormatError):
+            return False
 
     @staticmethod
     def _stored_size(info: BlobInfo) -> Optional[int]:
@@ -625,30 +782,25 @@ class RegistryApi:
                 return layer.stored_size or None
         return None
 
-    def _layer_body(self, stored, info: BlobInfo, start: int, end: int, ranged: bool) -> Iterator[bytes]:
-        layer = LoadLayer(info.oid, info.size, info.encoding, None,
-                          "layer sha256:%s on %s" % (info.oid, self.repo.url))
-        return self._verified_body(stored, _pieces(verified_chunks(stored, layer)), start, end, ranged)
-
-    def _verified_body(self, stored, verified: Iterator[bytes], start: int, end: int, ranged: bool) -> Iterator[bytes]:
-        """Send what `verified` yields from `stored` (raising BlobCorruptError at its end if a byte was wrong)."""
-        commit = getattr(stored, "commit", lambda: None)
+    def _served(self, stored, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Send what `chunks` yields (read from `stored`), the last piece only once they all were read
+        without error: a blob that fails verification (BlobCorruptError) is never received whole."""
+        source = getattr(stored, "source", "remote")
         try:
-            # commit (into the cache) runs once every byte was verified, before the last piece is sent
-            chunks = _then(verified, commit)
-            if ranged:
-                chunks = _sliced(chunks, start, end)
-            yield from _held_back(chunks)
-        except BlobCorruptError:
-            self.metrics.remote_error()
-            if hasattr(stored, "discard"):
+            for piece in _held_back(chunks):
+                self.metrics.served_bytes(source, len(piece))
+                yield piece
+        except BlobCorruptError as exc:
+            self.metrics.remote_error(exc)
+            if stored is not None:
                 stored.discard()        # a cache entry that went bad: the next request refetches
             raise
-        except RemoteError:
-            self.metrics.remote_error()
+        except RemoteError as exc:
+            self.metrics.remote_error(exc)
             raise
         finally:
-            stored.close()
+            if stored is not None:
+                stored.close()
 
     def _config(self, manifest: Manifest) -> bytes:
         with self._lock:

@@ -8,10 +8,15 @@
 What a client pushes is kept as pushed (format version 2): every blob under its digest, every
 manifest, index or artifact byte for byte, so digests, signatures and referrers stay valid and
 `docker pull` of a pushed digest gets what was pushed. A blob that is a layer (gzip, zstd or tar)
-is also decoded, while it arrives, and stored by diff_id as lz4 (spool_layer, as for `docker save`)
-and recorded in pushed/sha256/<digest>; an image manifest whose layers all decoded to its config's
-diff_ids then also gets a dogestry manifest, so dogestry_pull loads it the thin way and later
-dogestry pushes reuse its layers. Manifest, referrer record, then tag are written last.
+is also decoded, while it arrives (within a DecodeLimit: bombs are kept as pushed, not decoded), and
+stored by diff_id as lz4 (spool_layer, as for `docker save`) and recorded in pushed/<alg>/<hex>; an
+image manifest whose layers all decoded to its config's diff_ids then also gets a dogestry manifest,
+so dogestry_pull loads it the thin way and later dogestry pushes reuse its layers. Manifest, referrer
+record, then tag are written last, under a lease (the engine's protocol against a concurrent prune).
+
+A client does not send a blob the registry vouches for (HEAD, mount), so StoredBlobs vouches only for
+what is still stored as it was pushed; a damaged copy found where a blob, manifest or record is to be
+stored is quarantined and replaced.
 
 No HTTP here: RegistryApi routes requests to this class; ApiError carries the spec's error codes.
 """
@@ -25,25 +30,27 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
-from ._docker_archive import SpooledLayer, looks_like_layer, spool_layer
-from ._errors import DogestryError, FormatError
+from ._docker_archive import DecodeLimit, SpooledLayer, looks_like_layer, spool_layer
+from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteNotFoundError
 from ._format import (
-    DIGEST_ALGORITHMS, ENCODINGS, PUSHED_PREFIX, Descriptor, ImageRef, LayerEntry, Manifest, OciManifest, blob_key,
-    canonical_json, diff_ids_of_config, digest_of, load_json, object_key, oci_manifest_key, parse_digest, pushed_key,
-    referrer_key, split_digest,
+    DIGEST_ALGORITHMS, ENCODINGS, Descriptor, ImageRef, LayerEntry, Manifest, OciManifest, PushRecord, blob_key,
+    diff_ids_of_config, digest_of, manifest_key, object_key, oci_manifest_key, parse_digest, pushed_key, sha256_hex,
+    split_digest,
 )
 from ._prune import drop_lease, write_lease
 from ._remote import unlink_quietly
 from ._repository import Repository
+from ._verify import damaged_reused_layers
 
 CHUNK = 1 << 20
 HEAD = 512                      # bytes that tell a layer (gzip, zstd or tar magic) from other blobs
 MAX_MANIFEST = 4 << 20          # the spec's suggested limit for a manifest body
-SESSION_TTL = 3600.0            # an upload untouched this long, or a blob no manifest claimed, is dropped
+UPLOAD_IDLE_TTL = 600.0         # an upload nothing was sent to for this long is abandoned: its spool file goes
+CLAIM_TTL = 3600.0              # a stored blob no manifest claimed this long loses its lease (prune may take it)
 MAX_UPLOADS = 1000              # uploads in progress at once (each holds a spool file)
+SMALL_BLOB = 1 << 20            # stored blobs up to this size are hashed whenever the registry vouches for them
 MAX_DECODERS = 16               # layers decoded while they arrive; more wait for their last byte
 
 
@@ -55,30 +62,51 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, list(headers)
 
 
-@dataclass(frozen=True)
-class PushedLayer:
-    """What a pushed (compressed) layer blob became in the remote."""
-    blob_size: int          # bytes of the blob as pushed
-    layer: LayerEntry       # the stored layer: diff_id, uncompressed size, encoding, stored size
+class StoredBlobs:
+    """Whether a blob stored as pushed is still what it was stored as. HEAD, mounts and the check of the blobs a
+    manifest names rely on it, and a client does not send what they vouch for, so they must never vouch for a
+    damaged copy: a small blob is hashed (a config, cheaply, every time), a larger one must have the size its
+    push record gives (a truncated or appended-to copy fails; a flipped byte inside is dogestry verify's).
+    A large blob without a record (stored by an earlier release) is not vouched for: the client sends it once
+    more, and that upload writes its record."""
 
-    def record(self) -> bytes:
-        return canonical_json({"diff_id": "sha256:" + self.layer.oid, "size": self.layer.size,
-                               "encoding": self.layer.encoding, "stored_size": self.layer.stored_size,
-                               "blob_size": self.blob_size})
+    MEMO = 10000        # records kept in memory (they only change when a blob is stored again)
 
-    @classmethod
-    def from_record(cls, data: bytes, where: str) -> "PushedLayer":
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self._records: Dict[str, PushRecord] = {}
+        self._lock = threading.Lock()
+
+    def record(self, digest: str) -> Optional[PushRecord]:
+        with self._lock:
+            record = self._records.get(digest)
+        if record is None:
+            key = pushed_key(digest)
+            try:
+                record = PushRecord.from_bytes(self.repo.remote.get(key), "%s on %s" % (key, self.repo.url))
+            except (RemoteNotFoundError, FormatError):
+                return None
+            self.remember(digest, record)
+        return record
+
+    def remember(self, digest: str, record: PushRecord) -> None:
+        with self._lock:
+            if len(self._records) >= self.MEMO:
+                self._records.clear()
+            self._records[digest] = record
+
+    def vouches(self, digest: str, stored_size: int) -> bool:
+        """Whether the blob stored as pushed under `digest`, of `stored_size` bytes, is what was pushed."""
+        if stored_size <= SMALL_BLOB:
+            return self.hashes_to(digest)
+        record = self.record(digest)
+        return record is not None and record.blob_size == stored_size
+
+    def hashes_to(self, digest: str) -> bool:
         try:
-            doc = load_json(data)
-            sizes = [doc[key] for key in ("size", "stored_size", "blob_size")]
-            if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sizes):
-                raise ValueError("bad sizes %r" % (sizes,))
-            if doc["encoding"] not in ENCODINGS:
-                raise ValueError("unknown encoding %r" % (doc["encoding"],))
-            return cls(doc["blob_size"], LayerEntry(parse_digest(doc["diff_id"]), doc["size"], doc["encoding"],
-                                                    doc["stored_size"]))
-        except (ValueError, TypeError, KeyError, FormatError) as exc:
-            raise FormatError("push record %s is malformed (%s)" % (where, exc))
+            return digest_of(split_digest(digest)[0], self.repo.remote.get(object_key(digest))) == digest
+        except (RemoteNotFoundError, FormatError):
+            return False
 
 
 class _LayerDecoder:
@@ -86,14 +114,15 @@ class _LayerDecoder:
     upload's last byte is followed by a store, not by a decode. The spool file holds what arrived:
     the decoder follows it and never holds the writer back."""
 
-    def __init__(self, path: str, what: str, encoding: str, spool_dir: str, slots: threading.Semaphore):
+    def __init__(self, path: str, what: str, encoding: str, spool_dir: str, slots: threading.Semaphore,
+                 limit: DecodeLimit):
         self._file = open(path, "rb")
         self._written = 0
         self._ended = False
         self._grown = threading.Condition()
         self._slots = slots
         self.result: Optional[SpooledLayer] = None      # set when the whole blob decoded
-        self._thread = threading.Thread(target=self._run, args=(what, encoding, spool_dir), daemon=True,
+        self._thread = threading.Thread(target=self._run, args=(what, encoding, spool_dir, limit), daemon=True,
                                         name="decode-upload")
         self._thread.start()
 
@@ -109,10 +138,10 @@ class _LayerDecoder:
             available = self._written - self._file.tell()
         return self._file.read(min(n, available)) if available > 0 else b""
 
-    def _run(self, what: str, encoding: str, spool_dir: str) -> None:
+    def _run(self, what: str, encoding: str, spool_dir: str, limit: DecodeLimit) -> None:
         try:
-            self.result = spool_layer(self, what, encoding, spool_dir)
-        except Exception:  # noqa: BLE001  not a layer after all (or no room): stored as pushed only
+            self.result = spool_layer(self, what, encoding, spool_dir, limit)
+        except Exception:  # noqa: BLE001  not a layer after all (a bomb, or no room): stored as pushed only
             self.result = None
         finally:
             self._file.close()
@@ -140,26 +169,50 @@ class _Upload:
         self.lock = threading.Lock()
         self.head = b""                                 # the first bytes, to tell a layer
         self.decoder: Optional[_LayerDecoder] = None
+        self.held = 0                                   # spooled bytes counted against the spool budget
+        self.dropped = False
 
 
 class RegistryWriter:
-    """Uploads in progress, blobs waiting for their manifest, and what pushed layers became."""
+    """Uploads in progress, blobs waiting for their manifest, and what pushed blobs were stored as."""
 
     def __init__(self, repo: Repository, spool_dir: Optional[str] = None, max_blob: int = 64 << 30,
-                 compression: str = "lz4", clock=time.monotonic):
+                 compression: str = "lz4", clock=time.monotonic, spool_budget: Optional[int] = None):
+        """`max_blob` bounds a blob as pushed and its decoded copy; `spool_budget` the bytes all uploads in
+        progress may hold in the spool (default: half the free space of its filesystem at start)."""
         self.repo = repo
         self.max_blob = max_blob
         self.compression = compression
         self.clock = clock
-        self.spool = tempfile.mkdtemp(prefix="dogestry-uploads-", dir=spool_dir)
+        # Finished blobs go into a directory remote by link(), which works within one filesystem and
+        # mount only: spool in its staging directory unless told otherwise (None: S3, the temp dir).
+        self.spool = tempfile.mkdtemp(prefix="dogestry-uploads-", dir=spool_dir or repo.remote.staging_dir())
+        if spool_budget is None:
+            stat = os.statvfs(self.spool)
+            spool_budget = max(stat.f_bavail * stat.f_frsize // 2, CHUNK)
+        self.spool_budget = spool_budget
+        self.blobs = StoredBlobs(repo)
         self._uploads: Dict[str, _Upload] = {}
-        self._pushed: Dict[str, PushedLayer] = {}        # hex of a pushed blob -> what it became
-        self._leases: Dict[str, Tuple[str, float]] = {}  # hex of a pushed blob -> (lease key, when) until a manifest
+        self._held = 0                                      # bytes the uploads in progress hold in the spool
+        self._leases: Dict[str, Tuple[str, float]] = {}     # digest of a pushed blob -> (lease key, when) until a manifest
         self._decoders = threading.Semaphore(MAX_DECODERS)
         self._lock = threading.Lock()
 
     def close(self) -> None:
         shutil.rmtree(self.spool, ignore_errors=True)
+
+    @property
+    def uploads_in_progress(self) -> int:
+        return len(self._uploads)
+
+    @property
+    def spool_held(self) -> int:
+        """Bytes the uploads in progress hold in the spool (counted against its budget)."""
+        return self._held
+
+    @property
+    def _decode_limit(self) -> DecodeLimit:
+        return DecodeLimit(self.max_blob)
 
     # -- uploads ------------------------------------------------------------------------------
 
@@ -176,12 +229,19 @@ class RegistryWriter:
         return session
 
     def _upload(self, name: str, session: str) -> _Upload:
+        self._expire()
         with self._lock:
             upload = self._uploads.get(session)
         if upload is None or upload.name != name:
             raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", "upload %s is not in progress here (it may have expired)"
                            % session[:64])
         return upload
+
+    @staticmethod
+    def _still_going(upload: _Upload, session: str) -> None:
+        """Under the upload's lock: it was not dropped (abandoned) while the request waited for the lock."""
+        if upload.dropped:
+            raise ApiError(404, "BLOB_UPLOAD_UNKNOWN", "upload %s expired" % session[:64])
 
     def status(self, name: str, session: str) -> int:
         return self._upload(name, session).size
@@ -190,6 +250,7 @@ class RegistryWriter:
         """Append a PATCH body (a chunk at `content_range`, or a stream); returns the upload's size."""
         upload = self._upload(name, session)
         with upload.lock:
+            self._still_going(upload, session)
             self._check_order(name, session, upload, content_range)
             self._write(upload, body, length)
             return upload.size
@@ -215,9 +276,11 @@ class RegistryWriter:
                     if upload.size + len(chunk) > self.max_blob:
                         raise ApiError(413, "SIZE_INVALID", "blob larger than this accelerator takes (%d bytes)"
                                        % self.max_blob)
+                    self._take_spool(upload, len(chunk))
                     out.write(chunk)
                     upload.hasher.update(chunk)
                     upload.size += len(chunk)
+                    upload.touched = self.clock()
                     if remaining is not None:
                         remaining -= len(chunk)
                     if upload.decoder is not None or len(upload.head) < HEAD:
@@ -231,12 +294,36 @@ class RegistryWriter:
             raise
         upload.touched = self.clock()
 
+    def _take_spool(self, upload: _Upload, size: int) -> None:
+        """Count `size` more bytes of an upload against the spool budget: 429 while other uploads hold it (after
+        abandoned ones gave their room back), 507 when this upload alone would pass it."""
+        for attempt in range(2):
+            with self._lock:
+                if self._held + size <= self.spool_budget:
+                    self._held += size
+                    upload.held += size
+                    return
+                never = upload.held + size > self.spool_budget
+            if never or attempt:
+                break
+            self._expire()
+        if never:
+            raise ApiError(507, "UNKNOWN", "blob larger than this accelerator's spool budget (%d bytes)" % self.spool_budget)
+        raise ApiError(429, "TOOMANYREQUESTS", "the uploads in progress fill this accelerator's spool budget (%d bytes): "
+                       "retry later" % self.spool_budget, [("Retry-After", "10")])
+
+    def _give_back_spool(self, upload: _Upload) -> None:
+        with self._lock:
+            self._held -= upload.held
+            upload.held = 0
+
     def finish(self, name: str, session: str, digest: str, body, length: Optional[int],
                content_range: Optional[str] = None) -> str:
         """Complete an upload (PUT ?digest=, optionally with a last chunk): verify, then store it; returns the digest."""
         algorithm, _hex = self.parse_digest(digest)
         upload = self._upload(name, session)
         with upload.lock:
+            self._still_going(upload, session)
             self._check_order(name, session, upload, content_range)
             self._write(upload, body, length)
             with self._lock:
@@ -252,6 +339,7 @@ class RegistryWriter:
                 self._store(digest, upload.path, upload.size, decoded if algorithm == "sha256" else None)
             finally:
                 unlink_quietly(upload.path)
+                self._give_back_spool(upload)
                 if decoded is not None:
                     unlink_quietly(decoded.path)
         return digest
@@ -267,13 +355,15 @@ class RegistryWriter:
             if len(upload.head) < HEAD or not looks_like_layer(upload.head) or not self._decoders.acquire(False):
                 return      # not yet, not a layer, or decoders all busy: _store decodes it after the last byte
             try:
-                upload.decoder = _LayerDecoder(upload.path, "pushed blob", self.compression, self.spool, self._decoders)
+                upload.decoder = _LayerDecoder(upload.path, "pushed blob", self.compression, self.spool, self._decoders,
+                                               self._decode_limit)
             except Exception:
                 self._decoders.release()
                 raise
         upload.decoder.grew(upload.size)
 
     def _drop(self, upload: _Upload) -> None:
+        upload.dropped = True
         with self._lock:
             for session, found in list(self._uploads.items()):
                 if found is upload:
@@ -281,15 +371,22 @@ class RegistryWriter:
         if upload.decoder is not None:
             upload.decoder.discard()
         unlink_quietly(upload.path)
+        self._give_back_spool(upload)
 
     def _expire(self) -> None:
+        """Drop uploads abandoned by their clients, and the leases of blobs no manifest claimed. Cheap: it runs
+        at every upload request, so an abandoned upload's spool file goes as soon as anything happens."""
         now = self.clock()
         with self._lock:
-            stale = [u for u in self._uploads.values() if now - u.touched > SESSION_TTL]
-            unclaimed = [h for h, (_lease, when) in self._leases.items() if now - when > SESSION_TTL]
-            leases = [self._leases.pop(h)[0] for h in unclaimed]
-        for upload in stale:
-            self._drop(upload)
+            idle = [u for u in self._uploads.values() if now - u.touched > UPLOAD_IDLE_TTL]
+            unclaimed = [d for d, (_lease, when) in self._leases.items() if now - when > CLAIM_TTL]
+            leases = [self._leases.pop(d)[0] for d in unclaimed]
+        for upload in idle:
+            if upload.lock.acquire(False):      # held: a request is writing to it, so it is not abandoned
+                try:
+                    self._drop(upload)
+                finally:
+                    upload.lock.release()
         for lease in leases:
             drop_lease(self.repo, lease)
 
@@ -318,63 +415,94 @@ class RegistryWriter:
         """A complete blob that looks like a layer, decoded into the spool (None if it is not one after all)."""
         try:
             with open(path, "rb") as f:
-                return spool_layer(f, "pushed blob " + digest, self.compression, self.spool)
+                return spool_layer(f, "pushed blob " + digest, self.compression, self.spool, self._decode_limit)
         except OSError as exc:
             raise ApiError(507, "UNKNOWN", "spooling %s failed: %s" % (digest, exc.strerror or exc))
-        except Exception:  # noqa: BLE001  zlib, zstd or tar errors: not a layer after all, kept as pushed only
+        except Exception:  # noqa: BLE001  zlib, zstd or tar errors, a bomb: not decoded, kept as pushed only
             return None
 
     def _store(self, digest: str, path: str, size: int, spooled: Optional[SpooledLayer]) -> None:
         """Store a verified blob as pushed, under a lease until a manifest names it; a layer (`spooled`,
-        its decoded copy) is also stored by its diff_id. The caller removes both spool files."""
+        its decoded copy) is also stored by its diff_id. A damaged copy already stored under either key is
+        quarantined first (the create-only write would keep it). The caller removes both spool files."""
         _algorithm, hexdigest = split_digest(digest)
         self.repo.check(create=True)
-        lease = write_lease(self.repo, [hexdigest] + ([spooled.oid] if spooled else []))
+        lease = write_lease(self.repo, [_lease_oid(digest)] + ([spooled.oid] if spooled else []))
         with self._lock:
-            old = self._leases.pop(hexdigest, None)
-            self._leases[hexdigest] = (lease, self.clock())
+            old = self._leases.pop(digest, None)
+            self._leases[digest] = (lease, self.clock())
         if old:
             drop_lease(self.repo, old[0])
-        if spooled is not None and spooled.oid != hexdigest:    # a raw tar is its own decoded copy
-            self.repo.remote.put_file(blob_key(spooled.oid, spooled.encoding), spooled.path)
+        layer = None
+        if spooled is not None:     # a raw tar is its own decoded copy
+            layer = LayerEntry(hexdigest, size, "none", size) if spooled.oid == hexdigest else self._store_decoded(spooled)
+        self._quarantine_damaged_blob(digest, size)
         self.repo.remote.put_file(object_key(digest), path)
-        if spooled is not None:
-            layer = (LayerEntry(hexdigest, size, "none", size) if spooled.oid == hexdigest
-                     else LayerEntry(spooled.oid, spooled.size, spooled.encoding, spooled.stored_size))
-            pushed = PushedLayer(size, layer)
-            self.repo.remote.put(pushed_key(hexdigest), pushed.record(), overwrite=True)
-            with self._lock:
-                self._pushed[hexdigest] = pushed
+        if layer is not None or size > SMALL_BLOB:     # smaller blobs are hashed whenever they are vouched for
+            record = PushRecord(size, layer)
+            self.repo.remote.put(pushed_key(digest), record.to_bytes(), overwrite=True)
+            self.blobs.remember(digest, record)
 
-    def pushed_layer(self, hexdigest: str) -> Optional[PushedLayer]:
-        """What a pushed blob became, if the remote still holds it whole (records are hints)."""
-        with self._lock:
-            pushed = self._pushed.get(hexdigest)
-        if pushed is None:
-            try:
-                data = self.repo.remote.get(pushed_key(hexdigest))
-            except DogestryError:
-                return None
-            try:
-                pushed = PushedLayer.from_record(data, "%s%s on %s" % (PUSHED_PREFIX, hexdigest, self.repo.url))
-            except FormatError:
-                return None
-        found = self.repo.remote.stat([pushed.layer.key]).get(pushed.layer.key)
-        if found is None or found.size != pushed.layer.stored_size:
+    def _store_decoded(self, spooled: SpooledLayer) -> LayerEntry:
+        """Store a decoded layer, or reuse the copy an earlier push stored (perhaps encoded by another lz4) unless
+        the checks a push makes before reusing a layer call it damaged; returns the layer as stored."""
+        key = blob_key(spooled.oid, spooled.encoding)
+        for _attempt in range(2):
+            found = self.repo.remote.stat([key]).get(key)
+            if found is not None:
+                stored = LayerEntry(spooled.oid, spooled.size, spooled.encoding, found.size)
+                if not damaged_reused_layers(self.repo, {spooled.oid: stored}, {spooled.oid: spooled.size}):
+                    return stored
+                self._quarantine(key)
+            if self.repo.remote.put_file(key, spooled.path):
+                return LayerEntry(spooled.oid, spooled.size, spooled.encoding, spooled.stored_size)
+        raise DogestryError("%s on %s was stored damaged again while this push replaced it" % (key, self.repo.url))
+
+    def _quarantine_damaged_blob(self, digest: str, size: int) -> None:
+        """A blob already stored under `digest` that is not the `size` bytes just verified (or, small, does not
+        hash to its digest) is damaged: moved aside, so that the good copy is stored."""
+        key = object_key(digest)
+        found = self.repo.remote.stat([key]).get(key)
+        if found is not None and (found.size != size or (size <= SMALL_BLOB and not self.blobs.hashes_to(digest))):
+            self._quarantine(key)
+
+    def _quarantine(self, key: str) -> None:
+        try:
+            self.repo.quarantine(key)
+        except RemoteNotFoundError:
+            pass        # moved or replaced meanwhile
+
+    def verbatim_size(self, digest: str) -> Optional[Tuple[int, str]]:
+        """(size, key) of a blob stored as pushed that is still what was pushed; None if absent or damaged."""
+        key = object_key(digest)
+        found = self.repo.remote.stat([key]).get(key)
+        return (found.size, key) if found is not None and self.blobs.vouches(digest, found.size) else None
+
+    def pushed_layer(self, digest: str) -> Optional[PushRecord]:
+        """What a pushed layer blob decoded to, if the remote still holds that layer whole (records are hints)."""
+        record = self.blobs.record(digest)
+        if record is None or record.layer is None:
             return None
-        with self._lock:
-            self._pushed[hexdigest] = pushed
-        return pushed
+        found = self.repo.remote.stat([record.layer.key]).get(record.layer.key)
+        if found is None or found.size != record.layer.stored_size:
+            return None
+        return record
 
     # -- manifests ------------------------------------------------------------------------------
 
     def put_manifest(self, name: str, reference: str, content_type: Optional[str], body,
-                     manifest_exists=lambda digest: False) -> Tuple[str, OciManifest]:
+                     manifest_exists=lambda digest: False,
+                     blob_size: Optional[Callable[[str], Optional[Tuple[int, str]]]] = None) -> Tuple[str, OciManifest]:
         """Store a manifest, index or artifact pushed under name:reference (a tag, or its digest) as pushed,
         once everything it names is stored; returns (its digest, the parsed manifest).
 
         `manifest_exists(digest)`: whether the registry serves a manifest an index names that is not
-        stored verbatim (an image dogestry_push stored, shown as Manifest.oci_bytes())."""
+        stored verbatim (an image dogestry_push stored, shown as Manifest.oci_bytes()).
+        `blob_size(digest)`: (size, key) of a stored blob the registry vouches for, as HEAD answers
+        (default: blobs stored as pushed, verbatim_size); each blob must have the size the manifest gives.
+
+        What it names and reuses is leased before the first write and checked again after any running
+        prune (_prune.write_lease): a prune never takes a blob between this check and the tag."""
         data = body.read(MAX_MANIFEST + 1) if body is not None else b""
         if len(data) > MAX_MANIFEST:
             raise ApiError(413, "SIZE_INVALID", "manifest larger than %d bytes" % MAX_MANIFEST)
@@ -386,45 +514,58 @@ class RegistryWriter:
             manifest = OciManifest.parse(data, content_type, "the manifest")
         except FormatError as exc:
             raise ApiError(400, "MANIFEST_INVALID", str(exc))
-        missing = self._missing_blobs(manifest)
-        if missing:
-            raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "%s was not pushed before the manifest naming it" % missing)
+        expect = self._check_blobs(manifest, blob_size or self.verbatim_size)
         for child in manifest.manifests:
-            if not self._manifest_stored(child.digest) and not manifest_exists(child.digest):
+            if self._manifest_stored(child.digest):
+                expect.append(oci_manifest_key(child.digest))
+            elif not manifest_exists(child.digest):
                 raise ApiError(400, "MANIFEST_UNKNOWN", "manifest %s, which the index names, was not pushed first"
                                % child.digest)
-        self.repo.hold_oci_content()
-        self.repo.remote.put(oci_manifest_key(digest), data)
-        if manifest.subject is not None:
-            self.repo.remote.put(referrer_key(manifest.subject.digest, digest), manifest.referrer(digest).to_bytes())
-        decoded = self._decoded_twin(manifest)
-        if ":" not in reference:
-            self.repo.write_oci_tag(ImageRef(name, reference), Descriptor(manifest.media_type, digest, len(data)))
-        self._release([d.digest for d in manifest.required()] + (decoded or []))
+        oids = [_lease_oid(d.digest) for d in manifest.required()] + [d.digest for d in manifest.manifests] + [digest]
+        twin = self._decoded_twin(manifest)
+        if twin is not None:
+            oids += [sha256_hex(twin.to_bytes()), twin.config_oid] + [layer.oid for layer in twin.layers]
+            expect += [twin.config_key] + [layer.key for layer in twin.layers]
+        lease = write_lease(self.repo, oids, expect)
+        try:
+            self.repo.write_oci_manifest(digest, manifest)
+            if twin is not None:
+                self.repo.put_exact(manifest_key(sha256_hex(twin.to_bytes())), twin.to_bytes())
+                self.repo.write_manifest(twin)
+            if ":" not in reference:
+                self.repo.write_oci_tag(ImageRef(name, reference), Descriptor(manifest.media_type, digest, len(data)))
+        finally:
+            drop_lease(self.repo, lease)
+        self._release([d.digest for d in manifest.required()])
         return digest, manifest
 
-    def _missing_blobs(self, manifest: OciManifest) -> Optional[str]:
-        """The first blob a manifest names that is not stored (verbatim, or a layer stored decoded)."""
-        wanted = manifest.required()
-        keys = [object_key(d.digest) for d in wanted]
-        keys += [blob_key(parse_digest(d.digest), "lz4") for d in wanted if d.digest.startswith("sha256:")]
-        found = self.repo.remote.stat(keys) if keys else {}
-        for descriptor in wanted:
-            alternatives = [object_key(descriptor.digest)]
-            if descriptor.digest.startswith("sha256:"):
-                alternatives.append(blob_key(parse_digest(descriptor.digest), "lz4"))
-            if not any(key in found and (found[key].size == descriptor.size or key != alternatives[0])
-                       for key in alternatives):
-                return descriptor.digest
-        return None
+    def _check_blobs(self, manifest: OciManifest, blob_size: Callable[[str], Optional[Tuple[int, str]]]) -> List[str]:
+        """The keys of the blobs a manifest needs, each vouched for with the size the manifest gives (400 if not)."""
+        keys = []
+        for descriptor in manifest.required():
+            vouched = blob_size(descriptor.digest)
+            if vouched is None:
+                damaged = object_key(descriptor.digest) in self.repo.remote.stat([object_key(descriptor.digest)])
+                raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "%s %s before the manifest naming it" % (
+                    descriptor.digest, "is stored damaged (not the bytes pushed): push it again" if damaged
+                    else "was not pushed"))
+            if vouched[0] != descriptor.size:
+                raise ApiError(400, "MANIFEST_BLOB_UNKNOWN", "blob %s is stored with %d bytes, the manifest says %d"
+                               % (descriptor.digest, vouched[0], descriptor.size))
+            keys.append(vouched[1])
+        return keys
 
     def _manifest_stored(self, digest: str) -> bool:
-        key = oci_manifest_key(digest)
-        return key in self.repo.remote.stat([key])
+        """A manifest an index names is stored whole (a damaged copy does not count: the client pushes it again)."""
+        try:
+            self.repo.read_oci_manifest(digest)
+            return True
+        except (RemoteNotFoundError, BlobCorruptError, FormatError):
+            return False
 
-    def _decoded_twin(self, manifest: OciManifest) -> Optional[list]:
-        """For an image whose layers were all decoded to its config's diff_ids: store its dogestry manifest
-        (the thin path dogestry_pull and dogestry_push share) and return the diff_ids; else None."""
+    def _decoded_twin(self, manifest: OciManifest) -> Optional[Manifest]:
+        """For an image whose layers were all decoded to its config's diff_ids: its dogestry manifest (the thin
+        path dogestry_pull and dogestry_push share), to be written with it; else None. Writes nothing."""
         if not manifest.is_image or not manifest.config.digest.startswith("sha256:"):
             return None
         config_hex = parse_digest(manifest.config.digest)
@@ -443,17 +584,15 @@ class RegistryWriter:
             if layer is None:
                 return None
             layers.append(layer)
-        self.repo.write_manifest(Manifest(config_hex, len(config), tuple(layers)))
-        return ["sha256:" + oid for oid in diff_ids]
+        return Manifest(config_hex, len(config), tuple(layers))
 
     def _decoded_layer(self, descriptor: Descriptor, diff_id: str) -> Optional[LayerEntry]:
         if not descriptor.digest.startswith("sha256:"):
             return None
-        hexdigest = parse_digest(descriptor.digest)
-        pushed = self.pushed_layer(hexdigest)
+        pushed = self.pushed_layer(descriptor.digest)
         if pushed is not None:
             return pushed.layer if pushed.layer.oid == diff_id else None
-        if hexdigest == diff_id:        # an uncompressed layer the remote already has (pulled from here)
+        if parse_digest(descriptor.digest) == diff_id:     # an uncompressed layer the remote already has (pulled from here)
             found = self.repo.remote.stat([blob_key(diff_id, encoding) for encoding in ENCODINGS])
             for encoding in ("lz4", "none"):
                 if blob_key(diff_id, encoding) in found:
@@ -463,9 +602,15 @@ class RegistryWriter:
     def _release(self, digests) -> None:
         """A manifest now references these: drop the leases that kept them until it did."""
         with self._lock:
-            leases = [self._leases.pop(d.partition(":")[2])[0] for d in digests if d.partition(":")[2] in self._leases]
+            leases = [self._leases.pop(d)[0] for d in digests if d in self._leases]
         for lease in leases:
             drop_lease(self.repo, lease)
+
+
+def _lease_oid(digest: str) -> str:
+    """How a lease names a blob: sha256 by its hex (what every release's prune reads), others by digest."""
+    algorithm, hexdigest = split_digest(digest)
+    return hexdigest if algorithm == "sha256" else digest
 
 
 def _file_digest(algorithm: str, path: str) -> str:

@@ -262,8 +262,8 @@ class HttpRemote(Remote):
         except urllib.error.URLError as exc:
             reason = exc.reason
             if isinstance(reason, ssl.SSLCertVerificationError):
-                raise RemoteError("TLS verification failed for %s: set ca_bundle, or validate_certs=false for a "
-                                  "test server (%s)" % (display_url(url), _one_line(reason)))
+                raise RemoteError("TLS verification failed for %s: set ca_bundle, or s3_validate_certs=false "
+                                  "(--s3-no-verify-certs) for a test server (%s)" % (display_url(url), _one_line(reason)))
             if isinstance(reason, str):     # urllib's own refusals (an unknown scheme): no network involved
                 raise RemoteError("%s %s failed: %s" % (what, display_url(url), _one_line(reason)))
             raise _Retry(RemoteError("cannot reach %s: %s" % (display_url(url), _one_line(reason))))

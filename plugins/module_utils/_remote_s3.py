@@ -169,8 +169,8 @@ class S3Remote(Remote):
             return RemoteAuthError("no usable AWS credentials for %s: set access_key/secret_key, a profile, or the "
                                    "AWS_* environment variables (%s)" % (self.url, _one_line(exc)))
         if isinstance(exc, SSLError):
-            return RemoteError("TLS verification failed for the S3 endpoint of %s: set ca_bundle, or "
-                               "validate_certs=false for a test store (%s)" % (self.url, _one_line(exc)))
+            return RemoteError("TLS verification failed for the S3 endpoint of %s: set ca_bundle, or s3_validate_certs=false "
+                               "(--s3-no-verify-certs) for a test store (%s)" % (self.url, _one_line(exc)))
         if isinstance(exc, (EndpointConnectionError, BotoConnectionError)):
             return RemoteError("cannot reach S3 endpoint %s for %s: check endpoint_url/region and the network (%s)"
                                % (self.client.meta.endpoint_url, self.url, _one_line(exc)))

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 from ._errors import RemoteUnsupportedError
 from ._remote import LocalRemote, Remote
 from ._remote_http import HttpRemote
+from ._remote_list import RemoteList
 from ._ticket import TicketRemote
 
 USAGE = "use /path, file:///path, s3://bucket/prefix or https://host/prefix"
@@ -57,6 +58,12 @@ def remote_from_url(url: str, **options) -> Remote:
         raise RemoteUnsupportedError(
             "remote %r is a relative path: use an absolute directory (/srv/dogestry) or a URL" % text)
     raise RemoteUnsupportedError("remote %r: unsupported scheme %r (%s)" % (_shown(text), scheme, USAGE))
+
+
+def remote_from_urls(urls, **options) -> Remote:
+    """A remote, or several copies of one (RemoteList: reads from the first that answers, writes to the first)."""
+    remotes = [remote_from_url(url, **options) for url in urls]
+    return remotes[0] if len(remotes) == 1 else RemoteList(remotes)
 
 
 def _shown(text: str) -> str:

@@ -8,14 +8,15 @@
 from __future__ import annotations
 
 import fnmatch
+import time
 from typing import Dict, Optional, Tuple, Union
 
 from ._errors import BlobCorruptError, FormatError, ImageReferenceError, RemoteMissingError, RemoteNotFoundError
 from ._format import (
-    VERSION_KEY, Descriptor, ImageRef, Manifest, OciManifest, check_version_document, diff_ids_of_config, digest_of,
+    QUARANTINE_PREFIX, VERSION_KEY, Descriptor, ImageRef, Manifest, OciManifest, check_version_document, diff_ids_of_config, digest_of,
     id_prefix_hex, image_index_key, image_index_prefix, looks_like_id_prefix, manifest_key, oci_manifest_key,
-    parse_image_ref, parse_digest, parse_ref_document, parse_tag_document, ref_document, sha256_hex, source_key,
-    split_digest, tag_from_key, tag_key, version_document, version_of,
+    parse_image_ref, parse_digest, parse_ref_document, parse_tag_document, ref_document, referrer_key, sha256_hex,
+    source_key, split_digest, tag_from_key, tag_key, version_document, version_of,
 )
 from ._remote import Remote
 from ._transfer import parallel_map
@@ -143,6 +144,36 @@ class Repository:
             self._manifests.clear()     # bounded: a long-running reader sees many
         self._manifests[oid] = manifest
         return manifest
+
+    def write_oci_manifest(self, digest: str, manifest: OciManifest) -> None:
+        """Store a manifest as pushed (raising the remote to version 2 first), then its referrer record; create-only,
+        after everything it names. The registry's push path and dogestry_sign's signatures write manifests this way."""
+        self.hold_oci_content()
+        self.put_exact(oci_manifest_key(digest), manifest.data)
+        if manifest.subject is not None:
+            self.put_exact(referrer_key(manifest.subject.digest, digest), manifest.referrer(digest).to_bytes())
+
+    def put_exact(self, key: str, data: bytes) -> None:
+        """Create-only store of an object its key fixes the content of (a manifest, a referrer record): a copy
+        already there that differs is damaged, and is quarantined and replaced before anything names it."""
+        if self.remote.put(key, data):
+            return
+        try:
+            intact = self.remote.get(key) == data
+        except (RemoteNotFoundError, FormatError):
+            intact = False
+        if not intact:
+            try:
+                self.quarantine(key)
+            except RemoteNotFoundError:
+                pass        # moved or replaced meanwhile
+            self.remote.put(key, data)
+
+    def quarantine(self, key: str) -> str:
+        """Move a damaged object aside, so that the next push stores it anew; returns where it went."""
+        target = "%s%s/%s" % (QUARANTINE_PREFIX, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), key)
+        self.remote.move(key, target)
+        return target
 
     def read_oci_manifest(self, digest: str, content_type: Optional[str] = None) -> OciManifest:
         """A manifest stored verbatim, verified against its digest."""
@@ -278,5 +309,5 @@ class Repository:
         ref = parse_image_ref(text)
         target = self.read_target(ref)
         if target is None:
-            raise ImageReferenceError("%s is not on %s: no such tag (dogestry_tags lists them)" % (ref, self.url))
+            raise ImageReferenceError("%s is not on %s: no such tag (dogestry_tag_info lists them)" % (ref, self.url))
         return ref, target

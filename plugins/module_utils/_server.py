@@ -9,24 +9,41 @@ cheroot (CherryPy's server) was chosen by measurement (benchmarks/serve_bench.py
 and its remotes are blocking code, so a threaded server streams them without an executor hop,
 keeps memory at one chunk per busy thread, and closes the connection when a body fails
 mid-stream, which is how a blob that fails verification is refused.
+
+A worker thread takes a connection once its request head has arrived whole: cheroot hands a
+connection to a worker as soon as one byte is readable, and the worker then blocks reading the
+rest, so a few clients trickling their headers (or, with TLS, their handshake) would hold every
+worker. _HeaderGate reads heads (and TLS handshakes) without blocking, in one thread, within a
+total deadline (HEADER_SECONDS) and a size bound (MAX_HEADER); bodies are the API's to bound.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import _pyio
+import collections
 import ipaddress
+import json
 import logging
+import math
 import os
+import re
+import selectors
 import signal
+import socket
+import ssl
 import sys
+import threading
 import time
 import traceback
+import types
+from traceback import format_exc
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import parse_qs
 
 try:
+    from cheroot import server as cheroot_server
     from cheroot import wsgi as cheroot_wsgi
+    from cheroot.makefile import StreamReader
     from cheroot.ssl.builtin import BuiltinSSLAdapter
     HAS_CHEROOT = True
     CHEROOT_IMPORT_ERROR = None
@@ -34,24 +51,45 @@ except ImportError:
     HAS_CHEROOT = False
     CHEROOT_IMPORT_ERROR = traceback.format_exc()
 
-try:
-    import bcrypt
-    HAS_BCRYPT = True
-except ImportError:
-    HAS_BCRYPT = False
+    class _Missing:
+        """Stands in for cheroot's base classes, so that this file imports without it (serve() refuses to run)."""
+
+    cheroot_server = types.SimpleNamespace(HTTPRequest=_Missing, HTTPConnection=_Missing, ChunkedRFile=_Missing)
+    cheroot_wsgi = types.SimpleNamespace(Server=_Missing, Gateway_10=_Missing)
+    StreamReader = BuiltinSSLAdapter = _Missing
 
 from ._errors import DogestryError
-from ._registry_api import RegistryApi, Response
+from ._htpasswd import Htpasswd, Throttled
+from ._registry_api import ApiError, RegistryApi, Response, error_response
 
 DEFAULT_LISTEN = "127.0.0.1:22375"
 LOG = logging.getLogger("dogestry.serve")
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
-            400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable", 429: "Too Many Requests",
+            400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            413: "Payload Too Large", 414: "URI Too Long", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+            429: "Too Many Requests", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 507: "Insufficient Storage"}
 # Request headers the API reads, by their WSGI names.
 _HEADERS = {"HTTP_ACCEPT": "accept", "HTTP_RANGE": "range", "CONTENT_TYPE": "content-type",
             "CONTENT_LENGTH": "content-length", "HTTP_CONTENT_RANGE": "content-range"}
+
+HEADER_SECONDS = 20.0       # a request head (and a TLS handshake) must arrive whole within this
+MAX_HEADER = 64 << 10       # bytes of a request head (Docker's bearer tokens take a few KiB)
+MAX_WAITING = 1000          # connections whose head is still arriving; beyond, the longest-waiting is dropped
+TIMEOUT = 30                # seconds a body read or a response write may stall (cheroot's socket timeout)
+_BARE_LF = re.compile(rb"(?:^|[^\r])\n")
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Text from a request as a log line may hold it: control and non-ASCII characters, quotes and
+    backslashes escaped, so a request cannot forge or break a log line."""
+    return text[:limit].encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+def oci_error(status: int, message: str) -> bytes:
+    """The OCI error body for an answer the HTTP layer gives on its own (no route reached)."""
+    code = {401: "UNAUTHORIZED", 413: "SIZE_INVALID", 414: "NAME_INVALID", 429: "TOOMANYREQUESTS"}.get(status, "UNKNOWN")
+    return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]}).encode()
 
 
 def parse_listen(text: str) -> Tuple[str, int]:
@@ -97,47 +135,25 @@ class _Body:
         self._log_line(self)
 
 
-class Htpasswd:
-    """Users of a Docker registry htpasswd file (`user:bcrypt-hash` lines, as `htpasswd -B` writes)."""
+class _RequestBody:
+    """wsgi.input as the API reads it: a body that breaks off or is malformed is the client's doing (400)."""
 
-    def __init__(self, path: str):
-        if not HAS_BCRYPT:
-            raise DogestryError("--htpasswd needs the Python package 'bcrypt': pip install bcrypt")
-        self.users: Dict[str, bytes] = {}
+    def __init__(self, stream, length: Optional[str]):
+        self._stream = stream
+        self._length = int(length) if length and length.isdigit() else None
+        self._read = 0
+
+    def read(self, size: int = -1) -> bytes:
         try:
-            with open(path, "rb") as f:
-                lines = f.read().splitlines()
-        except OSError as exc:
-            raise DogestryError("--htpasswd %s: %s" % (path, exc.strerror or exc))
-        for number, line in enumerate(lines, 1):
-            if not line.strip() or line.startswith(b"#"):
-                continue
-            user, sep, hashed = line.partition(b":")
-            if not sep or not hashed.startswith((b"$2y$", b"$2b$", b"$2a$")):
-                raise DogestryError("--htpasswd %s line %d: expected user:bcrypt-hash (htpasswd -B)" % (path, number))
-            self.users[user.decode("utf-8", "replace")] = hashed
-        if not self.users:
-            raise DogestryError("--htpasswd %s names no user" % path)
-        self._good: Dict[str, bool] = {}   # sha256 of accepted credentials: bcrypt costs milliseconds a check
-
-    def check(self, authorization: Optional[str]) -> bool:
-        if not authorization or not authorization.startswith("Basic "):
-            return False
-        key = hashlib.sha256(authorization.encode("utf-8", "replace")).hexdigest()
-        if key in self._good:
-            return True
-        try:
-            user, _sep, password = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        hashed = self.users.get(user)
-        if hashed is None or not bcrypt.checkpw(password.encode(), hashed.replace(b"$2y$", b"$2b$", 1)):
-            return False
-        self._good[key] = True
-        return True
-
-
-_UNAUTHORIZED = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}'
+            data = self._stream.read(size)
+        except (ValueError, OSError) as exc:    # cheroot: a bad chunk; the socket: timed out or reset
+            raise ApiError(400, "BLOB_UPLOAD_INVALID", "the request body broke off after %d bytes: %s"
+                           % (self._read, printable(str(exc), 100)))
+        self._read += len(data)
+        if not data and size != 0 and self._length is not None and self._read < self._length:
+            raise ApiError(400, "BLOB_UPLOAD_INVALID", "the request body ended after %d of its %d bytes"
+                           % (self._read, self._length))
+        return data
 
 
 class WsgiApp:
@@ -149,62 +165,385 @@ class WsgiApp:
         started = time.monotonic()
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
+        client = environ.get("REMOTE_ADDR", "-")
         query = {key: values[0] for key, values in
                  parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).items()}
         headers: Dict[str, List[str]] = {name: [environ[key]] for key, name in _HEADERS.items() if environ.get(key)}
+        target = printable(path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else ""))
         try:
-            if self.users is not None and path != "/healthz" and not self.users.check(environ.get("HTTP_AUTHORIZATION")):
-                response = Response(401, [("Content-Type", "application/json"),
-                                          ("Content-Length", str(len(_UNAUTHORIZED))),
-                                          ("WWW-Authenticate", 'Basic realm="dogestry"'),
-                                          ("Docker-Distribution-API-Version", "registry/2.0")],
-                                    _UNAUTHORIZED, len(_UNAUTHORIZED))
-            else:
-                response = self.api.handle(method, path, query, headers, body=environ.get("wsgi.input"))
+            response = self._refused(method, path, environ.get("HTTP_AUTHORIZATION"), client)
+            if response is None:
+                body = environ.get("wsgi.input")
+                body = _RequestBody(body, environ.get("CONTENT_LENGTH")) if body is not None else None
+                response = self.api.handle(method, path, query, headers, body=body)
         except Exception:  # a bug, not a remote failure: answer 500 and keep serving
-            LOG.error("internal error on %s %s: %s", method, path, traceback.format_exc())
-            body = b'{"errors":[{"code":"UNKNOWN","message":"internal error"}]}'
-            response = Response(500, [("Content-Type", "application/json"),
-                                      ("Content-Length", str(len(body)))], body, len(body))
-        client = environ.get("REMOTE_ADDR", "-")
-        target = path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")
+            LOG.error("internal error on %s %s: %s", printable(method, 20), target, printable(format_exc(), 4000))
+            response = error_response(ApiError(500, "UNKNOWN", "internal error"), method == "HEAD")
 
         def log_line(body):
-            self.api.metrics.request(method, response.status, body.sent)
-            outcome = "aborted: %s" % body.failed if body.failed else "ok"
-            LOG.info('%s "%s %s" %d %d %.3fs %s', client, method, target[:300], response.status, body.sent,
+            self.api.metrics.request(method, response.status, body.sent, path, time.monotonic() - started)
+            outcome = "aborted: %s" % printable(str(body.failed)) if body.failed else "ok"
+            LOG.info('%s "%s %s" %d %d %.3fs %s', client, printable(method, 20), target, response.status, body.sent,
                      time.monotonic() - started, outcome)
 
         start_response("%d %s" % (response.status, _REASONS.get(response.status, "")), response.headers)
         return _Body(response, log_line)
 
+    def _refused(self, method: str, path: str, authorization: Optional[str], client: str) -> Optional[Response]:
+        """The answer to a request without valid credentials (where they are required), else None."""
+        if self.users is None:
+            return None
+        head = method == "HEAD"
+        try:
+            if self.users.check(authorization, client):
+                return None
+        except Throttled as exc:
+            return error_response(ApiError(429, "TOOMANYREQUESTS", "too many failed logins from this address: %s" % exc,
+                                           [("Retry-After", str(int(math.ceil(exc.retry_after))))]), head)
+        if path == "/healthz":          # liveness for load balancers and service checks, and nothing more
+            return self.api.health(head, detailed=False)
+        return error_response(ApiError(401, "UNAUTHORIZED", "authentication required",
+                                       [("WWW-Authenticate", 'Basic realm="dogestry"'),
+                                        ("Docker-Distribution-API-Version", "registry/2.0")]), head)
 
-def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, ready=None,
-          tls: Optional[Tuple[str, str]] = None, htpasswd: Optional[str] = None) -> None:
-    """Serve until SIGTERM/SIGINT. `ready(host, port)` is called once the socket is bound.
 
-    `tls`: (certificate chain file, private key file); `htpasswd`: a bcrypt htpasswd file whose
-    users alone may use it (Basic auth). Both are required to listen on anything but loopback."""
-    if not HAS_CHEROOT:
-        raise DogestryError("the Python package 'cheroot' is required for dogestry serve: pip install cheroot")
+# ---- the HTTP server ---------------------------------------------------------------------------
+
+def head_complete(data: bytes) -> bool:
+    """Whether `data` holds a whole request head, or enough of one for cheroot to refuse it at once
+    (HTTP lines end in CRLF: a bare LF is a 400)."""
+    return b"\r\n\r\n" in data or _BARE_LF.search(data) is not None
+
+
+class _HeadFirstIO(socket.SocketIO):
+    """A socket's input, after the bytes the header gate already read from it."""
+
+    def __init__(self, sock, head: bytes):
+        socket.SocketIO.__init__(self, sock, "rb")
+        self.head = head
+
+    def readinto(self, b):
+        if self.head:
+            count = min(len(b), len(self.head))
+            b[:count], self.head = self.head[:count], self.head[count:]
+            return count
+        return socket.SocketIO.readinto(self, b)
+
+
+class _HeadFirstReader(StreamReader):
+    """cheroot's socket reader, over a _HeadFirstIO."""
+
+    def __init__(self, sock, head: bytes, bufsize: int):  # pylint: disable=super-init-not-called
+        # StreamReader's own __init__ would make a plain SocketIO: build its BufferedReader over ours
+        _pyio.BufferedReader.__init__(self, _HeadFirstIO(sock, head), bufsize)  # pylint: disable=non-parent-init-called
+        self.bytes_read = 0
+
+    def has_data(self):
+        return StreamReader.has_data(self) or bool(self.raw.head)
+
+
+class _Waiting:
+    """A connection whose request head is still arriving."""
+
+    def __init__(self, conn, deadline: float):
+        self.conn, self.deadline = conn, deadline
+        self.fd = conn.socket.fileno()
+        self.head = b""
+        self.events = 0
+
+
+class _HeaderGate:
+    """Holds connections until their request head has arrived whole, reading it (and a TLS handshake)
+    without blocking, in one thread; then hands them to the worker pool (`dispatch`). A head that takes
+    longer than HEADER_SECONDS gets 408, one over MAX_HEADER gets 431; past MAX_WAITING connections
+    waiting, the one that has waited longest is dropped."""
+
+    def __init__(self, dispatch, timeout: float, max_waiting: int = MAX_WAITING):
+        self._dispatch, self._timeout, self._max_waiting = dispatch, timeout, max_waiting
+        self._clock = time.monotonic
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for end in (self._wake_r, self._wake_w):
+            end.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._arrivals: "collections.deque" = collections.deque()
+        self._waiting: "collections.OrderedDict[int, _Waiting]" = collections.OrderedDict()   # oldest first
+        self._dropped, self._dropped_logged = 0, 0.0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="dogestry-header-gate")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+        self._thread.join(5)
+
+    def admit(self, conn) -> None:
+        """Take a connection (new, or kept alive for its next request): called from cheroot's threads."""
+        self._arrivals.append(conn)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:         # the pipe is full: a wake-up is pending anyway
+            pass
+
+    def _run(self) -> None:
+        while not self._stopping:
+            for key, _events in self._selector.select(timeout=0.5):
+                if key.data is None:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                else:
+                    self._safely(self._advance, key.data, key.data.conn)
+            while self._arrivals:
+                conn = self._arrivals.popleft()
+                self._safely(self._take, conn, conn)
+            self._expire()
+        for waiting in list(self._waiting.values()):
+            self._close(waiting)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _safely(self, step, argument, conn) -> None:
+        """One connection's step; a failure (a bug) costs that connection, never the gate thread."""
+        try:
+            step(argument)
+        except Exception:  # pylint: disable=broad-except
+            LOG.error("header gate: %s", printable(format_exc(), 4000))
+            waiting = self._waiting.get(getattr(conn.socket, "fileno", lambda: -1)())
+            if waiting is not None and waiting.conn is conn:
+                self._close(waiting)
+            else:
+                _close_quietly(conn)
+
+    def _take(self, conn) -> None:
+        try:
+            waiting = _Waiting(conn, self._clock() + HEADER_SECONDS)
+            while conn.rfile.has_data():        # what a kept-alive connection had read ahead
+                waiting.head += conn.rfile.read1(MAX_HEADER)
+            conn.socket.settimeout(0.0)
+        except OSError:
+            _close_quietly(conn)
+            return
+        if len(self._waiting) >= self._max_waiting:
+            self._close(next(iter(self._waiting.values())))
+            self._dropped += 1
+            if self._clock() - self._dropped_logged > 60:
+                self._dropped_logged = self._clock()
+                LOG.warning("slow clients: %d connection(s) dropped so far whose request head had not arrived "
+                            "(at most %d wait at once)", self._dropped, self._max_waiting)
+        self._waiting[waiting.fd] = waiting
+        self._advance(waiting)
+
+    def _advance(self, waiting: _Waiting) -> None:
+        conn = waiting.conn
+        try:
+            if isinstance(conn.socket, ssl.SSLSocket) and not conn.handshaken:
+                conn.socket.do_handshake()
+                conn.handshaken = True
+            while not head_complete(waiting.head) and len(waiting.head) <= MAX_HEADER:
+                data = conn.socket.recv(1 << 16)
+                if not data:
+                    self._close(waiting)        # the client went away
+                    return
+                waiting.head += data
+        except ssl.SSLWantWriteError:
+            self._watch(waiting, selectors.EVENT_WRITE)
+            return
+        except (BlockingIOError, ssl.SSLWantReadError):
+            self._watch(waiting, selectors.EVENT_READ)
+            return
+        except OSError:                         # reset, or not TLS on a TLS port
+            self._close(waiting)
+            return
+        if not head_complete(waiting.head) or waiting.head.find(b"\r\n\r\n") + 4 > MAX_HEADER:
+            self._refuse(waiting, 431, "the request head is over %d bytes" % MAX_HEADER)
+            return
+        self._forget(waiting)
+        try:
+            conn.socket.settimeout(self._timeout)
+        except OSError:
+            _close_quietly(conn)
+            return
+        conn.rfile = _HeadFirstReader(conn.socket, waiting.head, conn.rbufsize)
+        self._dispatch(conn)
+
+    def _watch(self, waiting: _Waiting, events: int) -> None:
+        if not waiting.events:
+            self._selector.register(waiting.fd, events, waiting)
+        elif waiting.events != events:
+            self._selector.modify(waiting.fd, events, waiting)
+        waiting.events = events
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._waiting:
+            waiting = next(iter(self._waiting.values()))
+            if waiting.deadline > now:
+                break           # deadlines are in arrival order
+            if isinstance(waiting.conn.socket, ssl.SSLSocket) and not waiting.conn.handshaken:
+                self._close(waiting)            # no TLS yet to answer in
+            else:
+                self._refuse(waiting, 408, "the request head did not arrive within %.0f s" % HEADER_SECONDS)
+
+    def _refuse(self, waiting: _Waiting, status: int, message: str) -> None:
+        body = oci_error(status, message)
+        try:
+            waiting.conn.socket.send(("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                                      "Connection: close\r\n\r\n" % (status, _REASONS[status], len(body))).encode() + body)
+        except OSError:
+            pass                # best effort: the connection goes either way
+        self._close(waiting)
+
+    def _forget(self, waiting: _Waiting) -> None:
+        if waiting.events:
+            self._selector.unregister(waiting.fd)
+            waiting.events = 0
+        self._waiting.pop(waiting.fd, None)
+
+    def _close(self, waiting: _Waiting) -> None:
+        self._forget(waiting)
+        _close_quietly(waiting.conn)
+
+
+def _close_quietly(conn) -> None:
+    try:
+        conn.close()
+    except OSError:
+        pass
+
+
+class _Request(cheroot_server.HTTPRequest):
+    def simple_response(self, status, msg=""):
+        """cheroot's own answers (a malformed request line or header, a timeout), with an OCI error body."""
+        code = int(str(status)[:3])
+        body = oci_error(code, msg or str(status)[4:]) if code >= 400 else msg.encode("latin-1")
+        if code in (413, 414):
+            self.close_connection = True
+        head = "%s %s\r\nContent-Length: %d\r\nContent-Type: application/json\r\n%s\r\n" % (
+            self.server.protocol, status, len(body), "Connection: close\r\n" if self.close_connection else "")
+        try:
+            self.conn.wfile.write(head.encode("latin-1") + body)
+        except OSError:
+            pass
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _Request
+    handshaken = False          # TLS: the gate has completed the handshake
+
+
+class _Gateway(cheroot_wsgi.Gateway_10):
+    def start_response(self, status, headers, exc_info=None):
+        # A request body the app did not read (a refused or failed write) is not drained: cheroot would
+        # read all of it, at the client's pace, before answering. The connection closes instead.
+        body = self.req.rfile
+        if getattr(body, "remaining", 0) or (isinstance(body, cheroot_server.ChunkedRFile) and not body.closed):
+            self.req.close_connection = True
+        return cheroot_wsgi.Gateway_10.start_response(self, status, headers, exc_info)
+
+
+class _TlsAdapter(BuiltinSSLAdapter):
+    def wrap(self, sock):
+        """TLS without the handshake: cheroot would do it in its one accepting thread, where a client that
+        never finishes it stops every other connection; the header gate does it without blocking."""
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), {}
+
+
+class _Server(cheroot_wsgi.Server):
+    ConnectionClass = _Connection
+
+    def __init__(self, *args, **kwargs):
+        cheroot_wsgi.Server.__init__(self, *args, **kwargs)
+        self.gateway = _Gateway
+        self.max_request_header_size = MAX_HEADER       # what the gate lets through; a second bound
+        self.gate = None
+
+    def prepare(self):
+        cheroot_wsgi.Server.prepare(self)
+        self.gate = _HeaderGate(lambda conn: cheroot_wsgi.Server.process_conn(self, conn), self.timeout,
+                                max_waiting=min(MAX_WAITING, _open_files_limit() // 4))
+        self.gate.start()
+
+    def process_conn(self, conn):
+        self.gate.admit(conn)
+
+    def stop(self):
+        cheroot_wsgi.Server.stop(self)
+        if self.gate is not None:
+            self.gate.stop()
+
+    def error_log(self, msg="", level=20, traceback=False):     # pylint: disable=redefined-outer-name
+        """cheroot's messages (a client that reset, a worker's crash), one escaped line each."""
+        text = printable(str(msg), 1000)
+        if traceback:
+            text += " " + printable(format_exc(), 4000)
+        LOG.log(level if level >= logging.WARNING else logging.DEBUG, "http: %s", text)
+
+
+def _open_files_limit() -> int:
+    """The soft limit on open files, raised to the hard limit: every waiting client holds a descriptor."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            wanted = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+            if wanted > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                soft = wanted
+        return soft
+    except (ImportError, ValueError, OSError):
+        return 1024
+
+
+def _build_server(app, listen: str, threads: int, tls: Optional[Tuple[str, str]]) -> "_Server":
     host, port = parse_listen(listen)
-    if not is_loopback(host) and not (tls and htpasswd):
-        raise DogestryError("--listen %s is not a loopback address: serving other hosts needs TLS (--tls-cert, "
-                            "--tls-key) and credentials (--htpasswd)" % listen)
-    users = Htpasswd(htpasswd) if htpasswd else None
     # A listen backlog of 128, not cheroot's 5: Docker opens a dozen connections at once (each request tries
     # TLS first on a plain-http registry), and a connection the backlog drops waits 1 s for its SYN retry.
-    server = cheroot_wsgi.Server((host, port), WsgiApp(api, users), numthreads=threads,
-                                 server_name="dogestry", timeout=30, request_queue_size=128)
+    server = _Server((host, port), app, numthreads=threads, server_name="dogestry", timeout=TIMEOUT,
+                     request_queue_size=128)
     server.stats["Enabled"] = False
     if tls:
         for path in tls:
             if not os.path.isfile(path):
                 raise DogestryError("TLS file %s does not exist" % path)
         try:
-            server.ssl_adapter = BuiltinSSLAdapter(tls[0], tls[1])
+            server.ssl_adapter = _TlsAdapter(tls[0], tls[1])
         except (OSError, ValueError) as exc:      # ssl.SSLError is an OSError
             raise DogestryError("cannot use the TLS certificate %s and key %s: %s" % (tls[0], tls[1], exc))
+    return server
+
+
+def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, ready=None,
+          tls: Optional[Tuple[str, str]] = None, htpasswd: Optional[str] = None, peers=None) -> None:
+    """Serve until SIGTERM/SIGINT. `ready(host, port)` is called once the socket is bound.
+
+    `tls`: (certificate chain file, private key file); `htpasswd`: a bcrypt htpasswd file whose
+    users alone may use it (Basic auth). Both are required to listen on anything but loopback.
+    `peers`: (WSGI app, HOST:PORT, tls, threads) of the fleet-peer listener (_peers.PeerApp, which checks
+    the fleet's secret itself), served beside the registry; it always needs TLS."""
+    if not HAS_CHEROOT:
+        raise DogestryError("the Python package 'cheroot' is required for dogestry serve: pip install cheroot")
+    host, _port = parse_listen(listen)
+    if not is_loopback(host) and not (tls and htpasswd):
+        raise DogestryError("--listen %s is not a loopback address: serving other hosts needs TLS (--tls-cert, "
+                            "--tls-key) and credentials (--htpasswd)" % listen)
+    users = Htpasswd(htpasswd) if htpasswd else None
+    server = _build_server(WsgiApp(api, users), listen, threads, tls)
+    peer_server = None
+    if peers is not None:
+        peer_app, peer_listen, peer_tls, peer_threads = peers
+        if not peer_tls:
+            raise DogestryError("--peer-listen %s needs TLS (--peer-tls-cert, --peer-tls-key)" % peer_listen)
+        peer_server = _build_server(peer_app, peer_listen, peer_threads, peer_tls)
 
     def stop(signum, _frame):
         LOG.info("signal %d: shutting down", signum)
@@ -216,6 +555,14 @@ def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, rea
         server.prepare()
     except OSError as exc:
         raise DogestryError("cannot listen on %s: %s" % (listen, exc.strerror or exc))
+    if peer_server is not None:
+        try:
+            peer_server.prepare()
+        except OSError as exc:
+            server.stop()
+            raise DogestryError("cannot listen on %s for peers: %s" % (peers[1], exc.strerror or exc))
+        threading.Thread(target=peer_server.serve, daemon=True, name="dogestry-peer-listener").start()
+        LOG.info("serving peers on https://%s:%d%s", peer_server.bind_addr[0], peer_server.bind_addr[1], "/peer/v1/")
     bound = server.bind_addr
     LOG.info("serving %s on %s://%s:%d/v2/%s", api.repo.url, "https" if tls else "http", bound[0], bound[1],
              " (Basic auth: %d user(s))" % len(users.users) if users else "")
@@ -227,6 +574,8 @@ def serve(api: RegistryApi, listen: str = DEFAULT_LISTEN, threads: int = 16, rea
         pass
     finally:
         server.stop()
+        if peer_server is not None:
+            peer_server.stop()
         LOG.info("stopped")
 
 

@@ -6,10 +6,12 @@
 """Checking a remote, in the manner of `restic check --read-data`, and repairing what can be.
 
 Reads every manifest (its bytes must hash to its key), every config it names (hash, and the layers
-it declares), every image-index entry (it must name a manifest of that very image) and every
-layer blob a manifest names: its size must be the stored size the manifest gives, and its bytes
-must decode and hash to the layer's digest (all of them, or `sample` of them chosen at random; the
-others are checked by size). Tags naming a missing or damaged manifest are reported.
+it declares), every image-index entry (it must name a manifest of that very image), every layer blob a
+manifest names (its size must be the stored size the manifest gives, and its bytes must decode and
+hash to the layer's digest), every manifest kept as pushed (format 2) and every blob it names (its size
+must be the manifest's, and its bytes must hash to its digest). Blobs are read in full all of them, or
+`sample` of them chosen at random; the others are checked by size. Tags naming a missing or damaged
+manifest are reported.
 
 The checks a push makes before it reuses stored layers live here too (damaged_reused_layers).
 
@@ -21,17 +23,17 @@ the image again, or move or remove the tag.
 
 from __future__ import annotations
 
+import hashlib
 import random
-import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set, Tuple
 
 from ._compress import LZ4_ENDS, lz4_frame_ends_intact
 from ._docker_archive import LoadLayer, verified_chunks
 from ._errors import BlobCorruptError, FormatError, RemoteNotFoundError
 from ._format import (
-    QUARANTINE_PREFIX, Descriptor, LayerEntry, Manifest, blob_key, image_index_prefix, manifest_key, object_key,
-    oci_manifest_key, parse_digest, tag_key,
+    DIGEST_ALGORITHMS, OCI_MANIFESTS_PREFIX, Descriptor, LayerEntry, Manifest, OciManifest, blob_key,
+    image_index_prefix, manifest_key, object_key, oci_manifest_key, parse_digest, sha256_hex, split_digest, tag_key,
 )
 from ._repository import READ_JOBS, Repository
 from ._transfer import parallel_map
@@ -55,6 +57,9 @@ class VerifyReport:
     configs: int = 0
     layers: int = 0                 # distinct layer blobs checked
     layers_read: int = 0            # of which read and hashed in full
+    oci_manifests: int = 0          # manifests kept as pushed (format 2)
+    blobs: int = 0                  # distinct blobs kept as pushed they name (configs and layers counted above apart)
+    blobs_read: int = 0             # of which read and hashed in full
     index_entries: int = 0
     tags: int = 0
     bytes_read: int = 0
@@ -66,9 +71,10 @@ class VerifyReport:
         return [p for p in self.problems if p.key not in self.moved]
 
     def summary(self) -> str:
-        checked = "%d tags, %d manifests, %d configs, %d index entries, %d layer blobs (%d read in full, %d bytes)" % (
-            self.tags, self.manifests, self.configs, self.index_entries, self.layers, self.layers_read,
-            self.bytes_read)
+        checked = ("%d tags, %d manifests, %d configs, %d index entries, %d layer blobs (%d read in full), %d manifests "
+                   "and %d blobs kept as pushed (%d read in full); %d bytes read" % (
+                       self.tags, self.manifests, self.configs, self.index_entries, self.layers, self.layers_read,
+                       self.oci_manifests, self.blobs, self.blobs_read, self.bytes_read))
         if not self.problems:
             return "%s is consistent: checked %s" % (self.url, checked)
         return "%s: %d problem(s)%s: %s; checked %s" % (
@@ -80,6 +86,7 @@ class VerifyReport:
         return {
             "checked": {"tags": self.tags, "manifests": self.manifests, "configs": self.configs,
                         "index_entries": self.index_entries, "layers": self.layers, "layers_read": self.layers_read,
+                        "oci_manifests": self.oci_manifests, "blobs": self.blobs, "blobs_read": self.blobs_read,
                         "bytes_read": self.bytes_read},
             "problems": [p.as_dict() for p in self.problems],
             "moved": dict(sorted(self.moved.items())),
@@ -88,18 +95,20 @@ class VerifyReport:
 
 def verify(repo: Repository, sample: Optional[int] = None, repair: bool = False, jobs: int = 4,
            rng: Optional[random.Random] = None) -> VerifyReport:
-    """Check the remote; with repair, move damaged objects to quarantine. `sample`: layer blobs read in full."""
+    """Check the remote; with repair, move damaged objects to quarantine. `sample`: blobs (layers, and blobs
+    kept as pushed) read in full."""
     repo.check()
     report = VerifyReport(repo.url)
     manifests = _check_manifests(repo, report)
     _check_configs(repo, manifests, report)
-    _check_layers(repo, manifests, report, sample, jobs, rng or random.Random())
+    oci = _check_oci_manifests(repo, report)
+    _check_blobs(repo, manifests, oci, report, sample, jobs, rng or random.Random())
     _check_index(repo, manifests, report)
-    _check_tags(repo, manifests, report)
+    _check_tags(repo, manifests, oci, report)
     if repair:
         for problem in report.problems:
             if problem.repairable and problem.key not in report.moved:
-                report.moved[problem.key] = quarantine(repo, problem.key)
+                report.moved[problem.key] = repo.quarantine(problem.key)
     return report
 
 
@@ -145,36 +154,119 @@ def _check_configs(repo: Repository, manifests: Dict[str, Manifest], report: Ver
             report.problems.append(problem)
 
 
-def _check_layers(repo: Repository, manifests: Dict[str, Manifest], report: VerifyReport, sample: Optional[int],
-                  jobs: int, rng: random.Random) -> None:
+def _check_oci_manifests(repo: Repository, report: VerifyReport) -> Dict[str, OciManifest]:
+    """Every manifest kept as pushed, read and verified against its digest: digest -> manifest."""
+    digests = []
+    for info in repo.remote.list(OCI_MANIFESTS_PREFIX):
+        parts = info.key.split("/")
+        try:
+            if len(parts) == 3 and parts[1] in DIGEST_ALGORITHMS:
+                digests.append("%s:%s" % split_digest("%s:%s" % (parts[1], parts[2])))
+        except FormatError:
+            continue        # not a key of this format
+
+    def read(digest):
+        try:
+            return repo.read_oci_manifest(digest)
+        except (BlobCorruptError, FormatError) as exc:
+            return exc
+        except RemoteNotFoundError:
+            return None
+    manifests = {}
+    for digest, manifest in zip(digests, parallel_map(read, digests, READ_JOBS)):
+        report.oci_manifests += 1
+        if isinstance(manifest, Exception):
+            report.problems.append(Problem(oci_manifest_key(digest), "corrupt", str(manifest), True))
+        elif manifest is not None:
+            manifests[digest] = manifest
+    return manifests
+
+
+def _check_blobs(repo: Repository, manifests: Dict[str, Manifest], oci: Dict[str, OciManifest], report: VerifyReport,
+                 sample: Optional[int], jobs: int, rng: random.Random) -> None:
+    """Layer blobs the dogestry manifests name, and blobs the manifests kept as pushed name: every one stored with
+    its size, and `sample` of them (all: None) read and hashed in full. A blob that is both (an uncompressed layer
+    pushed as is) is checked as a layer; configs are _check_configs'."""
     layers: Dict[str, LayerEntry] = {}
     for manifest in manifests.values():
         for layer in manifest.layers:
             layers.setdefault(layer.key, layer)
-    found = repo.remote.stat(list(layers))
-    keys = sorted(layers)
+    configs = {m.config_key for m in manifests.values()}
+    verbatim: Dict[str, Tuple[Descriptor, str]] = {}
+    for digest, manifest in sorted(oci.items()):
+        for blob in manifest.required():
+            key = object_key(blob.digest)
+            if key not in layers and key not in configs:
+                verbatim.setdefault(key, (blob, digest))
+    found = repo.remote.stat(list(layers) + list(verbatim))
+    decoded = _stored_decoded(repo, [d for k, (d, _m) in verbatim.items() if k not in found])
+    keys = sorted(set(layers) | set(verbatim))
     read = set(keys) if sample is None else set(rng.sample(keys, min(sample, len(keys))))
 
     def check(key):
-        layer = layers[key]
-        if key not in found:
-            return Problem(key, "missing", "layer blob %s is missing" % key, False), 0
-        if found[key].size != layer.stored_size:
-            return Problem(key, "corrupt", "layer blob %s has %d bytes, its manifests say %d"
-                           % (key, found[key].size, layer.stored_size), True), 0
-        if key not in read:
-            return None, 0
-        try:
-            read_verified(repo, layer, "layer blob %s" % key)
-        except BlobCorruptError as exc:
-            return Problem(key, "corrupt", str(exc), True), layer.stored_size
-        return None, layer.stored_size
+        if key in layers:
+            return _check_layer(repo, key, layers[key], found.get(key), key in read)
+        return _check_verbatim(repo, key, verbatim[key], found.get(key), key in read, decoded)
     for key, (problem, size) in zip(keys, parallel_map(check, keys, jobs)):
-        report.layers += 1
-        report.layers_read += key in read and key in found
+        if key in layers:
+            report.layers += 1
+            report.layers_read += key in read and key in found
+        else:
+            report.blobs += 1
+            report.blobs_read += key in read and key in found
         report.bytes_read += size
         if problem:
             report.problems.append(problem)
+
+
+def _stored_decoded(repo: Repository, missing: List[Descriptor]) -> Set[str]:
+    """Digests of blobs not stored as pushed that are uncompressed layers stored decoded (lz4, by diff_id)."""
+    candidates = {blob_key(parse_digest(d.digest), "lz4"): d.digest for d in missing if d.digest.startswith("sha256:")}
+    return {candidates[key] for key in repo.remote.stat(sorted(candidates))} if candidates else set()
+
+
+def _check_layer(repo: Repository, key: str, layer: LayerEntry, found, read: bool):
+    if found is None:
+        return Problem(key, "missing", "layer blob %s is missing" % key, False), 0
+    if found.size != layer.stored_size:
+        return Problem(key, "corrupt", "layer blob %s has %d bytes, its manifests say %d"
+                       % (key, found.size, layer.stored_size), True), 0
+    if not read:
+        return None, 0
+    try:
+        read_verified(repo, layer, "layer blob %s" % key)
+    except BlobCorruptError as exc:
+        return Problem(key, "corrupt", str(exc), True), layer.stored_size
+    return None, layer.stored_size
+
+
+def _check_verbatim(repo: Repository, key: str, named: Tuple[Descriptor, str], found, read: bool, decoded: Set[str]):
+    blob, manifest = named
+    if found is None:
+        if blob.digest in decoded:
+            return None, 0      # an uncompressed layer a manifest names by its diff_id, stored lz4 (checked as a layer)
+        return Problem(key, "missing", "blob %s of manifest %s is missing" % (blob.digest, manifest), False), 0
+    if found.size != blob.size:
+        return Problem(key, "corrupt", "blob %s has %d bytes, manifest %s says %d"
+                       % (key, found.size, manifest, blob.size), True), 0
+    if not read:
+        return None, 0
+    try:
+        read_hashed(repo, key, blob.digest, blob.size)
+    except BlobCorruptError as exc:
+        return Problem(key, "corrupt", str(exc), True), blob.size
+    return None, blob.size
+
+
+def read_hashed(repo: Repository, key: str, digest: str, size: int) -> None:
+    """Read a blob kept as pushed whole and hash it; BlobCorruptError if it is not `digest`."""
+    algorithm, expected = split_digest(digest)
+    hasher = hashlib.new(algorithm)
+    with repo.remote.open(key, size) as stored:
+        for chunk in iter(lambda: stored.read(1 << 20), b""):
+            hasher.update(chunk)
+    if hasher.hexdigest() != expected:
+        raise BlobCorruptError("blob %s is corrupt: its content hashes to %s:%s" % (key, algorithm, hasher.hexdigest()))
 
 
 def _check_index(repo: Repository, manifests: Dict[str, Manifest], report: VerifyReport) -> None:
@@ -208,7 +300,9 @@ def _check_index(repo: Repository, manifests: Dict[str, Manifest], report: Verif
             report.problems.append(problem)
 
 
-def _check_tags(repo: Repository, manifests: Dict[str, Manifest], report: VerifyReport) -> None:
+def _check_tags(repo: Repository, manifests: Dict[str, Manifest], oci: Dict[str, OciManifest],
+                report: VerifyReport) -> None:
+    thin = {"sha256:" + sha256_hex(m.oci_bytes()) for m in manifests.values()}   # what an index may name of them
     malformed: Dict = {}
     targets = repo.list_targets(malformed=malformed)
     for ref, why in sorted(malformed.items()):
@@ -217,40 +311,30 @@ def _check_tags(repo: Repository, manifests: Dict[str, Manifest], report: Verify
     for ref, target in sorted(targets.items()):
         report.tags += 1
         if isinstance(target, Descriptor):
-            report.problems.extend(_check_oci(repo, ref, target))
+            report.problems.extend(_check_oci_tag(ref, target, oci, thin))
         elif target not in manifests:
             report.problems.append(Problem(tag_key(ref.name, ref.tag), "broken",
                                            "tag %s names manifest sha256:%s, which is missing or damaged: push the "
                                            "image again, or move or remove the tag" % (ref, target), False))
 
 
-def _check_oci(repo: Repository, ref, target: Descriptor) -> List[Problem]:
-    """OCI content a tag names (kept as pushed): every manifest readable and verified, every blob it needs
-    stored with its size. The decoded twin of an image is checked with the other dogestry manifests."""
+def _check_oci_tag(ref, target: Descriptor, oci: Dict[str, OciManifest], thin: Set[str]) -> List[Problem]:
+    """Every manifest a tag reaches (kept as pushed, and read whole by _check_oci_manifests, which also
+    checked their blobs), or for an index's child an image stored by dogestry_push."""
     problems, todo, seen = [], [target.digest], set()
     while todo:
         digest = todo.pop()
         if digest in seen:
             continue
         seen.add(digest)
-        try:
-            manifest = repo.read_oci_manifest(digest)
-        except (RemoteNotFoundError, BlobCorruptError, FormatError) as exc:
-            problems.append(Problem(oci_manifest_key(digest), "broken", "tag %s needs manifest %s: %s (push it again, "
-                                    "or move or remove the tag)" % (ref, digest, exc), False))
+        manifest = oci.get(digest)
+        if manifest is None:
+            if digest != target.digest and digest in thin:
+                continue
+            problems.append(Problem(oci_manifest_key(digest), "broken", "tag %s needs manifest %s, which is missing or "
+                                    "damaged (push it again, or move or remove the tag)" % (ref, digest), False))
             continue
         todo.extend(child.digest for child in manifest.manifests)
-        wanted = {object_key(blob.digest): blob for blob in manifest.required()}
-        found = repo.remote.stat(sorted(wanted)) if wanted else {}
-        for key, blob in sorted(wanted.items()):
-            decoded = blob.digest.startswith("sha256:") and blob_key(parse_digest(blob.digest), "lz4")
-            if key in found and found[key].size == blob.size:
-                continue
-            if key not in found and decoded and decoded in repo.remote.stat([decoded]):
-                continue        # an uncompressed layer a manifest names by its diff_id, stored lz4
-            problems.append(Problem(key, "missing", "blob %s of %s (tag %s) is %s" % (
-                blob.digest, digest, ref, "missing" if key not in found else "%d bytes, not %d"
-                % (found[key].size, blob.size)), False))
     return problems
 
 
@@ -305,10 +389,3 @@ def _lz4_ends_intact(repo: Repository, key: str, stored_size: int) -> bool:
                                      repo.remote.get_range(key, stored_size - LZ4_ENDS, stored_size - 1))
     except (BlobCorruptError, RemoteNotFoundError):
         return False
-
-
-def quarantine(repo: Repository, key: str) -> str:
-    """Move a damaged object aside, so that the next push stores it anew; returns where it went."""
-    target = "%s%s/%s" % (QUARANTINE_PREFIX, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), key)
-    repo.remote.move(key, target)
-    return target

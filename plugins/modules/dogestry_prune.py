@@ -13,16 +13,18 @@ description:
   - Deletes blobs, manifests and image-index entries that no tag (and no unexpired signed pull
     URL) references, expired signed-URL tickets, and stale push leases.
   - Tags are never deleted, and data another tag still uses is never deleted. Remove tags with
-    M(dogestry.dogestry.dogestry_tags), then prune.
+    M(dogestry.dogestry.dogestry_tag), then prune.
   - Unreferenced objects younger than O(grace_period) are kept, and so is everything a push in
     flight has announced, so a push running at the same time never loses its blobs.
   - A malformed tag (anything but a tag document where a tag should be) makes it fail, naming the tag,
     before anything is deleted, since it could name any stored image. Fix it, or remove it with
-    M(dogestry.dogestry.dogestry_tags) (O(dogestry.dogestry.dogestry_tags#module:state=absent)), then prune.
+    M(dogestry.dogestry.dogestry_tag) (O(dogestry.dogestry.dogestry_tag#module:state=absent)), then prune.
   - In check mode, lists what would be deleted and how many bytes it takes.
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.unused
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -34,10 +36,18 @@ attributes:
 options:
   grace_period:
     description:
-      - Unreferenced data younger than this is kept. Make it longer than your longest push.
-      - Seconds, or a number with a unit V(s), V(m), V(h) or V(d) (V(90m), V(24h), V(7d)).
+      - Unreferenced data younger than this is kept. Make it longer than your longest push; the default also
+        leaves a week to undo a tag removed by mistake (tag the image again) before its data goes.
+      - Seconds, or a number with a unit V(s), V(m), V(h) or V(d) (V(90m), V(24h), V(7d)), at least a minute.
+      - The default is the one of C(dogestry prune --grace-period).
     type: str
-    default: 24h
+    default: 7d
+seealso:
+  - module: dogestry.dogestry.dogestry_tag
+    description: Removes the tags whose data prune may then delete.
+  - module: dogestry.dogestry.dogestry_verify
+  - module: community.docker.docker_prune
+    description: Prunes a Docker daemon.
 author:
   - dogestry developers (@dogestry)
 """
@@ -49,10 +59,10 @@ EXAMPLES = r"""
   check_mode: true
   register: would_prune
 
-- name: Prune data unreferenced for a week
+- name: Prune data unreferenced for a day (the default keeps a week)
   dogestry.dogestry.dogestry_prune:
     remote: /srv/dogestry
-    grace_period: 7d
+    grace_period: 24h
 """
 
 RETURN = r"""
@@ -106,27 +116,21 @@ spared_young:
   type: int
 """
 
-import re
-
 from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import human_size
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
-from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import execute_prune, plan_prune
-
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text) -> int:
-    match = re.match(r"^\s*(\d+)\s*([smhd]?)\s*$", str(text))
-    if not match:
-        raise DogestryError("grace_period %r is not a duration like 3600, 90m, 24h or 7d" % (text,))
-    return int(match.group(1)) * _UNITS[match.group(2)]
+from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import (
+    DEFAULT_GRACE_PERIOD, execute_prune, parse_duration, plan_prune,
+)
 
 
 class DogestryPruner:
     def __init__(self, module: DogestryModule):
         self.module = module
-        self.grace = parse_duration(module.params["grace_period"])
+        try:
+            self.grace = parse_duration(module.params["grace_period"])
+        except DogestryError as exc:
+            raise DogestryError("grace_period: %s" % exc)
         self.jobs = module.params["jobs"]
         self.repo = module.repository()
 
@@ -152,7 +156,7 @@ class DogestryPruner:
 
 def main():
     argument_spec = dict(
-        grace_period=dict(type="str", default="24h"),
+        grace_period=dict(type="str", default=DEFAULT_GRACE_PERIOD),
     )
     module = DogestryModule(argument_spec, needs_docker=False, supports_check_mode=True)
     try:

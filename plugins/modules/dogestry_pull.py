@@ -19,11 +19,14 @@ description:
   - On Docker's containerd image store, when the daemon shares the host's network namespace and the
     Python package C(cheroot) is installed, Docker's own pull fetches the image from an endpoint the
     module opens on 127.0.0.1 for the task, instead of C(docker load), each layer verified as it streams.
+    A daemon on another host (C(docker_host) tcp:// or ssh:// to another address, with TLS or without) cannot
+    reach that endpoint: there the module uses C(docker load), as on the classic image store.
   - Pulling an image the daemon already has under the tag changes nothing.
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
-  - dogestry.dogestry.remote.docker
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.requirements
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -44,6 +47,8 @@ options:
     description:
       - A signed pull URL minted by M(dogestry.dogestry.dogestry_signed_url). It is all the pull
         needs, with no credentials and no O(remote); O(image) defaults to the image it was minted for.
+      - When given, it wins over O(remote) and the S3 connection options, so a play can keep setting
+        O(remote) for the action group in C(module_defaults) while a task pulls by signed URL.
       - Expired or altered URLs fail the task.
     type: str
   image:
@@ -57,6 +62,41 @@ options:
       - Required unless O(signed_url) is given.
     type: str
     aliases: [name]
+  peers_file:
+    description:
+      - Read the image's layers, config and manifest through the fleet's peers named in this file (the
+        C(peers.json) the C(dogestry.dogestry.accelerator) role writes with C(accelerator_peering=true)), so that a
+        deploy reads each layer from the remote once for the whole fleet; tags still come from the remote.
+      - Each object is asked of its owner among the live peers; what peers send is verified in a spool of the
+        pull's own before Docker sees a byte, and a peer that is down, slow or lying costs a fall-back to the
+        next peer or the remote, never the pull.
+    type: path
+  trusted_keys:
+    description:
+      - Refuse the image, before anything reaches Docker, unless one of these keys signed the manifest digest
+        the tag names (with M(dogestry.dogestry.dogestry_sign), or C(cosign sign --key) through C(dogestry serve)).
+        The task then fails with one line saying why (no signature, a key that is not trusted, a signature of
+        another digest, a malformed signature).
+      - Each item is a PEM public key or certificate (its text), or the path of a file holding one. Several
+        keys allow a rotation, old and new trusted at once.
+      - A tag naming a multi-platform index needs the index signed; its signature covers the platform images
+        it names. An image pulled by image-ID prefix needs the digest of the image as M(dogestry.dogestry.dogestry_push)
+        stored it signed; pull an image pushed through C(dogestry serve) by its tag.
+      - Signatures are found by listing the remote, so this needs a directory or S3 remote (not an HTTPS remote
+        or a signed pull URL).
+      - Leave it out (or empty) to pull without checking signatures.
+    type: list
+    elements: str
+requirements:
+  - cryptography >= 38.0 (with O(trusted_keys))
+seealso:
+  - module: dogestry.dogestry.dogestry_push
+  - module: dogestry.dogestry.dogestry_signed_url
+  - module: dogestry.dogestry.dogestry_tag_info
+  - module: community.docker.docker_image_load
+    description: Loads a C(docker save) archive into a daemon, as this module does with only the layers it lacks.
+  - module: community.docker.docker_image_pull
+    description: Pulls an image from a registry.
 author:
   - dogestry developers (@dogestry)
 """
@@ -76,6 +116,14 @@ EXAMPLES = r"""
 - name: Pull with nothing but a signed URL (see dogestry_signed_url)
   dogestry.dogestry.dogestry_pull:
     signed_url: "{{ pull_url.url }}"
+
+- name: Pull a release only if the release key (or the key it replaces) signed it
+  dogestry.dogestry.dogestry_pull:
+    remote: s3://ops-goodies/docker-repo/
+    image: myapp:20131210
+    trusted_keys:
+      - /etc/dogestry/release-2026.pub
+      - "{{ lookup('file', 'keys/release-2025.pub') }}"
 
 - name: Pull by image ID prefix
   dogestry.dogestry.dogestry_pull:
@@ -133,17 +181,40 @@ bytes_transferred:
   returned: always
   type: int
   sample: 1412767
+signature:
+  description: The signature that admitted the image, with O(trusted_keys) only.
+  returned: when O(trusted_keys) is given
+  type: dict
+  contains:
+    digest:
+      description: The manifest digest that is signed.
+      type: str
+    key_id:
+      description: The id of the trusted key that signed it (base64 sha256 of its DER public key, cosign's key hint).
+      type: str
+    key:
+      description: "Which trusted key that is, its path, or V(trusted key #2) for the second one given as PEM text."
+      type: str
+    signature:
+      description: Digest of the signature's manifest on the remote.
+      type: str
 reason:
-  description: What changed (or would change), or null.
+  description:
+    - What was done, or null. In check mode, what would be done (C(... to download), C(tag would be set)).
   returned: always
   type: str
-  sample: "myapp:20131210: 1 of 3 layers (12.0 MiB) to download"
+  sample: "myapp:20131210: 1 of 3 layers (12.0 MiB) downloaded"
 """
+
+from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_pull, human_size, plan_pull
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import looks_like_id_prefix, parse_image_ref
 from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._signing import (
+    CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, Policy, load_trusted_keys,
+)
 
 
 class DogestryPuller:
@@ -157,10 +228,15 @@ class DogestryPuller:
         self.image = self.image or getattr(self.repo.remote, "image", None)
         if not self.image:
             raise DogestryError("image is required: name the image to pull from %s" % self.repo.url)
+        self.policy = None
+        if module.params["trusted_keys"]:
+            if not HAS_CRYPTOGRAPHY:
+                module.module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
+            self.policy = Policy(load_trusted_keys(module.params["trusted_keys"]))
         self.daemon = module.daemon()
 
     def pull(self):
-        plan = plan_pull(self.daemon, self.repo, self.image)
+        plan = plan_pull(self.daemon, self.repo, self.image, self.policy)
         if self.module.check_mode:
             result = plan.result()
         else:
@@ -189,9 +265,11 @@ def main():
         remote=dict(type="str"),
         signed_url=dict(type="str", no_log=True),
         image=dict(type="str", aliases=["name"]),
+        peers_file=dict(type="path"),
+        trusted_keys=dict(type="list", elements="str", no_log=False),
     )
-    module = DogestryModule(argument_spec, supports_check_mode=True,
-                            required_one_of=[("remote", "signed_url")], mutually_exclusive=[("remote", "signed_url")])
+    # Not mutually exclusive: `remote` often comes from the action group's module_defaults; signed_url wins.
+    module = DogestryModule(argument_spec, supports_check_mode=True, required_one_of=[("remote", "signed_url")])
     try:
         module.exit_json(**DogestryPuller(module).pull())
     except DogestryError as exc:

@@ -18,12 +18,15 @@ description:
     Python package C(cheroot) is installed, Docker's own push sends the image to an endpoint the module
     opens on 127.0.0.1 for the task, instead of C(docker save); Docker then sends only the layers the
     remote lacks. The result and what is stored are the same.
+    A daemon on another host (C(docker_host) tcp:// or ssh:// to another address, with TLS or without) cannot
+    reach that endpoint: there the module uses C(docker save), as on the classic image store.
   - Blobs are written first, then the image config and manifest, then the tag, so a tag never
     points at incomplete data, even when a push is interrupted.
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
-  - dogestry.dogestry.remote.docker
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.requirements
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -50,6 +53,14 @@ options:
     type: str
     choices: [lz4, none]
     default: lz4
+seealso:
+  - module: dogestry.dogestry.dogestry_pull
+  - module: dogestry.dogestry.dogestry_tag
+  - module: dogestry.dogestry.dogestry_signed_url
+  - module: community.docker.docker_image_push
+    description: Pushes an image to a registry.
+  - module: community.docker.docker_image_export
+    description: Writes images to a C(docker save) archive, as this module reads them.
 author:
   - dogestry developers (@dogestry)
 """
@@ -67,11 +78,15 @@ EXAMPLES = r"""
     remote: s3://ops-goodies/docker-repo/?region=us-west-2
     images: [myapp:20131210]
 
-- name: Push from a remote Docker daemon to a MinIO bucket
+- name: Push from a Docker daemon behind TLS (dockerd --tlsverify) to a MinIO bucket
   dogestry.dogestry.dogestry_push:
     remote: s3://images/prod/
     endpoint_url: https://minio.internal:9000
-    docker_host: tcp://build-1:2375
+    docker_host: tcp://build-1:2376
+    validate_certs: true                # the daemon's certificate, as in community.docker
+    ca_path: /etc/dogestry/docker/ca.pem
+    client_cert: /etc/dogestry/docker/cert.pem
+    client_key: /etc/dogestry/docker/key.pem
     images: [myapp:20131210]
 """
 
@@ -107,9 +122,10 @@ images:
       description: Whether this image changed the remote.
       type: bool
     reason:
-      description: What changed (or would change), or null.
+      description:
+        - What was done, or null. In check mode, what would be done (C(... missing on the remote), C(tag would be set)).
       type: str
-      sample: "myapp:20131210: 1 of 3 layers missing on the remote"
+      sample: "myapp:20131210: 1 of 3 layers uploaded"
     layers_transferred:
       description: Layer digests (diff_ids) uploaded, or to upload in check mode.
       type: list

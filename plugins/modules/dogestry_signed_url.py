@@ -24,6 +24,8 @@ description:
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.unused
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -43,6 +45,12 @@ options:
       - Seconds the URL stays valid, at most 604800 (7 days, the S3 limit for presigned URLs).
     type: int
     default: 3600
+seealso:
+  - module: dogestry.dogestry.dogestry_pull
+    description: Pulls with the URL (O(dogestry.dogestry.dogestry_pull#module:signed_url)).
+  - module: dogestry.dogestry.dogestry_push
+  - module: community.docker.docker_image_export
+    description: Exports images into an archive file, the other way to hand an image over without a registry.
 author:
   - dogestry developers (@dogestry)
 """

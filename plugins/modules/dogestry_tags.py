@@ -7,9 +7,15 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: dogestry_tags
-short_description: List, add and remove image tags in a dogestry remote
+short_description: List, add and remove image tags in a dogestry remote (deprecated)
 version_added: 0.1.0
+deprecated:
+  removed_in: 2.0.0
+  why: It was both an info module and a state module; Ansible's conventions want one of each.
+  alternative: Use M(dogestry.dogestry.dogestry_tag_info) to list tags and M(dogestry.dogestry.dogestry_tag) to change them.
 description:
+  - Deprecated, see below. It still does both of its jobs, with the same options and results, by running
+    M(dogestry.dogestry.dogestry_tag_info) (without O(state)) or M(dogestry.dogestry.dogestry_tag) (with it).
   - Lists the tags of a remote, filtered by name and tag patterns, with their image IDs and sizes.
   - Adds a tag to an image already in the remote, or moves it, without Docker and without
     copying any data (like C(docker tag), but on the remote).
@@ -21,6 +27,8 @@ description:
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.unused
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -50,6 +58,9 @@ options:
     description:
       - With O(state=present), the image to tag, as C(name:tag) or an image ID prefix already on the remote.
     type: str
+seealso:
+  - module: dogestry.dogestry.dogestry_tag
+  - module: dogestry.dogestry.dogestry_tag_info
 author:
   - dogestry developers (@dogestry)
 """
@@ -138,71 +149,9 @@ actions:
   sample: ["Tagged myapp:latest -> sha256:1dc66c9bbfee (was sha256:0aa4bd2a41c3)"]
 """
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import describe_tags, execute_tag, plan_tag, target_digest
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import MANIFEST_MEDIA_TYPE, parse_image_ref
 from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
-
-
-class DogestryTagger:
-    def __init__(self, module: DogestryModule):
-        self.module = module
-        self.state = module.params["state"]
-        self.name = module.params["name"]
-        self.tag = module.params["tag"]
-        self.image = module.params["image"]
-        if self.state is not None:
-            if any(c in self.name + self.tag for c in "*?["):
-                raise DogestryError("state=%s needs an exact name and tag, got %s:%s" % (self.state, self.name, self.tag))
-            self.ref = parse_image_ref("%s:%s" % (self.name, self.tag))
-        self.repo = module.repository()
-
-    def run(self):
-        if self.state is None:
-            self.repo.check()
-            malformed = {}
-            tags, broken = describe_tags(self.repo, self.repo.list_targets(self.name, self.tag, malformed), malformed)
-            for ref, why in sorted(broken.items()):
-                self.module.module.warn("tag %s on %s is broken: %s" % (ref, self.repo.url, why))
-            return dict(changed=False, tags=tags, broken=broken, actions=[],
-                        msg="%d tag(s) matching %s:%s on %s%s" % (
-                            len(tags), self.name, self.tag, self.repo.url,
-                            "; %d broken: %s" % (len(broken), ", ".join(sorted(broken))) if broken else ""))
-        change = plan_tag(self.repo, self.ref, self.image if self.state == "present" else None)
-        if not self.module.check_mode:
-            execute_tag(self.repo, change)
-        before = self.describe(change.before, change.malformed)
-        after = self.describe(change.after)
-        actions = []
-        if change.reason:
-            was = " (was %s)" % self.shown(before) if before else ""
-            if change.after is None:
-                actions.append("Removed %s%s" % (self.ref, was))
-            else:
-                actions.append("Tagged %s -> %s%s" % (self.ref, self.shown(after), was))
-        result = dict(changed=change.reason is not None, tags=after, actions=actions,
-                      msg=("%s (check mode)" % change.reason if self.module.check_mode else actions[0])
-                      if change.reason else "%s is already as requested on %s" % (self.ref, self.repo.url))
-        if self.module.diff_mode:
-            result["diff"] = dict(before={"tags": before}, after={"tags": after})
-        return result
-
-    def describe(self, target, malformed=None):
-        """{name:tag: what the tag names} ({} for no tag); a tag naming something unreadable says why."""
-        if malformed is not None:
-            return {str(self.ref): {"broken": "malformed tag: %s" % malformed}}
-        if target is None:
-            return {}
-        described, broken = describe_tags(self.repo, {self.ref: target})
-        return described or {str(self.ref): {"manifest": target_digest(target), "broken": broken[str(self.ref)]}}
-
-    def shown(self, described):
-        """How an action names what a tag names: an image pushed by dogestry_push by its image ID (as docker
-        does), OCI content kept as pushed (an index, an artifact) by its own digest."""
-        entry = described[str(self.ref)]
-        if "broken" in entry:
-            return "a broken tag"
-        return (entry.get("image_id") if entry["media_type"] == MANIFEST_MEDIA_TYPE else entry["manifest"])[:19]
+from ansible_collections.dogestry.dogestry.plugins.module_utils._tag_modules import TagLister, TagSetter
 
 
 def main():
@@ -214,8 +163,13 @@ def main():
     )
     module = DogestryModule(argument_spec, needs_docker=False, supports_check_mode=True,
                             required_if=[("state", "present", ["image"])])
+    params = module.params
     try:
-        module.exit_json(**DogestryTagger(module).run())
+        if params["state"] is None:       # dogestry_tag_info
+            result = dict(TagLister(module, params["name"], params["tag"]).run(), actions=[])
+        else:                             # dogestry_tag
+            result = TagSetter(module, params["state"], params["name"], params["tag"], params["image"]).run()
+        module.exit_json(**result)
     except DogestryError as exc:
         module.fail_json_dogestry(exc)
 

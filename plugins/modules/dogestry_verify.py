@@ -10,8 +10,9 @@ module: dogestry_verify
 short_description: Check a dogestry remote for missing and damaged data, and repair what can be
 version_added: 0.2.0
 description:
-  - Reads every manifest, config and image-index entry of a remote, and every layer blob a manifest
-    names (or O(sample) of them; the others are checked by size), as C(restic check --read-data) does.
+  - Reads every manifest, config and image-index entry of a remote, every layer blob a manifest
+    names, and every manifest and blob kept as pushed through C(dogestry serve) (or O(sample) of the
+    blobs; the others are checked by size), as C(restic check --read-data) does.
     Tags that name a missing or damaged manifest, and malformed tags, are reported too; the rest is checked all the same.
   - With O(repair=true), damaged objects (corrupt blobs and manifests, index entries naming another
     image) are moved aside under C(quarantine/<time>/) on the remote; nothing is deleted. The next push of
@@ -21,6 +22,8 @@ description:
 extends_documentation_fragment:
   - dogestry.dogestry.remote
   - dogestry.dogestry.remote.s3
+  - dogestry.dogestry.docker
+  - dogestry.dogestry.docker.unused
   - dogestry.dogestry.attributes
   - dogestry.dogestry.attributes.actiongroup_dogestry
 attributes:
@@ -32,14 +35,20 @@ attributes:
 options:
   sample:
     description:
-      - Read and hash in full only this many layer blobs, chosen at random; check the sizes of the others.
-      - Leave it out to read every layer blob. Manifests, configs and index entries are always read.
+      - Read and hash in full only this many blobs (layers, and blobs kept as pushed), chosen at random; check the
+        sizes of the others.
+      - Leave it out to read every blob. Manifests, configs and index entries are always read.
     type: int
   repair:
     description:
       - Move damaged objects aside under C(quarantine/) so that the next push uploads them again.
     type: bool
     default: false
+seealso:
+  - module: dogestry.dogestry.dogestry_prune
+  - module: dogestry.dogestry.dogestry_push
+    description: Stores again what a repair moved aside.
+  - module: dogestry.dogestry.dogestry_tag_info
 author:
   - dogestry developers (@dogestry)
 """
@@ -61,7 +70,8 @@ checked:
   description: What was checked.
   returned: always
   type: dict
-  sample: {tags: 4, manifests: 5, configs: 5, index_entries: 5, layers: 12, layers_read: 12, bytes_read: 229170688}
+  sample: {tags: 4, manifests: 5, configs: 5, index_entries: 5, layers: 12, layers_read: 12, oci_manifests: 2, blobs: 6,
+           blobs_read: 6, bytes_read: 229170688}
 problems:
   description: Every problem found, with its key, kind (V(missing), V(corrupt), V(wrong), V(broken)) and whether moving it aside repairs it.
   returned: always

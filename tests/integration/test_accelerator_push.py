@@ -247,3 +247,111 @@ def test_docker26_pushes_through_an_accelerator_in_its_namespace(tmp_path, docke
         assert docker(docker_host, "run", "--rm", "--network", "none", "%s:26" % name).stdout == name
     finally:
         docker(docker_host, "rmi", "-f", "%s:26" % name, check=False)
+
+
+def _pushed_layers(remote, name, tag):
+    """The layer descriptors of the manifest a tag pushed through the accelerator names, as stored."""
+    with open(os.path.join(remote, "repositories", name, "_tags", tag)) as f:
+        digest = json.load(f)["digest"]
+    with open(os.path.join(remote, "oci-manifests", "sha256", digest[7:]), "rb") as f:
+        return json.load(f)["layers"]
+
+
+def _blob_path(remote, digest):
+    return os.path.join(remote, "blobs", "sha256", digest[7:9], digest[7:])
+
+
+def _uploads(server, name, since):
+    log = server.output()[since:]
+    return log.count('"PUT /v2/%s/blobs/uploads/' % name) + log.count('"POST /v2/%s/blobs/uploads/?digest' % name)
+
+
+def test_a_damaged_pushed_layer_is_sent_again_or_found_by_verify_and_repaired(
+        tmp_path, docker_host, build_image, name, servers):
+    """docker push through the accelerator; then a stored layer is truncated (HEAD no longer vouches for it: the
+    next push sends it again and the good copy replaces it) or has a byte flipped (dogestry verify hashes it,
+    --repair quarantines it, the next push sends it again); what is pulled back runs."""
+    remote = str(tmp_path / "remote")
+    server = servers(remote, tmp_path)
+    ref = "%s/%s" % (server.host, name)
+    build_image(docker_host, ref + ":1", [{"/big.bin": os.urandom(3 * MiB)}, {"/name.txt": name}],
+                cmd=["/bin/busybox", "cat", "/name.txt"], isolated=True)
+    docker(docker_host, "push", ref + ":1")
+    layers = _pushed_layers(remote, name, "1")
+    big = max(layers, key=lambda layer: layer["size"])
+    base = layers[0]
+    assert big["size"] > MiB and base is not big
+
+    # Truncated: HEAD says 404, Docker sends it again, the good copy replaces it; the new tag pulls.
+    path = _blob_path(remote, big["digest"])
+    with open(path, "r+b") as f:
+        f.truncate(big["size"] - 4096)
+    docker(docker_host, "tag", ref + ":1", ref + ":2")
+    mark = len(server.output())
+    docker(docker_host, "push", ref + ":2")
+    assert _uploads(server, name, mark) == 1, server.output()[mark:]
+    with open(path, "rb") as f:
+        assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == big["digest"]
+    assert os.path.isdir(os.path.join(remote, "quarantine"))
+
+    # A byte flipped inside: verify hashes the blob and calls it repairable; --repair moves it; a push sends it again.
+    path = _blob_path(remote, base["digest"])
+    with open(path, "r+b") as f:
+        f.seek(base["size"] // 2)
+        byte = f.read(1)
+        f.seek(base["size"] // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    checked = dogestry("verify", remote, "--json", check=False)
+    problems = json.loads(checked.stdout)["problems"]
+    assert checked.returncode == 1 and [(p["kind"], p["key"][-64:], p["repairable"]) for p in problems] == [
+        ("corrupt", base["digest"][7:], True)], checked.stdout
+    repaired = json.loads(dogestry("verify", remote, "--repair", "--json").stdout)
+    assert list(repaired["moved"]) == [problems[0]["key"]]
+    docker(docker_host, "tag", ref + ":1", ref + ":3")
+    mark = len(server.output())
+    docker(docker_host, "push", ref + ":3")
+    assert _uploads(server, name, mark) == 1, server.output()[mark:]
+    assert json.loads(dogestry("verify", remote, "--json").stdout)["problems"] == []
+    try:
+        docker(docker_host, "rmi", ref + ":1", ref + ":2", ref + ":3")
+        docker(docker_host, "pull", ref + ":3")
+        assert docker(docker_host, "run", "--rm", "--network", "none", ref + ":3").stdout == name
+    finally:
+        docker(docker_host, "rmi", "-f", ref + ":3", check=False)
+
+
+def test_a_multi_member_gzip_layer_copied_by_skopeo_is_decoded_and_pulled_by_the_engine(
+        tmp_path, docker_host, name, servers):
+    """A layer written as several gzip members (as pigz -i and eStargz write them, here by the gzip tool itself),
+    copied into the accelerator by skopeo as is: decoded whole, so dogestry pull loads the image and it runs."""
+    from conftest import _base_layer_tar
+    tar = _base_layer_tar(name)
+    cut = len(tar) // 3
+    layer = b"".join(subprocess.run(["gzip", "-c", "-n"], input=part, stdout=subprocess.PIPE, check=True).stdout
+                     for part in (tar[:cut], tar[cut:2 * cut], tar[2 * cut:]))
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Cmd": ["/bin/busybox", "cat", "/etc/dogestry-test-base"]},
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest()]}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(config),
+                                      "digest": "sha256:" + hashlib.sha256(config).hexdigest()},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": len(layer),
+                                       "digest": "sha256:" + hashlib.sha256(layer).hexdigest()}]}).encode()
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    for blob in (layer, config, manifest):
+        (layout / "blobs" / "sha256" / hashlib.sha256(blob).hexdigest()).write_bytes(blob)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": len(manifest),
+         "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+         "annotations": {"org.opencontainers.image.ref.name": "mm"}}]}))
+    remote = str(tmp_path / "remote")
+    server = servers(remote, tmp_path)
+    skopeo("copy", "--dest-tls-verify=false", "oci:%s:mm" % layout, "docker://%s/%s:mm" % (server.host, name))
+    assert os.path.exists(_blob_path(remote, "sha256:" + hashlib.sha256(layer).hexdigest()))     # sent as is
+    dogestry("pull", remote, name + ":mm", "--docker-host", docker_host)
+    try:
+        assert docker(docker_host, "run", "--rm", "--network", "none", name + ":mm").stdout == name
+    finally:
+        docker(docker_host, "rmi", "-f", name + ":mm", check=False)

@@ -1,15 +1,23 @@
-"""A registry-free fleet: three Docker daemons that share nothing (own data root, exec root and
-containerd namespace), each in a network namespace with nothing but loopback, so Docker Hub is
-unreachable by construction, and each with a dogestry accelerator in that namespace, made its
-registry mirror by the registry_block role (then a reload, as the role's handler does). The
-collection's playbooks run against them as an operator runs them: publish, deploy, roll out, a
-deploy that must stop before any host switches, a bad release put back, a rollback; and plain
-`docker pull` / `docker run` served by each host's accelerator."""
+"""The README's "registry-free fleet, step by step", run as an operator runs it against hosts as they
+come: the collection built and installed from its tarball on a fresh controller directory; a build
+host and three fleet hosts reached over SSH (ssh_hosts.py: an sshd of its own on 127.0.0.N, files of
+its own), whose Python is found by Ansible's interpreter discovery and has none of the libraries the
+modules need; each fleet host with a dockerd of its own in a network namespace holding nothing but
+loopback, so Docker Hub is unreachable by construction.
+
+fleet.yml gives every host the dogestry environment and blocks Docker Hub; then publish, deploy, roll
+out, a deploy that must stop before any host switches, a bad release put back, a rollback, plain
+`docker pull` / `docker run` served by each host's accelerator, and an upgrade of the collection that
+re-running fleet.yml carries to the hosts. These hosts have no systemd: the inventory sets
+accelerator_serve=false for them (the unit is molecule's to test), and the test runs the command the
+role installed on each host as its accelerator, as the unit would, and reloads dockerd (SIGHUP) where
+registry_block's handler would `systemctl reload docker`.
+"""
 
 import json
 import os
+import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,147 +26,223 @@ import uuid
 import pytest
 import yaml
 
-from ansible_runner import run_playbook
 from conftest import REPO, wait_for
-from docker_daemons import Dockerd
-from dogestry_cli import Server, dogestry
+from dogestry_cli import dogestry
 from dogestry_cli import docker as docker_cli
+from ssh_hosts import HostDockerd, SshHost, client_key
 
-PLAYBOOKS = os.path.join(REPO, "playbooks")
+VENV_BIN = os.path.dirname(sys.executable)
+# community.docker (and what it needs), as `ansible-galaxy collection install` would fetch it from Galaxy.
+DEPENDENCIES = os.path.join(os.path.dirname(VENV_BIN), "collections")
 MIRROR_PORT = 22375
 # PID 1 of the app: reports healthy while /release exists, stops at once on SIGTERM.
 APP_CMD = ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done"]
+# A pin the upgrade test changes, and versions of it the package index has.
+UPGRADE_PIN = ("prometheus_client", ["0.25.0", "0.24.1"])
 
 
-class FleetHost:
-    """dockerd (Debian's 20.10) in a network namespace of its own, mirroring through an accelerator there."""
+def _run(cmd, env=None, cwd=None, timeout=900):
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                          env=env, cwd=cwd, timeout=timeout, check=False)
+    return proc.returncode, proc.stdout
 
-    def __init__(self, index, root, remote, log_dir):
-        self.name = "fleet-%d" % index
-        self.dir = os.path.join(root, str(index))
-        os.makedirs(self.dir)
-        self.host = "unix://%s/docker.sock" % self.dir
-        self.remote, self.log_dir = remote, log_dir
-        self.docker = self.proc = self.accelerator = None
 
-    def start_docker(self):
-        with open(os.path.join(self.dir, "hosts"), "w") as f:
-            f.write("127.0.0.1 localhost\n")
-        # A setting of the host's own (in its daemon.json), which the registry_block role must keep.
-        self.docker = Dockerd(self.name, self.dir, os.path.join(self.log_dir, "%s-dockerd.log" % self.name),
-                              network="own", config={"log-level": "info"})
-        self.docker.start()
-        self.proc = self.docker.proc
+class Controller:
+    """A fresh controller directory: the collection built from a clean copy of this tree and installed
+    from its tarball, the operator's SSH key and known_hosts; playbooks run by their FQCN."""
 
-    def start_accelerator(self):
-        self.docker.wait()
-        netns = "--net=%s" % self.docker.netns
-        subprocess.run(["nsenter", netns, "ip", "link", "set", "lo", "up"], check=True)
-        routes = subprocess.run(["nsenter", netns, "ip", "route", "show", "default"], stdout=subprocess.PIPE,
-                                universal_newlines=True, check=True).stdout
-        assert routes.strip() == "", "%s must have no route anywhere: %s" % (self.name, routes)
-        self.accelerator = Server(self.remote, self.log_dir, netns_pid=self.proc.pid, port=MIRROR_PORT,
-                                  args=["--cache-dir", os.path.join(self.dir, "cache")])
+    def __init__(self, work):
+        self.work = work
+        self.collections = os.path.join(work, "collections")
+        self.key, self.public_key = client_key(work)
+        self.known_hosts = os.path.join(work, "known_hosts")
+        self.timings = []
 
-    def api(self):
-        return self.docker.api()
+    def install(self, name, edits=None):
+        """Copy the tree's files (git ls-files: no .venv, no build output), apply `edits`
+        ({path: function(text) -> text}), build the tarball, install it; returns its version."""
+        source = os.path.join(self.work, "source-" + name)
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                               stdout=subprocess.PIPE).stdout.decode().split("\0")
+        for rel in filter(None, files):
+            if os.path.isfile(os.path.join(REPO, rel)):
+                os.makedirs(os.path.dirname(os.path.join(source, rel)), exist_ok=True)
+                shutil.copy2(os.path.join(REPO, rel), os.path.join(source, rel))
+        for rel, edit in (edits or {}).items():
+            with open(os.path.join(source, rel)) as f:
+                text = f.read()
+            with open(os.path.join(source, rel), "w") as f:
+                f.write(edit(text))
+        dist = os.path.join(self.work, "dist-" + name)
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=DEPENDENCIES, ANSIBLE_NOCOLOR="1")
+        rc, out = _run([os.path.join(VENV_BIN, "ansible-galaxy"), "collection", "build", "--output-path", dist],
+                       env=env, cwd=source)
+        assert rc == 0, out
+        tarball = re.search(r"Created collection for dogestry.dogestry at (\S+)", out).group(1)
+        # Galaxy is not reachable here: --offline takes community.docker from DEPENDENCIES.
+        rc, out = _run([os.path.join(VENV_BIN, "ansible-galaxy"), "collection", "install", "--offline", "--force",
+                        "-p", self.collections, tarball], env=env)
+        assert rc == 0 and "dogestry.dogestry" in out, out
+        with open(os.path.join(self.collections, "ansible_collections", "dogestry", "dogestry", "MANIFEST.json")) as f:
+            return json.load(f)["collection_info"]["version"]
 
-    def role_vars(self):
-        """registry_block's paths pointed at this host's files (its reload is ours: a SIGHUP)."""
-        return {"ansible_connection": "local", "registry_block_daemon_json": os.path.join(self.dir, "daemon.json"),
-                "registry_block_hosts_file": os.path.join(self.dir, "hosts"),
-                "registry_block_certs_dir": os.path.join(self.dir, "certs.d"),
-                "registry_block_mirror": "http://127.0.0.1:%d" % MIRROR_PORT, "registry_block_reload_docker": False}
+    def play(self, playbook, inventory, expect_ok=True, **extra):
+        """ansible-playbook -i INVENTORY dogestry.dogestry.PLAYBOOK -e ..., as the README says it."""
+        cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory, "dogestry.dogestry." + playbook]
+        if extra:
+            cmd += ["-e", json.dumps(extra)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+        env.update(ANSIBLE_COLLECTIONS_PATH=os.pathsep.join([self.collections, DEPENDENCIES]), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_SSH_CONTROL_PATH_DIR=os.path.join(self.work, "cp"))
+        started = time.monotonic()
+        rc, out = _run(cmd, env=env, cwd=self.work)
+        self.timings.append(("%s %s" % (playbook, " ".join("%s=%s" % kv for kv in extra.items())),
+                             time.monotonic() - started))
+        assert (rc == 0) == expect_ok, out[-6000:]
+        return out
 
-    def reload_docker(self):
-        os.kill(self.proc.pid, signal.SIGHUP)
-        wait_for(lambda: self.api().info()["RegistryConfig"]["Mirrors"] == ["http://127.0.0.1:%d/" % MIRROR_PORT],
-                 30, "dockerd of %s to take its mirror" % self.name)
+
+class Fleet:
+    """The build host and three fleet hosts, the remote they share (as they would share a bucket),
+    and the controller."""
+
+    def __init__(self, work, root, docker_host):
+        self.work, self.remote = work, os.path.join(work, "remote")
+        self.controller = Controller(work)
+        self.version = self.controller.install("1")
+        keys = os.path.join(work, "authorized_keys")
+        with open(keys, "w") as f:
+            f.write(self.controller.public_key)
+        self.build = SshHost("build-host", "127.0.0.10", os.path.join(root, "b"), keys)
+        self.build.docker_host = docker_host
+        self.hosts = [SshHost("fleet-%d" % i, "127.0.0.%d" % (10 + i), os.path.join(root, str(i)), keys)
+                      for i in (1, 2, 3)]
+        self.accelerators = {}
+        self.registry_free = False
+
+    def start(self):
+        for host in [self.build] + self.hosts:
+            host.start()
+        for host in self.hosts:
+            # A setting of the host's own in its daemon.json, which the registry_block role must keep.
+            os.makedirs(host.path("/etc/docker"), exist_ok=True)
+            with open(host.path("/etc/docker/daemon.json"), "w") as f:
+                json.dump({"log-level": "info"}, f)
+            host.dockerd = HostDockerd(host, os.path.join(self.work, "%s-dockerd.log" % host.name))
+            host.dockerd.start()
+            host.docker_host = host.dockerd.host
+        with open(self.controller.known_hosts, "w") as f:
+            f.writelines(host.known_hosts_line() for host in [self.build] + self.hosts)
+        for host in self.hosts:
+            host.dockerd.wait()
+            subprocess.run(["nsenter", "--net=%s" % host.dockerd.netns, "ip", "link", "set", "lo", "up"], check=True)
+            routes = subprocess.run(["nsenter", "--net=%s" % host.dockerd.netns, "ip", "route", "show", "default"],
+                                    stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+            assert routes.strip() == "", "%s must have no route anywhere: %s" % (host.name, routes)
+
+    def inventory(self, path, app, unreachable=None):
+        """The inventory an operator writes (see examples/inventory): hosts by address, the app in
+        group_vars. `unreachable` names a host whose remote cannot be reached (a closed port)."""
+        def host_vars(host):
+            found = dict(host.ssh_vars(), dogestry_docker_host=host.docker_host)
+            if host.name == unreachable:
+                found["dogestry_remote"] = "http://127.0.0.1:9/remote/"
+            return found
+        os.makedirs(os.path.join(path, "group_vars"), exist_ok=True)
+        with open(os.path.join(path, "hosts.yml"), "w") as f:
+            yaml.safe_dump({"dogestry_build": {"hosts": {self.build.name: host_vars(self.build)}},
+                            "dogestry_fleet": {"hosts": {h.name: host_vars(h) for h in self.hosts}}}, f)
+        group_vars = {
+            "ansible_user": "root", "ansible_ssh_private_key_file": self.controller.key,
+            "ansible_ssh_common_args": "-o UserKnownHostsFile=%s" % self.controller.known_hosts,
+            "ansible_pipelining": True,
+            "app_name": app, "dogestry_remote": self.remote, "app_health_timeout": 30,
+            "app_container": {"name": app, "command": APP_CMD, "network_mode": "none", "stop_timeout": 2,
+                              "healthcheck": {"test": ["CMD", "/bin/busybox", "test", "-f", "/release"],
+                                              "interval": "1s", "timeout": "2s", "retries": 2}},
+            "accelerator_remote": "{{ dogestry_remote }}",
+        }
+        with open(os.path.join(path, "group_vars", "all.yml"), "w") as f:
+            yaml.safe_dump(group_vars, f)
+        with open(os.path.join(path, "group_vars", "dogestry_fleet.yml"), "w") as f:
+            f.write("# No systemd on these test hosts: the test runs the installed command as the unit would.\n"
+                    "accelerator_serve: false\n")
+        return path
+
+    def make_registry_free(self):
+        """Step 2 of the walkthrough (once): fleet.yml, then each host's accelerator and Docker's reload."""
+        if self.registry_free:
+            return
+        self.controller.play("fleet", self.inventory(os.path.join(self.work, "inventory-fleet"), "unused"))
+        for host in self.hosts:
+            self.start_accelerator(host)
+            host.dockerd.reload()
+            wait_for(lambda: host.dockerd.api().info()["RegistryConfig"]["Mirrors"] ==
+                     ["http://127.0.0.1:%d/" % MIRROR_PORT], 30, "dockerd of %s to take its mirror" % host.name)
+        self.registry_free = True
+
+    def start_accelerator(self, host):
+        """The host's installed `dogestry serve`, as its unit runs it, in its Docker's network namespace."""
+        old = self.accelerators.get(host.name)
+        if old:
+            old.terminate()
+            old.wait(30)
+        log = os.path.join(self.work, "%s-accelerator.log" % host.name)
+        start = os.path.getsize(log) if os.path.exists(log) else 0
+        with open(log, "ab") as f:
+            proc = subprocess.Popen(
+                ["nsenter", "--mount=/proc/%d/ns/mnt" % host.holder.pid, "--net=%s" % host.dockerd.netns, "--",
+                 "/usr/local/bin/dogestry", "serve", self.remote, "--listen", "127.0.0.1:%d" % MIRROR_PORT,
+                 "--read-only", "--cache-dir", "/var/cache/dogestry"],
+                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.accelerators[host.name] = proc
+        host.accelerator_log = log
+        wait_for(lambda: proc.poll() is None and "dogestry: serving" in self.accelerator_output(host)[start:], 30,
+                 "the accelerator of %s" % host.name)
+
+    def accelerator_output(self, host):
+        with open(host.accelerator_log, "rb") as f:
+            return f.read().decode("latin-1")
+
+    def recorded(self, host):
+        """What the role recorded on the host: ansible_local.dogestry."""
+        with open(host.path("/etc/ansible/facts.d/dogestry.fact")) as f:
+            return json.load(f)
 
     def stop(self):
-        if self.accelerator:
-            self.accelerator.stop()
-        if self.docker:
-            self.docker.stop()
-
-
-def make_registry_free(hosts, work):
-    """The registry_block role, run by ansible-playbook on each host's files, then Docker reloaded."""
-    inventory = os.path.join(work, "role-inventory.yml")
-    with open(inventory, "w") as f:
-        yaml.safe_dump({"all": {"vars": {"ansible_python_interpreter": sys.executable}},
-                        "dogestry_fleet": {"hosts": {host.name: host.role_vars() for host in hosts}}}, f)
-    playbook = os.path.join(work, "registry-free.yml")
-    with open(playbook, "w") as f:
-        yaml.safe_dump([{"hosts": "dogestry_fleet", "gather_facts": False,
-                         "roles": ["dogestry.dogestry.registry_block"]}], f)
-    proc, output = run_playbook(work, playbook, inventory=inventory)
-    assert proc.returncode == 0, output[-3000:]
-    for host in hosts:
-        host.reload_docker()
-        with open(os.path.join(host.dir, "daemon.json")) as f:
-            config = json.load(f)
-        assert config == {"log-level": "info", "live-restore": True,
-                          "registry-mirrors": ["http://127.0.0.1:%d" % MIRROR_PORT]}, config
-        with open(os.path.join(host.dir, "hosts")) as f:
-            assert "0.0.0.0 registry-1.docker.io" in f.read()
+        for proc in self.accelerators.values():
+            proc.terminate()
+            proc.wait(30)
+        for host in self.hosts:
+            if getattr(host, "dockerd", None):
+                host.dockerd.stop()
+        for host in [self.build] + self.hosts:
+            host.stop()
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, docker_host):
-    """Three hosts and the directory remote they share (as they would share a bucket)."""
-    for tool in ("unshare", "nsenter", "ip", "dockerd"):
+    for tool in ("unshare", "nsenter", "ip", "dockerd", "ssh", "ssh-keygen", "/usr/sbin/sshd", "git"):
         if not shutil.which(tool):
             pytest.fail("the fleet test needs %s (scripts/setup.sh installs it)" % tool, pytrace=False)
-    base = tmp_path_factory.mktemp("fleet")
-    remote = str(base / "remote")
+    work = str(tmp_path_factory.mktemp("fleet"))
     # Short paths: dockerd's and containerd's sockets live under the exec roots (108-byte limit).
     root = "/tmp/dogestry-fleet-%d" % os.getpid()
-    hosts = [FleetHost(i, root, remote, base) for i in (1, 2, 3)]
+    fleet = Fleet(work, root, docker_host)
     try:
-        for host in hosts:
-            host.start_docker()
-        for host in hosts:
-            host.start_accelerator()
-        make_registry_free(hosts, base)
-        yield hosts, remote, base
+        fleet.start()
+        yield fleet
     finally:
-        for host in hosts:
-            host.stop()
+        fleet.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def write_inventory(path, hosts, build_host, app, remote, unreachable=None):
-    """The inventory an operator writes (see examples/inventory), pointed at the test's daemons.
-    `unreachable` names a host whose remote cannot be reached (a closed port)."""
-    fleet = {}
-    for host in hosts:
-        fleet[host.name] = {"ansible_connection": "local", "dogestry_docker_host": host.host}
-        if host.name == unreachable:
-            fleet[host.name]["dogestry_remote"] = "http://127.0.0.1:9/remote/"
-    inventory = {"all": {"vars": {"ansible_python_interpreter": sys.executable}},
-                 "dogestry_build": {"hosts": {"build-host": {"ansible_connection": "local",
-                                                             "dogestry_docker_host": build_host}}},
-                 "dogestry_fleet": {"hosts": fleet}}
-    os.makedirs(os.path.join(path, "group_vars"), exist_ok=True)
-    with open(os.path.join(path, "hosts.yml"), "w") as f:
-        yaml.safe_dump(inventory, f)
-    group_vars = {
-        "app_name": app, "dogestry_remote": remote, "app_health_timeout": 30,
-        "app_container": {"name": app, "command": APP_CMD, "network_mode": "none", "stop_timeout": 2,
-                          "healthcheck": {"test": ["CMD", "/bin/busybox", "test", "-f", "/release"],
-                                          "interval": "1s", "timeout": "2s", "retries": 2}},
-    }
-    with open(os.path.join(path, "group_vars", "all.yml"), "w") as f:
-        yaml.safe_dump(group_vars, f)
-    return path
+        print("\nfleet playbook timings: " + "; ".join("%s %.1fs" % t for t in fleet.controller.timings))
 
 
 def running(hosts, app):
     """{host: (release label, previous label, container id)} of the app container on each host."""
     state = {}
     for host in hosts:
-        info = host.api().inspect_container(app)
+        info = host.dockerd.api().inspect_container(app)
         assert info["State"]["Running"], (host.name, info["State"])
         labels = info["Config"]["Labels"]
         state[host.name] = (labels.get("dogestry.release"), labels.get("dogestry.previous"), info["Id"])
@@ -169,80 +253,134 @@ def releases(state):
     return {name: (release, previous) for name, (release, previous, _id) in state.items()}
 
 
-def test_fleet_publish_deploy_rollout_refused_deploy_bad_release_and_rollback(
-        fleet, docker_host, build_image, tmp_path):
-    hosts, remote, _base = fleet
+def test_walkthrough_on_fresh_hosts_over_ssh(fleet, docker_host, build_image, tmp_path):
+    hosts, controller = fleet.hosts, fleet.controller
     app = "dogestry-fleet-%s" % uuid.uuid4().hex[:8]
     for tag in ("1", "2", "3"):
         build_image(docker_host, "%s:%s" % (app, tag), [{"/release": tag}], cmd=APP_CMD)
     build_image(docker_host, app + ":bad", [{"/not-release": "bad"}], cmd=APP_CMD)    # never healthy
-    inventory = write_inventory(str(tmp_path / "inventory"), hosts, docker_host, app, remote)
+    inventory = fleet.inventory(str(tmp_path / "inventory"), app)
 
-    def play(name, expect_ok=True, inv=inventory, **extra):
-        proc, output = run_playbook(tmp_path, os.path.join(PLAYBOOKS, name), extra, inventory=inv)
-        assert (proc.returncode == 0) == expect_ok, output[-5000:]
-        return output
+    # Hosts as they come: their Python has none of the modules' libraries, and nothing runs there yet.
+    if not fleet.registry_free:
+        output = controller.play("publish", inventory, expect_ok=False, tag="1")
+        assert "build-host has no Python for the dogestry modules" in output, output[-3000:]
 
+    # Step 2: fleet.yml. Every host records the collection version and the environment it installed.
+    fleet.make_registry_free()
+    for host in [fleet.build] + hosts:
+        recorded = fleet.recorded(host)
+        assert recorded["version"] == fleet.version and recorded["python"] == "/opt/dogestry/venv-pypi/bin/python"
+        assert recorded["packages"]["docker"] and recorded["packages"]["requests"] and recorded["packages"]["lz4"]
+        assert "accelerator" not in recorded, recorded     # no unit was installed on these hosts
+    for host in hosts:
+        with open(host.path("/etc/docker/daemon.json")) as f:
+            assert json.load(f) == {"log-level": "info", "live-restore": True,
+                                    "registry-mirrors": ["http://127.0.0.1:%d" % MIRROR_PORT]}
+        with open(host.path("/etc/hosts")) as f:
+            assert "0.0.0.0 registry-1.docker.io" in f.read()
+    assert not os.path.exists("/etc/ansible/facts.d/dogestry.fact"), "the hosts' files must stay theirs"
+
+    # Step 3: publish from the build host, over SSH.
     for tag in ("1", "3", "bad"):
-        play("publish.yml", tag=tag)
-    play("publish.yml", tag="2", publish_move_tags=["production"])
-    tags = json.loads(dogestry("tags", remote, app + ":*", "--json").stdout)["tags"]
+        controller.play("publish", inventory, tag=tag)
+    controller.play("publish", inventory, tag="2", publish_move_tags=["production"])
+    tags = json.loads(dogestry("tags", fleet.remote, app + ":*", "--json").stdout)["tags"]
     assert sorted(tags) == sorted("%s:%s" % (app, t) for t in ("1", "2", "3", "bad", "production"))
     assert tags[app + ":production"]["image_id"] == tags[app + ":2"]["image_id"]
 
-    # First deploy: every host runs 1; phase two starts only after every host has pulled.
-    output = play("deploy.yml", tag="1")
+    # Step 4: first deploy: every host runs 1; phase two starts only after every host has pulled.
+    output = controller.play("deploy", inventory, tag="1")
     assert releases(running(hosts, app)) == {h.name: ("1", "") for h in hosts}
     assert output.index("PLAY [Phase two") > output.rindex("TASK [Docker holds exactly the image the remote names]")
 
     # Roll out 2: every host switches, remembering 1; 1 stays in Docker for a rollback.
-    play("deploy.yml", tag="2")
+    controller.play("deploy", inventory, tag="2")
     on_2 = running(hosts, app)
     assert releases(on_2) == {h.name: ("2", "1") for h in hosts}
     for host in hosts:
-        assert host.api().inspect_image(app + ":1")["Id"]
+        assert host.dockerd.api().inspect_image(app + ":1")["Id"]
 
     # A deploy where one host cannot reach the remote: refused before any host switches.
-    unreachable = write_inventory(str(tmp_path / "inventory-unreachable"), hosts, docker_host, app, remote,
-                                  unreachable="fleet-3")
-    output = play("deploy.yml", expect_ok=False, inv=unreachable, tag="3")
+    unreachable = fleet.inventory(str(tmp_path / "inventory-unreachable"), app, unreachable="fleet-3")
+    output = controller.play("deploy", unreachable, expect_ok=False, tag="3")
     assert "fleet-3" in output and "PLAY [Phase two" not in output
     assert running(hosts, app) == on_2, "no host may switch when one cannot pull"
 
-    # A release that never gets healthy: the first host is put back on 2, the others are not touched.
-    output = play("deploy.yml", expect_ok=False, tag="bad")
-    assert "failed on fleet-1" in output and "it is back on 2" in output, output[-3000:]
+    # A release that never gets healthy: the first host is put back on 2, healthy again before the deploy
+    # stops; the others are not touched.
+    output = controller.play("deploy", inventory, expect_ok=False, tag="bad")
+    assert "failed on fleet-1" in output and "it is back on 2 (healthy)" in output, output[-3000:]
+    assert hosts[0].dockerd.api().inspect_container(app)["State"]["Health"]["Status"] == "healthy"
     after_bad = running(hosts, app)
     assert releases(after_bad) == {h.name: ("2", "1") for h in hosts}
     assert after_bad["fleet-2"] == on_2["fleet-2"] and after_bad["fleet-3"] == on_2["fleet-3"]
 
-    # Rollback: one command, back to the release before 2.
-    play("rollback.yml")
+    # Step 5: rollback, one command, back to the release before 2.
+    controller.play("rollback", inventory)
     assert releases(running(hosts, app)) == {h.name: ("1", "2") for h in hosts}
     # Deploying what runs changes nothing.
     before = running(hosts, app)
-    play("deploy.yml", tag="1")
+    controller.play("deploy", inventory, tag="1")
     assert running(hosts, app) == before
 
 
 def test_plain_docker_pull_and_run_through_each_hosts_accelerator(fleet, docker_host, build_image, tmp_path):
-    hosts, remote, _base = fleet
+    fleet.make_registry_free()
     app = "dogestry-fleet-%s" % uuid.uuid4().hex[:8]
     image_id = build_image(docker_host, app + ":4", [{"/release": "4"}], cmd=["/bin/busybox", "cat", "/release"])
-    inventory = write_inventory(str(tmp_path / "inventory"), hosts, docker_host, app, remote)
-    proc, output = run_playbook(tmp_path, os.path.join(PLAYBOOKS, "publish.yml"), {"tag": "4"}, inventory=inventory)
-    assert proc.returncode == 0, output[-3000:]
-    for host in hosts:
+    fleet.controller.play("publish", fleet.inventory(str(tmp_path / "inventory"), app), tag="4")
+    for host in fleet.hosts:
         # A Docker Hub name: Docker asks its mirror, the accelerator, for library/<app>.
-        start = len(host.accelerator.output())
-        docker_cli(host.host, "pull", app + ":4")
-        assert host.api().inspect_image(app + ":4")["Id"] == image_id
-        assert docker_cli(host.host, "run", "--rm", "--network", "none", app + ":4").stdout == "4"
-        log = host.accelerator.output()[start:]
+        start = len(fleet.accelerator_output(host))
+        docker_cli(host.docker_host, "pull", app + ":4")
+        assert host.dockerd.api().inspect_image(app + ":4")["Id"] == image_id
+        assert docker_cli(host.docker_host, "run", "--rm", "--network", "none", app + ":4").stdout == "4"
+        log = fleet.accelerator_output(host)[start:]
         assert '"HEAD /v2/library/%s/manifests/4" 200' % app in log, log[-2000:]
         assert log.count('"GET /v2/library/%s/blobs/sha256:' % app) >= 2, log[-2000:]
-        # What the remote does not hold fails at once: Docker Hub is not there to fall back on.
-        started = time.monotonic()
-        missing = docker_cli(host.host, "pull", app + ":404", check=False)
-        assert missing.returncode != 0 and time.monotonic() - started < 60, missing.stderr
-        docker_cli(host.host, "rmi", app + ":4")
+        # What the remote does not hold fails: the accelerator says 404 and Docker Hub is not there to fall back on.
+        start = len(fleet.accelerator_output(host))
+        missing = docker_cli(host.docker_host, "pull", app + ":404", check=False)
+        assert missing.returncode != 0, missing.stdout
+        log = fleet.accelerator_output(host)[start:]
+        assert '/v2/library/%s/manifests/404" 404' % app in log, log[-2000:]
+        docker_cli(host.docker_host, "rmi", app + ":4")
+
+
+def test_upgrading_the_collection_and_rerunning_fleet_yml_upgrades_the_hosts(fleet, docker_host, build_image,
+                                                                             tmp_path):
+    fleet.make_registry_free()
+    name, choices = UPGRADE_PIN
+    with open(os.path.join(REPO, "roles", "accelerator", "defaults", "main.yml")) as f:
+        current = re.search(r"- %s==(\S+)" % name, f.read()).group(1)
+    new_pin = next(v for v in choices if v != current)
+    marker = "# upgraded: %s\n" % uuid.uuid4().hex
+
+    def bump(text):
+        version = re.search(r"^version: (\S+)$", text, re.M).group(1)
+        parts = version.split(".")
+        return text.replace("version: " + version, "version: " + ".".join(parts[:-1] + [str(int(parts[-1]) + 1)]))
+
+    upgraded = fleet.controller.install("2", {
+        "galaxy.yml": bump,
+        "roles/accelerator/defaults/main.yml": lambda text: text.replace("- %s==%s" % (name, current), "- %s==%s" % (name, new_pin)),
+        "plugins/module_utils/_version.py": lambda text: text + marker})
+    assert upgraded != fleet.version
+    app = "dogestry-fleet-%s" % uuid.uuid4().hex[:8]
+    inventory = fleet.inventory(str(tmp_path / "inventory"), app)
+    fleet.controller.play("fleet", inventory)
+    for host in [fleet.build] + fleet.hosts:
+        recorded = fleet.recorded(host)
+        assert recorded["version"] == upgraded, (host.name, recorded)
+        assert recorded["packages"][name] == new_pin, (host.name, recorded)
+        with open(host.path("/opt/dogestry/lib/dogestry/_version.py")) as f:
+            assert f.read().endswith(marker), "%s runs the old engine" % host.name
+    # The upgraded build host publishes; an accelerator restarted on the new engine (as its unit would be) serves it.
+    image_id = build_image(docker_host, app + ":5", [{"/release": "5"}], cmd=["/bin/busybox", "cat", "/release"])
+    fleet.controller.play("publish", inventory, tag="5")
+    host = fleet.hosts[0]
+    fleet.start_accelerator(host)
+    docker_cli(host.docker_host, "pull", app + ":5")
+    assert host.dockerd.api().inspect_image(app + ":5")["Id"] == image_id
+    docker_cli(host.docker_host, "rmi", app + ":5")

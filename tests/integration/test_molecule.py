@@ -23,7 +23,7 @@ def molecule_image(docker_host):
 
 @pytest.mark.parametrize("scenario, actions", [
     ("registry_block", ["destroy", "create", "prepare", "converge", "idempotence", "verify", "side_effect"]),
-    ("accelerator", ["destroy", "create", "prepare", "converge", "idempotence", "verify", "side_effect"]),
+    ("accelerator", ["destroy", "create", "prepare", "check", "converge", "idempotence", "verify", "side_effect"]),
 ])
 def test_molecule_scenario(docker_host, molecule_image, scenario, actions):
     # A suffix of our own: another checkout's run on the same daemon must not share the instance.

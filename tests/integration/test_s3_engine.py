@@ -111,7 +111,7 @@ def test_pull_reads_ahead_into_the_next_layer_within_the_budget(daemon, build_im
     assert daemon.inspect(name + ":1")["Id"] == image_id and len(result["layers_transferred"]) == 4
     # the first big layer took the whole budget when it was opened, early; the second then got its first
     # part before a byte of the first was read: the budget, and one part for the second open reader
-    assert budget.peak == budget.limit + part
+    assert budget.limit <= budget.peak <= budget.limit + part     # bounded; the exact peak is the scheduler's
     assert budget.held == 0 and budget.readers == []
     assert sum(1 for _key, r in calls.ranges if r.startswith("bytes=0-")) == 3
 
@@ -253,7 +253,7 @@ def test_signed_url_pull_without_credentials_then_expired(daemon, build_image, s
     repo = repo_for(s3url)
     push(daemon, repo, name + ":1")
     url = mint_pull_ticket(repo, name + ":1", 300)[0]
-    short = mint_pull_ticket(repo, name + ":1", 1)[0]
+    short, short_expires = mint_pull_ticket(repo, name + ":1", 1)
     daemon.remove(name + ":1")
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
@@ -261,7 +261,7 @@ def test_signed_url_pull_without_credentials_then_expired(daemon, build_image, s
     remote = remote_from_url(url)
     pulled = pull(daemon, Repository(remote), remote.image)
     assert pulled["image"] == name + ":1" and daemon.inspect(name + ":1")["Id"] == image_id
-    time.sleep(1.2)
+    monkeypatch.setattr(time, "time", lambda: short_expires + 1)     # the clock, not a sleep against the TTL
     with pytest.raises(RemoteAuthError, match="^signed URL expired at .*; mint a new one"):
         remote_from_url(short)
 

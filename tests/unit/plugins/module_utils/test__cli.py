@@ -1,6 +1,7 @@
 """The CLI's argument handling, and the layering rules of the second front end."""
 
 import ast
+import json
 import os
 import sys
 
@@ -47,9 +48,44 @@ def test_engine_never_imports_the_front_end_and_the_front_end_never_imports_ansi
     (["tags", "s3://b/p", "app*:1*", "--endpoint-url", "http://x"], "endpoint_url", "http://x"),
     (["serve", "/r"], "listen", "127.0.0.1:22375"),
     (["push", "/r", "a:1", "b:2", "--json"], "images", ["a:1", "b:2"]),
+    (["pull", "/r", "a:1", "--trusted-key", "new.pub", "--trusted-key", "old.pub"], "trusted_key", ["new.pub", "old.pub"]),
+    (["serve", "/r", "--require-signature", "release.pub"], "require_signature", ["release.pub"]),
+    (["sign", "/r", "a:1", "--key", "release.pem"], "key", "release.pem"),
 ])
 def test_parser(argv, attr, value):
     assert getattr(_cli.build_parser().parse_args(argv), attr) == value
+
+
+@pytest.mark.parametrize("argv,attrs", [
+    (["push", "/r", "a:1", "--tlsverify", "--tlscacert", "ca", "--tlscert", "c", "--tlskey", "k"],
+     dict(tlsverify=True, tls=False, tlscacert="ca", tlscert="c", tlskey="k")),
+    (["pull", "/r", "a:1", "--tls"], dict(tls=True, tlsverify=False)),
+    (["pull", "/r", "a:1", "--no-verify-certs"], dict(validate_certs=False)),      # the S3 flag's old name
+    (["pull", "/r", "a:1", "--s3-no-verify-certs"], dict(validate_certs=False, tlsverify=False)),
+])
+def test_docker_tls_flags(argv, attrs, monkeypatch):
+    for name in ("DOCKER_TLS", "DOCKER_TLS_VERIFY"):
+        monkeypatch.delenv(name, raising=False)
+    args = _cli.build_parser().parse_args(argv)
+    assert {name: getattr(args, name) for name in attrs} == attrs
+
+
+def test_docker_tls_environment(monkeypatch):
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_TIMEOUT", "42")
+    monkeypatch.setenv("DOCKER_TLS_HOSTNAME", "dockerd.example")
+    args = _cli.build_parser().parse_args(["pull", "/r", "a:1"])
+    assert (args.tlsverify, args.timeout, args.tls_hostname) == (True, 42, "dockerd.example")
+
+
+def test_one_grace_period_default_for_the_module_and_the_cli():
+    """dogestry_prune and `dogestry prune` keep the same unreferenced data when neither is told a grace period."""
+    import importlib
+    prune_module = importlib.import_module("ansible_collections.dogestry.dogestry.plugins.modules.dogestry_prune")
+    import yaml
+    documented = yaml.safe_load(prune_module.DOCUMENTATION)["options"]["grace_period"]["default"]
+    cli_default = _cli.build_parser().parse_args(["prune", "/r"]).grace_period
+    assert _cli._duration(documented) == cli_default == 7 * 86400, (documented, cli_default)
 
 
 @pytest.mark.parametrize("argv", [["push", "/r"], ["pull", "/r", "a", "--jobs", "0"], ["prune", "/r", "--grace-period", "1y"],
@@ -131,6 +167,94 @@ def test_progress_bar_without_sizes_estimates_by_layers():
     assert out.lines[-1] == "pushing app:1 [######..................] 1/4 layers 5.0 MiB 2.5 MiB/s ETA 0:06"
 
 
+def test_progress_bar_moves_during_a_layer_with_its_bytes():
+    """Bytes of a layer being read move the bar (total and the layer's own), at most every REDRAW seconds."""
+    now = [0.0]
+    out = _Recorder()
+    progress_bar = Progress(out, "pulling app:1", 2, 40 * MiB, clock=lambda: now[0])
+    now[0] = 1.0
+    progress_bar.moved("a" * 64, 8 * MiB, 30 * MiB)
+    progress_bar.moved("a" * 64, 1, 30 * MiB)            # within REDRAW of the last line: not drawn again
+    assert out.lines[-1] == ("pulling app:1 [####....................] 0/2 layers 8.0 MiB of 40.0 MiB 8.0 MiB/s ETA 0:04"
+                             " | layer aaaaaaaaaaaa 8.0 MiB of 30.0 MiB")
+    assert len(out.lines) == 2
+    now[0] = 2.0
+    progress_bar.moved("a" * 64, 22 * MiB - 1, 30 * MiB)
+    progress_bar.advance(0)                              # the load took the whole layer
+    assert out.lines[-1] == "pulling app:1 [##################......] 1/2 layers 30.0 MiB of 40.0 MiB 15.0 MiB/s ETA 0:00"
+
+
+def test_pull_on_a_terminal_reports_bytes_as_they_are_read(tmp_path):
+    """The CLI's counting remote: every read of a layer being pulled reaches the bar, other keys pass untouched."""
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._cli import _CountedRemote
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
+    remote = LocalRemote(str(tmp_path))
+    remote.put("blobs/sha256/ab/ab12.lz4", b"x" * 1000)
+    remote.put("manifests/m", b"{}")
+    out = _Recorder()
+    progress_bar = Progress(out, "pulling", 1, 1000, clock=lambda: 1.0)
+    progress_bar.REDRAW = 0
+    counted = _CountedRemote(remote, {"blobs/sha256/ab/ab12.lz4": ("ab12", 1000)}, progress_bar)
+    with counted.open("blobs/sha256/ab/ab12.lz4") as reader:
+        assert reader.read(300) == b"x" * 300
+        assert progress_bar.done_bytes == 300 and out.lines[-1].endswith("| layer ab12 300 B of 1000 B")
+        assert len(reader.read()) == 700
+    assert progress_bar.done_bytes == 1000
+    with counted.open("manifests/m") as reader:
+        assert reader.read() == b"{}"
+    assert progress_bar.done_bytes == 1000
+
+
+def test_push_on_a_terminal_moves_with_the_docker_save_stream():
+    """A push's bar moves while `docker save` streams a layer, before the layer is spooled and uploaded."""
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._cli import _CountedDaemon
+
+    class Daemon:
+        host = "unix:///var/run/docker.sock"
+
+        def save(self, ref):
+            return iter([b"x" * MiB, b"y" * (2 * MiB)])
+
+    now = [0.0]
+    out = _Recorder()
+    progress_bar = Progress(out, "pushing app:1", 2, 0, clock=lambda: now[0])
+    counted = _CountedDaemon(Daemon(), progress_bar)
+    assert counted.host == "unix:///var/run/docker.sock"
+    stream = counted.save("app:1")
+    now[0] = 1.0
+    assert next(stream) == b"x" * MiB
+    assert out.lines[-1] == "pushing app:1 [........................] 0/2 layers 0 B 0 B/s ETA --:-- | docker save 1.0 MiB read"
+    now[0] = 2.0
+    assert len(b"".join(stream)) == 2 * MiB
+    assert out.lines[-1].endswith("| docker save 3.0 MiB read")
+
+
 def test_no_progress_bar_in_a_pipe_or_with_json(capsys):
     Progress(Output(True), "pulling", 1, 10).advance(10)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv,status,words", [
+    (["tags", "/nonexistent/dogestry-remote", "--json"], 1, "/nonexistent/dogestry-remote"),
+    (["tags", "ftp://host/x", "--json"], 1, "ftp"),
+    (["verify", "/r", "--sample", "-1", "--json"], 2, "--sample"),
+    (["pull", "/r", "--json"], 2, "IMAGE"),
+])
+def test_json_errors_are_a_document_on_stdout_too(argv, status, words, capsys):
+    assert _cli.main(argv) == status
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["exit_status"] == status and words in doc["error"] and "\n" not in doc["error"], doc
+    assert "error: " in captured.err.strip().splitlines()[-1]       # people still read stderr
+
+
+def test_errors_without_json_leave_stdout_empty(capsys):
+    assert _cli.main(["tags", "/nonexistent/dogestry-remote"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("dogestry: error: ")
+
+
+@pytest.mark.parametrize("sample", ["-1", "-2"])
+def test_a_negative_sample_is_a_usage_error(sample, capsys):
+    assert _cli.main(["verify", "/r", "--sample", sample]) == 2
+    assert "--sample" in capsys.readouterr().err

@@ -1,3 +1,4 @@
+import gzip
 import io
 import json
 import os
@@ -5,9 +6,10 @@ import tarfile
 
 import pytest
 
+from ansible_collections.dogestry.dogestry.plugins.module_utils import _decode
 from ansible_collections.dogestry.dogestry.plugins.module_utils._compress import decoder
 from ansible_collections.dogestry.dogestry.plugins.module_utils._docker_archive import (
-    LoadLayer, load_stream, read_save_stream,
+    DecodeLimit, LoadLayer, load_stream, read_save_stream, spool_layer,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import BlobCorruptError, FormatError
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.archive_stubbing import (
@@ -119,3 +121,76 @@ def test_load_stream_raises_before_manifest_on_any_mismatch(stored, match):
         for chunk in load_stream("c" * 64, b"{}", [], [layer]):
             sent.append(chunk)
     assert b"manifest.json" not in b"".join(sent)
+
+
+@pytest.fixture(params=["zlib-ng", "zlib"])
+def inflater(request, monkeypatch):
+    """Gzip is decoded by zlib-ng when it is installed, else by the standard library: both must behave alike."""
+    if request.param == "zlib-ng" and not _decode.HAS_ZLIB_NG:
+        pytest.fail("zlib-ng is in requirements.txt: scripts/setup.sh installs it")
+    monkeypatch.setattr(_decode, "HAS_ZLIB_NG", request.param == "zlib-ng")
+
+
+def _gzip_cli(*parts):
+    """Real bytes of the gzip tool: each part compressed on its own, the outputs concatenated (as pigz -i does)."""
+    import subprocess
+    return b"".join(subprocess.run(["gzip", "-c", "-n"], input=part, stdout=subprocess.PIPE, check=True).stdout
+                    for part in parts)
+
+
+@pytest.mark.parametrize("split", [[], [512], [512, 1 << 20, (1 << 20) + 7]])
+def test_every_member_of_a_multi_member_gzip_layer_is_decoded(tmp_path, inflater, split):
+    layer = LAYERS[1]
+    bounds = [0] + split + [len(layer)]
+    blob = _gzip_cli(*[layer[a:b] for a, b in zip(bounds, bounds[1:])])
+    spooled = spool_layer(io.BytesIO(blob), "layer", "none", str(tmp_path))
+    assert spooled.oid == sha(layer) and spooled.size == len(layer)
+
+
+@pytest.mark.parametrize("tail, match", [(b"not gzip at all", "after the end of its gzip"),
+                                         (b"\x1f\x8b\x08", "truncated")])
+def test_what_follows_a_gzip_member_must_be_another_whole_member(tmp_path, inflater, tail, match):
+    with pytest.raises(FormatError, match=match):
+        spool_layer(io.BytesIO(_gzip_cli(LAYERS[0]) + tail), "layer", "none", str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+class _CountingReader:
+    def __init__(self, data):
+        self._reader, self.consumed = io.BytesIO(data), 0
+
+    def read(self, size=-1):
+        data = self._reader.read(size)
+        self.consumed += len(data)
+        return data
+
+
+def _bomb(kind):
+    """About 8 MiB that decode to 8 GiB (gzip) or far more (zstd): members or frames of 64 MiB of zeros."""
+    zeros = b"\0" * (64 << 20)
+    if kind == "gzip":
+        member = gzip.compress(zeros, compresslevel=9, mtime=0)
+    else:
+        import zstandard
+        member = zstandard.ZstdCompressor(level=19).compress(zeros)
+    return member * ((8 << 20) // len(member))
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_a_bomb_is_abandoned_early_under_a_decode_limit(tmp_path, inflater, kind):
+    bomb = _bomb(kind)
+    reader = _CountingReader(bomb)
+    with pytest.raises(FormatError, match="decodes to more than"):
+        spool_layer(reader, "pushed blob", "lz4", str(tmp_path), DecodeLimit(1 << 40))
+    assert reader.consumed < len(bomb) // 4, "read %d of the bomb's %d bytes" % (reader.consumed, len(bomb))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_decode_limit_caps_the_decoded_size(tmp_path, inflater):
+    data = os.urandom(3 << 20)
+    with pytest.raises(FormatError, match="decodes to more than 2097152 bytes"):
+        spool_layer(io.BytesIO(gzip.compress(data, compresslevel=1)), "pushed blob", "none", str(tmp_path),
+                    DecodeLimit(2 << 20))
+    spooled = spool_layer(io.BytesIO(gzip.compress(data, compresslevel=1)), "pushed blob", "none", str(tmp_path),
+                          DecodeLimit(4 << 20))
+    assert spooled.size == len(data)

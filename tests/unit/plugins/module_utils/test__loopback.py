@@ -12,10 +12,10 @@ import threading
 
 import pytest
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._docker import _shares_our_loopback
+from ansible_collections.dogestry.dogestry.plugins.module_utils._docker import Daemon, _shares_our_loopback, tls_config
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import BlobCorruptError, FormatError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
-    LayerEntry, Manifest, PushedLayer, blob_key, canonical_json, pushed_key, sha256_hex,
+    LayerEntry, Manifest, PushRecord, blob_key, canonical_json, pushed_key, sha256_hex,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._loopback import (
     ENGINE_NAME, LoopbackServer, PullServer, PushReceiver, only_under,
@@ -88,7 +88,7 @@ def test_a_gzip_layer_is_stored_by_diff_id_and_recorded_so_the_next_push_skips_i
     diff_id = sha256_hex(tar)
     assert blob_key(diff_id, "lz4") in repo.remote.stat([blob_key(diff_id, "lz4")])
     assert list(receiver.stored) == [diff_id]
-    record = PushedLayer.from_record(repo.remote.get(pushed_key(digest(blob)[7:])), "record")
+    record = PushRecord.from_bytes(repo.remote.get(pushed_key(digest(blob))), "record")
     assert (record.blob_size, record.layer.oid, record.layer.size) == (len(blob), diff_id, len(tar))
     # a later push (another receiver) is told the remote has it, from the record alone
     again = PushReceiver(repo, {}, "lz4", str(tmp_path / "spool"), TAG)
@@ -243,6 +243,15 @@ def test_the_server_answers_on_loopback_and_stops(repo):
 ])
 def test_which_daemons_share_our_loopback_by_address(host, shares):
     assert _shares_our_loopback(host) is shares
+
+
+@pytest.mark.parametrize("host,shares", [("tcp://127.0.0.1:2376", True), ("tcp://docker.example.com:2376", False)])
+def test_a_daemon_reached_over_tls_shares_our_loopback_only_on_a_loopback_address(host, shares):
+    # TLS secures the API connection only: a daemon on our loopback reaches the endpoint (plain http on
+    # 127.0.0.1) as any other; one on another host cannot, and the engine keeps docker save / load for it.
+    daemon = Daemon(host, tls=tls_config(verify=False), api_version="1.41")     # a fixed version: no request made
+    assert daemon.api.base_url.startswith("https://")
+    assert daemon.reaches_our_loopback is shares
 
 
 def test_a_unix_socket_served_in_our_namespace_shares_our_loopback(tmp_path):

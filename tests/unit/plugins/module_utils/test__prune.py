@@ -282,7 +282,7 @@ def test_a_malformed_tag_stops_prune_before_anything_is_deleted(localrepo):
     localrepo.remote.put("repositories/app/_tags/1", b"\x00junk", overwrite=True)   # it may have named app:2
     before = all_keys(localrepo)
     message = (r"^prune refused: tag app:1 on %s does not hold a manifest digest; a malformed tag could name any "
-               r"stored image, so prune deletes nothing while one is there: fix it, or remove it \(dogestry_tags "
+               r"stored image, so prune deletes nothing while one is there: fix it, or remove it \(dogestry_tag "
                r"state=absent\), then prune again$" % localrepo.url)
     with pytest.raises(FormatError, match=message):
         execute_prune(localrepo, plan)

@@ -1,15 +1,18 @@
 """The registry API's pure request -> Response logic, over a directory remote (no sockets, no Docker)."""
 
 import hashlib
-import os
+import io
 import json
+import os
+import random
+import time
 
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._compress import encoder
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import BlobCorruptError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
-    LayerEntry, Manifest, OCI_MANIFEST_MEDIA_TYPE, blob_key, canonical_json, parse_image_ref, sha256_hex,
+    LayerEntry, Manifest, OCI_MANIFEST_MEDIA_TYPE, blob_key, canonical_json, object_key, parse_image_ref, sha256_hex,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._registry_api import (
     ApiError, RegistryApi, _held_back, accepts_oci, candidate_names, parse_range,
@@ -27,6 +30,8 @@ LAYER = bytes(range(256)) * 4096 + b"tail"        # 1 MiB + 4: crosses the 1 MiB
     ("bytes=5-100", 10, (5, 9)),
     ("bytes=-3", 10, (7, 9)),
     ("bytes=-30", 10, (0, 9)),
+    ("bytes=0-" + "9" * 5000, 10, (0, 9)),             # past Python's int() digit limit: still the whole blob
+    ("bytes=-" + "9" * 5000, 10, (0, 9)),
 ])
 def test_parse_range_satisfiable(header, size, expected):
     assert parse_range(header, size) == expected
@@ -35,6 +40,7 @@ def test_parse_range_satisfiable(header, size, expected):
 @pytest.mark.parametrize("header,size", [
     ("bytes=9-2", 10), ("bytes=10-", 10), ("bytes=99999999999999999999-", 10), ("bytes=-0", 10),
     ("bytes=-", 10), ("items=0-1", 10), ("bytes=0-1,3-4", 10), ("bytes=0-", 0),
+    ("bytes=" + "9" * 5000 + "-", 10), ("bytes=" + "1" * 5000 + "-" + "2" * 5000, 10),
 ])
 def test_parse_range_unsatisfiable_is_416(header, size):
     with pytest.raises(ApiError) as info:
@@ -159,11 +165,15 @@ def test_library_names_and_ns_find_familiar_names(api):
     ("/v2/Team/manifests/1", 400, "NAME_INVALID"),
     ("/v2/team/app/manifests/..", 400, "MANIFEST_INVALID"),
     ("/etc/passwd", 404, "NOT_FOUND"),
+    ("/v2/%s/manifests/1" % ("a" * 300), 400, "NAME_INVALID"),           # a component over NAME_MAX
+    ("/v2/%s/tags/list" % "/".join(["abcdefghij"] * 24), 400, "NAME_INVALID"),  # 263 characters
+    ("/v2/%s/blobs/sha256:%s" % ("b" * 256, "0" * 64), 400, "NAME_INVALID"),
 ])
 def test_bad_requests_get_spec_errors(api, path, status, code):
     response, headers, body = get(api[0], path)
     assert (response.status, error_code(body)) == (status, code)
     assert headers["Content-Type"] == "application/json"
+    assert api[0].repo.remote.root not in body.decode()        # no server path in an answer to a bad request
 
 
 def test_writes_are_refused(api):
@@ -223,7 +233,8 @@ def test_cache_serves_verified_layers_and_drops_a_corrupted_entry(api, tmp_path)
     cached = RegistryApi(api.repo, BlobCache(str(tmp_path / "cache"), 10 << 20, metrics.cache_hit,
                                              metrics.cache_miss), metrics)
     path = "/v2/team/app/blobs/sha256:" + layer.oid
-    assert get(cached, path)[2] == LAYER and blob_key(layer.oid, "lz4") in cached.cache
+    assert get(cached, path)[2] == LAYER
+    wait_until(lambda: blob_key(layer.oid, "lz4") in cached.cache, "-")     # kept once the fetch verified it
     entry = tmp_path / "cache" / (layer.oid + ".lz4")
     flip_byte_near_end(str(entry))
     with pytest.raises(BlobCorruptError):
@@ -232,7 +243,7 @@ def test_cache_serves_verified_layers_and_drops_a_corrupted_entry(api, tmp_path)
     assert get(cached, path)[2] == LAYER      # refetched from the remote
     metrics = get(cached, "/metrics")[2].decode()
     assert "dogestry_cache_hits_total 1.0" in metrics and "dogestry_cache_misses_total 2.0" in metrics
-    assert "dogestry_remote_errors_total 1.0" in metrics
+    assert "dogestry_remote_errors_total{kind=\"corrupt\"} 1.0" in metrics
 
 
 def test_corrupt_remote_layer_is_not_cached(api, tmp_path):
@@ -243,4 +254,134 @@ def test_corrupt_remote_layer_is_not_cached(api, tmp_path):
     cached = RegistryApi(api.repo, BlobCache(str(tmp_path / "cache"), 10 << 20))
     with pytest.raises(BlobCorruptError):
         get(cached, "/v2/team/app/blobs/sha256:" + layer.oid)
-    assert os.listdir(str(tmp_path / "cache")) == []
+    wait_until(lambda: os.listdir(str(tmp_path / "cache")) == [], "-")      # the fetch ended, and kept nothing
+
+
+@pytest.mark.parametrize("length,status", [("-5", 400), ("5x", 400), ("9" * 5000, 400), ("0x10", 400),
+                                           (str((64 << 30) + 1), 413)])
+def test_a_bad_content_length_is_refused_before_the_body_is_read(tmp_path, length, status):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._registry_push import RegistryWriter
+    repo = Repository(LocalRemote(str(tmp_path / "remote")))
+    repo.check(create=True)
+    writer = RegistryWriter(repo, str(tmp_path))
+    api = RegistryApi(repo, writer=writer)
+    body = io.BytesIO(b"hello")
+    try:
+        response = api.handle("POST", "/v2/team/app/blobs/uploads/", {"digest": "sha256:" + sha256_hex(b"hello")},
+                              {"content-length": [length]}, body=body)
+    finally:
+        writer.close()
+    assert response.status == status
+    assert error_code(response.body) == "SIZE_INVALID"
+    assert body.tell() == 0
+
+
+class CountingRemote(LocalRemote):
+    """A directory remote that counts the stored bytes read through it."""
+
+    def __init__(self, root):
+        LocalRemote.__init__(self, root)
+        self.bytes_read = 0
+
+    def open(self, key, size=None):
+        return _Counted(LocalRemote.open(self, key, size), self)
+
+
+class _Counted:
+    def __init__(self, handle, counter):
+        self._handle, self._counter = handle, counter
+
+    def read(self, size=-1):
+        data = self._handle.read(size)
+        self._counter.bytes_read += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._handle.close()
+
+
+def test_a_range_of_a_blob_stored_as_pushed_reads_only_that_range(tmp_path):
+    seed = 13
+    data = random.Random(seed).randbytes(6 << 20)
+    remote = CountingRemote(str(tmp_path / "remote"))
+    repo = Repository(remote)
+    repo.check(create=True)
+    digest = "sha256:" + sha256_hex(data)
+    remote.put(object_key(digest), data)
+    api = RegistryApi(repo)
+    get(api, "/v2/team/app/blobs/" + digest, method="HEAD")
+    for header, expected in (("bytes=0-0", data[:1]), ("bytes=5000000-5000009", data[5000000:5000010]),
+                             ("bytes=-3", data[-3:])):
+        remote.bytes_read = 0
+        response, headers, body = get(api, "/v2/team/app/blobs/" + digest, Range=header)
+        assert (response.status, body) == (206, expected), (seed, header)
+        assert remote.bytes_read == len(expected), (seed, header, remote.bytes_read)
+    assert get(api, "/v2/team/app/blobs/" + digest)[2] == data       # whole: read and verified
+
+
+def test_a_range_of_a_layer_decodes_only_up_to_its_end(tmp_path):
+    seed = 14
+    layer = random.Random(seed).randbytes(12 << 20)       # three 4 MiB lz4 blocks that do not shrink
+    remote = CountingRemote(str(tmp_path / "remote"))
+    repo = Repository(remote)
+    manifest, _config = _store(repo, "big:1", layer, "lz4")
+    stored = manifest.layers[0].stored_size
+    api = RegistryApi(repo)
+    path = "/v2/big/blobs/sha256:" + manifest.layers[0].oid
+    assert get(api, "/v2/big/manifests/1")[0].status == 200      # the image is known: what follows reads blobs only
+    remote.bytes_read = 0
+    response, _h, body = get(api, path, Range="bytes=0-0")
+    assert (response.status, body) == (206, layer[:1]) and remote.bytes_read < stored // 2, (seed, remote.bytes_read)
+    response, _h, body = get(api, path, Range="bytes=4194300-4194309")
+    assert (response.status, body) == (206, layer[4194300:4194310]), seed
+
+
+def test_a_range_of_a_layer_comes_from_a_verified_cache_entry(tmp_path):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._blob_cache import BlobCache
+    seed = 15
+    layer = random.Random(seed).randbytes(12 << 20)
+    remote = CountingRemote(str(tmp_path / "remote"))
+    repo = Repository(remote)
+    manifest, _config = _store(repo, "big:1", layer, "lz4")
+    stored = manifest.layers[0].stored_size
+    cache = BlobCache(str(tmp_path / "cache"), 100 << 20)
+    api = RegistryApi(repo, cache)
+    path = "/v2/big/blobs/sha256:" + manifest.layers[0].oid
+    assert get(api, "/v2/big/manifests/1")[0].status == 200      # the image is known: what follows reads blobs only
+    remote.bytes_read = 0
+    response, _h, body = get(api, path, Range="bytes=0-0")
+    assert (response.status, body) == (206, layer[:1]), seed
+    wait_until(lambda: blob_key(manifest.layers[0].oid, "lz4") in cache, seed)
+    assert remote.bytes_read == stored, (seed, remote.bytes_read, stored)     # fetched whole, once, and verified
+    for start in (0, 5 << 20, len(layer) - 10):
+        response, _h, body = get(api, path, Range="bytes=%d-%d" % (start, start + 9))
+        assert (response.status, body) == (206, layer[start:start + 10]), (seed, start)
+    assert remote.bytes_read == stored, seed          # every later range from the cache entry
+
+
+def test_a_range_of_a_corrupt_layer_is_never_sent_whole(tmp_path):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._blob_cache import BlobCache
+    repo = Repository(LocalRemote(str(tmp_path / "remote")))
+    manifest, _config = _store(repo, "big:1", LAYER, "lz4")
+    flip_byte_near_end(repo.remote._path(blob_key(manifest.layers[0].oid, "lz4")))
+    api = RegistryApi(repo, BlobCache(str(tmp_path / "cache"), 100 << 20))
+    response = api.handle("GET", "/v2/big/blobs/sha256:" + manifest.layers[0].oid, {}, {"range": ["bytes=0-99"]})
+    sent = []
+    with pytest.raises(BlobCorruptError):
+        for chunk in response.body:
+            sent.append(chunk)
+    assert len(b"".join(sent)) < 100
+    wait_until(lambda: os.listdir(str(tmp_path / "cache")) == [], "-")      # the fetch ended, and kept nothing
+
+
+def wait_until(condition, seed, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within %d s (seed %s)" % (seconds, seed)
+        time.sleep(0.05)

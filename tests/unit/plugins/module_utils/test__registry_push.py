@@ -13,12 +13,10 @@ import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import ImageReferenceError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
-    PUSHED_PREFIX, canonical_json, object_key, parse_image_ref,
+    PUSHED_PREFIX, PushRecord, canonical_json, object_key, parse_image_ref, pushed_key,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._registry_api import RegistryApi
-from ansible_collections.dogestry.dogestry.plugins.module_utils._registry_push import (
-    PushedLayer, RegistryWriter,
-)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._registry_push import RegistryWriter
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
 
@@ -320,11 +318,11 @@ def test_a_blob_that_claims_to_be_gzip_but_is_not_is_kept_as_pushed_only(api):
 def test_a_record_whose_layer_is_gone_is_not_trusted(api, tmp_path):
     image = Image()
     assert push(api, "app", "1", image)[0] == 201
-    record = PushedLayer.from_record(api.repo.remote.get(PUSHED_PREFIX + sha(image.blobs[1])[7:]), "test")
+    record = PushRecord.from_bytes(api.repo.remote.get(pushed_key(sha(image.blobs[1]))), "test")
     os.unlink(os.path.join(api.repo.remote.root, record.layer.key))
     fresh = RegistryWriter(Repository(api.repo.remote), str(tmp_path))
-    assert fresh.pushed_layer(sha(image.blobs[1])[7:]) is None       # so Docker uploads it again
-    assert fresh.pushed_layer(sha(image.blobs[0])[7:]).layer.oid == sha(image.tars[0])[7:]
+    assert fresh.pushed_layer(sha(image.blobs[1])) is None       # so Docker uploads it again
+    assert fresh.pushed_layer(sha(image.blobs[0])).layer.oid == sha(image.tars[0])[7:]
     fresh.close()
 
 
@@ -555,3 +553,286 @@ def test_hostile_oci_documents_are_refused_in_one_line(api, case):
     assert status == 400 and error["code"] in ("MANIFEST_INVALID", "DIGEST_INVALID", "NAME_INVALID"), error
     assert "\n" not in error["message"] and len(error["message"]) < 400
     assert api.repo.read_target(parse_image_ref("app:x")) is None
+
+
+# ---- integrity of what is stored as pushed (issue 16) ----------------------------------------
+
+def stored_path(api, key):
+    return os.path.join(api.repo.remote.root, key)
+
+
+def flip_byte(api, key, offset=100):
+    with open(stored_path(api, key), "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def truncate(api, key, keep):
+    with open(stored_path(api, key), "r+b") as f:
+        f.truncate(keep)
+
+
+def quarantined(api):
+    """Keys moved to quarantine/<time>/<key>, as the keys they had."""
+    return sorted(info.key.split("/", 2)[2] for info in api.repo.remote.list("quarantine/"))
+
+
+def test_verify_hashes_verbatim_blobs_and_repair_quarantines_the_damaged_ones(api):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._verify import verify
+    image = Image((os.urandom(3000), b"top" * 100))
+    assert push(api, "app", "1", image)[0] == 201
+    flipped, cut = object_key(sha(image.blobs[0])), object_key(sha(image.blobs[1]))
+    flip_byte(api, flipped)
+    truncate(api, cut, len(image.blobs[1]) - 10)
+    report = verify(api.repo)
+    assert {(p.kind, p.key, p.repairable) for p in report.problems} == {("corrupt", flipped, True), ("corrupt", cut, True)}
+    assert report.blobs == 2 and report.blobs_read == 2, report.result()
+    assert {p.key for p in verify(api.repo, sample=0).problems} == {cut}       # a sample of none checks sizes only
+    repaired = verify(api.repo, repair=True)
+    assert set(repaired.moved) == {flipped, cut} and quarantined(api) == sorted([flipped, cut])
+    for blob in image.blobs:        # the next push stores them anew
+        upload(api, "app", blob)
+    assert verify(api.repo).problems == []
+
+
+@pytest.mark.parametrize("damage", ["truncated layer", "appended to layer", "flipped byte in config"])
+def test_head_and_mount_never_vouch_for_a_damaged_blob(api, damage):
+    image = Image((os.urandom(2 << 20), b"top"))        # a layer too big to hash at every HEAD
+    assert push(api, "app", "1", image)[0] == 201
+    blob = image.config if "config" in damage else image.blobs[0]
+    key = object_key(sha(blob))
+    if damage == "truncated layer":
+        truncate(api, key, len(blob) - 7)
+    elif damage == "appended to layer":
+        with open(stored_path(api, key), "ab") as f:
+            f.write(b"junk")
+    else:
+        flip_byte(api, key, 5)
+    status, _h, _body = call(api, "HEAD", "/v2/app/blobs/" + sha(blob), None)
+    assert status == 404, "HEAD vouched for a damaged blob: Docker would skip sending it"
+    status, _h, _body = call(api, "POST", "/v2/other/blobs/uploads/", None, query={"mount": sha(blob), "from": "app"})
+    assert status == 202        # not mounted: an upload starts instead
+
+
+@pytest.mark.parametrize("damage", ["truncated layer", "flipped byte in config"])
+def test_a_damaged_blob_is_replaced_by_the_good_copy_a_client_uploads_again(api, damage):
+    image = Image((os.urandom(2 << 20), b"top"))
+    assert push(api, "app", "1", image)[0] == 201
+    blob = image.config if "config" in damage else image.blobs[0]
+    key = object_key(sha(blob))
+    if damage == "truncated layer":
+        truncate(api, key, len(blob) // 2)
+    else:
+        flip_byte(api, key, 5)
+    upload(api, "app", blob)
+    with open(stored_path(api, key), "rb") as f:
+        assert f.read() == blob, "the damaged copy stayed: the create-only store kept it"
+    assert quarantined(api) == [key]
+    assert call(api, "HEAD", "/v2/app/blobs/" + sha(blob), None)[0] == 200
+    assert call(api, "GET", "/v2/app/blobs/" + sha(blob), None)[2] == blob
+
+
+@pytest.mark.parametrize("case", ["size from a HEAD of the truncated blob", "size the client made up"])
+def test_a_manifest_whose_descriptor_size_differs_from_the_stored_blob_is_refused(api, case):
+    """Docker takes a blob's size from HEAD: a truncated blob once vouched for became a tag naming short data."""
+    image = Image((os.urandom(2 << 20), b"top"))
+    for blob in image.blobs + [image.config]:
+        upload(api, "app", blob)
+    doc = json.loads(image.manifest())
+    if case == "size from a HEAD of the truncated blob":
+        truncate(api, object_key(sha(image.blobs[0])), len(image.blobs[0]) - 100)
+        doc["layers"][0]["size"] = len(image.blobs[0]) - 100
+    else:
+        doc["layers"][1]["size"] += 1
+    status, _h, payload = call(api, "PUT", "/v2/app/manifests/1", json.dumps(doc).encode(),
+                               headers={"Content-Type": DOCKER_MANIFEST})
+    error = json.loads(payload)["errors"][0]
+    assert (status, error["code"]) == (400, "MANIFEST_BLOB_UNKNOWN"), payload
+    assert ("damaged" if "truncated" in case else "bytes") in error["message"] and "\n" not in error["message"]
+    assert api.repo.read_target(parse_image_ref("app:1")) is None
+
+
+def test_a_large_blob_stored_without_a_record_is_uploaded_once_more_then_vouched_for(api):
+    """A blob an earlier release stored (no push record) cannot be told whole from its size: HEAD says 404 once,
+    the client sends it, and the record written then answers the next HEAD."""
+    blob = os.urandom(2 << 20)      # not a layer: never decoded
+    upload(api, "app", blob)
+    for info in list(api.repo.remote.list("pushed/")):
+        api.repo.remote.delete(info.key)
+    fresh = RegistryApi(api.repo, writer=RegistryWriter(Repository(api.repo.remote), api.writer.spool))
+    assert call(fresh, "HEAD", "/v2/app/blobs/" + sha(blob), None)[0] == 404
+    upload(fresh, "app", blob)
+    assert quarantined(fresh) == []         # it was whole: kept, and recorded
+    status, headers, _body = call(fresh, "HEAD", "/v2/app/blobs/" + sha(blob), None)
+    assert status == 200 and headers["Content-Length"] == str(len(blob))
+    fresh.writer.close()
+
+
+def test_a_damaged_pre_existing_manifest_record_or_twin_is_replaced_before_the_tag_names_it(api):
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
+        Manifest, manifest_key, oci_manifest_key, referrer_key,
+    )
+    index, amd64, _arm64 = multi_platform(api)
+    repo = api.repo
+    image = platform_image("amd64", b"amd64 top")
+    twin_oid = repo.resolve("app:multi", ("linux", "amd64", None))[1]
+    sbom = artifact_for(api, "app", index, OCI_INDEX)
+    damaged = [oci_manifest_key(sha(amd64)), referrer_key(sha(index), sha(sbom)), manifest_key(twin_oid),
+               oci_manifest_key(sha(sbom))]
+    for key in damaged:
+        flip_byte(api, key, 3)
+    # The same content pushed again (a retag, a retry): what the tag reaches must be whole again.
+    assert call(api, "PUT", "/v2/app/manifests/amd64", amd64, headers={"Content-Type": OCI_MANIFEST})[0] == 201
+    assert call(api, "PUT", "/v2/app/manifests/sbom", sbom, headers={"Content-Type": OCI_MANIFEST})[0] == 201
+    assert sorted(quarantined(api)) == sorted(damaged)
+    assert call(api, "GET", "/v2/app/manifests/amd64", None)[2] == amd64
+    assert Manifest.from_bytes(repo.remote.get(manifest_key(twin_oid)), "twin").config_oid == sha(image.config)[7:]
+    listed = json.loads(call(api, "GET", "/v2/app/referrers/" + sha(index), None)[2])["manifests"]
+    assert [entry["digest"] for entry in listed] == [sha(sbom)]
+
+
+# ---- manifests under the lease/prune protocol -----------------------------------------------
+
+def _unclaimed_blobs_of(api, image):
+    """Upload an image's blobs and let their upload leases lapse, as if they were pushed long ago."""
+    now = [0.0]
+    api.writer.clock = lambda: now[0]
+    for blob in image.blobs + [image.config]:
+        upload(api, "app", blob)
+    now[0] = 2 * 3600.0
+    api.writer._expire()
+    assert list(api.repo.remote.list("leases/")) == []
+
+
+def test_a_prune_running_while_a_manifest_is_put_cannot_take_the_blobs_it_names(api):
+    """The client skipped sending blobs that HEAD vouched for; a prune that found them unreferenced must not
+    delete them between the manifest's checks and its tag."""
+    import time
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import execute_prune, plan_prune
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._verify import verify
+    image = Image()
+    _unclaimed_blobs_of(api, image)
+    repo = api.repo
+    plan = plan_prune(repo, 3600, now=time.time() + 2 * 3600)
+    assert len(plan.garbage["blobs"]) == 5, plan.result()     # 2 pushed layers, their 2 decoded copies, the config
+    put, pruned = repo.remote.put, []
+
+    def put_then_prune(key, data, overwrite=False):
+        if key.startswith("oci-manifests/") and not pruned:        # the prune deletes right after the checks
+            pruned.append(execute_prune(repo, plan))
+        return put(key, data, overwrite)
+    repo.remote.put = put_then_prune
+    status, _h, payload = call(api, "PUT", "/v2/app/manifests/1", image.manifest(), headers={"Content-Type": DOCKER_MANIFEST})
+    assert status == 201, payload
+    assert pruned and pruned[0]["deleted"]["blobs"] == [], pruned[0]["deleted"]
+    assert verify(repo).problems == []
+    for blob in image.blobs + [image.config]:
+        assert call(api, "GET", "/v2/app/blobs/" + sha(blob), None)[2] == blob
+    assert list(repo.remote.list("leases/")) == []      # the manifest's lease went with its tag
+
+
+def test_a_blob_a_prune_took_before_the_manifest_lease_fails_the_put_with_no_tag(api):
+    image = Image()
+    _unclaimed_blobs_of(api, image)
+    repo = api.repo
+    put, gone = repo.remote.put, object_key(sha(image.blobs[1]))
+
+    def prune_finished_just_before(key, data, overwrite=False):
+        if key.startswith("leases/"):
+            repo.remote.delete(gone)
+        return put(key, data, overwrite)
+    repo.remote.put = prune_finished_just_before
+    status, _h, payload = call(api, "PUT", "/v2/app/manifests/1", image.manifest(), headers={"Content-Type": DOCKER_MANIFEST})
+    assert status == 503 and b"run the push again" in payload, payload
+    assert repo.read_target(parse_image_ref("app:1")) is None
+    assert list(repo.remote.list("oci-manifests/")) == [] and list(repo.remote.list("leases/")) == []
+
+
+def test_prune_after_a_sha512_upload_keeps_the_blob_while_its_lease_lives(api):
+    import time
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import LEASE_TTL, execute_prune, plan_prune
+    blob = os.urandom(5000)
+    digest = "sha512:" + hashlib.sha512(blob).hexdigest()
+    assert call(api, "POST", "/v2/app/blobs/uploads/", blob, query={"digest": digest})[0] == 201
+    repo = api.repo
+    plan = plan_prune(repo, 3600, now=time.time() + 2 * 3600)
+    assert object_key(digest) not in plan.result()["deleted"]["blobs"]
+    execute_prune(repo, plan)
+    assert call(api, "GET", "/v2/app/blobs/" + digest, None)[2] == blob
+    expired = plan_prune(repo, 3600, now=time.time() + LEASE_TTL + 2 * 3600)      # no manifest ever claimed it
+    assert object_key(digest) in expired.result()["deleted"]["blobs"]
+
+
+# ---- bombs and the spool ----------------------------------------------------------------------
+
+def gzip_bomb(members):
+    """`members` gzip members of 64 MiB of zeros each (64 KiB apiece): a valid multi-member gzip stream."""
+    return gzip.compress(b"\0" * (64 << 20), compresslevel=9, mtime=0) * members
+
+
+def test_a_gzip_bomb_pushed_as_a_layer_is_kept_as_pushed_but_not_decoded_in_full(api):
+    bomb = gzip_bomb(32)            # 2 MiB that would decode to 2 GiB
+    assert len(bomb) < 3 << 20
+    upload(api, "app", bomb)
+    assert call(api, "HEAD", "/v2/app/blobs/" + sha(bomb), None)[0] == 200
+    stored = [info.key for info in api.repo.remote.list("blobs/")]
+    assert stored == [object_key(sha(bomb))], "no decoded copy of the bomb is stored"
+    assert PushRecord.from_bytes(api.repo.remote.get(pushed_key(sha(bomb))), "record") == PushRecord(len(bomb))
+
+
+def test_uploads_share_a_spool_budget(tmp_path):
+    repo = Repository(LocalRemote(str(tmp_path / "remote")))
+    writer = RegistryWriter(repo, str(tmp_path), spool_budget=10000)
+    api = RegistryApi(repo, writer=writer)
+    first = call(api, "POST", "/v2/app/blobs/uploads/")[1]["Location"]
+    blob = os.urandom(6000)
+    assert call(api, "PATCH", first, blob)[0] == 202
+    second = call(api, "POST", "/v2/app/blobs/uploads/")[1]["Location"]
+    status, headers, body = call(api, "PATCH", second, os.urandom(5000))
+    assert (status, json.loads(body)["errors"][0]["code"]) == (429, "TOOMANYREQUESTS") and "Retry-After" in headers
+    assert call(api, "GET", second, None)[0] == 404         # refused and dropped: the client starts again
+    big = os.urandom(10001)
+    status, _h, body = call(api, "POST", "/v2/app/blobs/uploads/", big, query={"digest": sha(big)})
+    assert status == 507 and b"budget" in body, body        # could never fit
+    assert call(api, "PUT", first, b"", query={"digest": sha(blob)})[0] == 201
+    upload(api, "app", os.urandom(5000))                    # room again once the first upload was stored
+    assert os.listdir(writer.spool) == []
+    writer.close()
+
+
+def test_an_abandoned_upload_is_freed_after_ten_idle_minutes_whatever_request_comes_next(api):
+    now = [0.0]
+    api.writer.clock = lambda: now[0]
+    abandoned = call(api, "POST", "/v2/app/blobs/uploads/")[1]["Location"]
+    assert call(api, "PATCH", abandoned, os.urandom(1000))[0] == 202
+    going_on = call(api, "POST", "/v2/app/blobs/uploads/")[1]["Location"]
+    now[0] = 550.0
+    assert call(api, "PATCH", going_on, os.urandom(1000))[0] == 202
+    now[0] = 601.0
+    assert call(api, "PATCH", going_on, os.urandom(1000))[0] == 202
+    assert call(api, "GET", abandoned, None)[0] == 404
+    assert os.listdir(api.writer.spool) == ["upload-" + going_on.rsplit("/", 1)[1]]
+
+
+def test_a_multi_member_gzip_layer_is_decoded_whole(api):
+    """pigz -i and eStargz write a layer as several gzip members; Go's gzip reader (Docker's) reads them all."""
+    image = Image((os.urandom(3000), b"top" * 100))
+    tar = image.tars[0]
+    image.blobs[0] = gzip.compress(tar[:2048], mtime=0) + gzip.compress(tar[2048:], mtime=0)
+    assert push(api, "app", "1", image)[0] == 201
+    manifest = api.repo.read_manifest(api.repo.resolve("app:1")[1])
+    assert manifest.layers[0].oid == sha(tar)[7:]
+
+
+def test_a_raw_layer_dogestry_push_stored_is_vouched_for_by_its_manifest_not_a_record(api, tmp_path):
+    from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
+    big = layer_tar("big", os.urandom(2 << 20))
+    _oid, manifest = store_image(api.repo, "thin:1", [big])
+    fresh = RegistryApi(api.repo, writer=RegistryWriter(Repository(api.repo.remote), str(tmp_path)))
+    status, headers, _body = call(fresh, "HEAD", "/v2/thin/blobs/" + sha(big), None)
+    assert status == 200 and headers["Content-Length"] == str(len(big))
+    truncate(api, manifest.layers[0].key, len(big) - 1)
+    assert call(fresh, "HEAD", "/v2/thin/blobs/" + sha(big), None)[0] == 404
+    fresh.writer.close()

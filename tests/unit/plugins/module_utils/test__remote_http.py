@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from conftest import replay
+
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
     FormatError, RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
 )
@@ -191,7 +193,7 @@ def test_a_dripping_server_is_cut_off(hostile, monkeypatch):
     with pytest.raises(RemoteError, match=r"^reading http://127.0.0.1:\d+/drip: \d+ bytes in \d s, under 16 KiB/s: "
                                           r"the server is stalling, aborted$"):
         HttpRemote(hostile[0]).get("drip")
-    assert time.monotonic() - started < 5     # not the 100 s the body would take
+    assert time.monotonic() - started < 50    # cut off, not the 100 s the body would take (a margin a busy machine keeps)
 
 
 @pytest.fixture
@@ -257,14 +259,15 @@ def test_client_errors_are_not_retried(cdn, waits):
     assert len(server.requests) == 1 and waits == []
 
 
-def test_a_seeded_storm_of_faults_still_reads_every_byte(cdn):
-    seed = int.from_bytes(os.urandom(4), "big")
-    server = cdn(seed=seed, rates={"503": 0.2, "reset": 0.2, "truncate": 0.2})
+def test_a_seeded_storm_of_faults_still_reads_every_byte(cdn, fault_seed):
+    server = cdn(seed=fault_seed, rates={"503": 0.2, "reset": 0.2, "truncate": 0.2})
     data = open(os.path.join(server.root, "blob"), "rb").read()
     remote = HttpRemote(server.url)
-    for _round in range(10):
-        assert remote.get("blob") == data, "seed %d" % seed
-    assert set(server.injected) == {"503", "reset", "truncate"}, "seed %d: %s" % (seed, server.injected)
+    rounds = 0
+    while set(server.injected) != {"503", "reset", "truncate"}:     # until the storm has tried every kind
+        assert rounds < 200, "%s: %s" % (replay(fault_seed), server.injected)
+        assert remote.get("blob") == data, replay(fault_seed)
+        rounds += 1
 
 
 def test_a_ticket_fetched_over_https_may_not_send_objects_over_http():
