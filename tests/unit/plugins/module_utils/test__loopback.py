@@ -105,6 +105,18 @@ def test_a_record_whose_layer_is_gone_is_not_trusted(repo, receiver):
     assert call(fresh, "HEAD", "/v2/%s/blobs/%s" % (ENGINE_NAME, digest(blob)))[0] == 404
 
 
+def test_a_size_only_record_of_the_registry_api_names_no_layer_so_docker_must_send_the_blob(repo, receiver):
+    # The registry API writes {"blob_size": N} for a blob it kept as pushed without decoding it (not a layer, or a
+    # bomb): the same pushed/ key, but no layer this endpoint could put in the image's manifest.
+    blob = gzip.compress(layer_tar(b"w" * 5000))
+    repo.remote.put(pushed_key(digest(blob)), PushRecord(len(blob)).to_bytes())
+    status, _headers, _body = call(receiver, "HEAD", "/v2/%s/blobs/%s" % (ENGINE_NAME, digest(blob)))
+    assert status == 404, "a size-only record answered HEAD with %d" % status
+    assert push_blob(receiver, blob)[0] == 201
+    record = PushRecord.from_bytes(repo.remote.get(pushed_key(digest(blob))), "record")
+    assert record.layer is not None and record.layer.oid in receiver.stored      # the layer record replaces it
+
+
 def test_a_blob_that_is_not_what_its_digest_says_is_refused_and_nothing_is_stored(repo, receiver):
     blob = gzip.compress(layer_tar(b"y" * 5000))
     status, headers, _body = call(receiver, "POST", "/v2/%s/blobs/uploads/" % ENGINE_NAME)
