@@ -20,7 +20,7 @@ description:
     Python package C(cheroot) is installed, Docker's own pull fetches the image from an endpoint the
     module opens on 127.0.0.1 for the task, instead of C(docker load), each layer verified as it streams.
     A daemon on another host (C(docker_host) tcp:// or ssh:// to another address, with TLS or without) cannot
-    reach that endpoint: there the module uses C(docker load), as on the classic image store.
+    reach that endpoint, so there the module uses C(docker load), as on the classic image store.
   - Pulling an image the daemon already has under the tag changes nothing.
 extends_documentation_fragment:
   - dogestry.dogestry.remote

@@ -19,7 +19,7 @@ description:
     opens on 127.0.0.1 for the task, instead of C(docker save); Docker then sends only the layers the
     remote lacks. The result and what is stored are the same.
     A daemon on another host (C(docker_host) tcp:// or ssh:// to another address, with TLS or without) cannot
-    reach that endpoint: there the module uses C(docker save), as on the classic image store.
+    reach that endpoint, so there the module uses C(docker save), as on the classic image store.
   - Blobs are written first, then the image config and manifest, then the tag, so a tag never
     points at incomplete data, even when a push is interrupted.
 extends_documentation_fragment:
