@@ -263,7 +263,11 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
         return _tag_existing(repo, plan, result)
     uploaded: Dict[str, int] = {}
     export = _push_through_daemon if plan.via_daemon else _save_and_upload
-    saved = export(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded, progress)
+    try:
+        saved = export(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded, progress)
+    except _EndpointUnreachable:
+        plan.via_daemon, export = False, _save_and_upload
+        saved = export(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded, progress)
     if saved.diff_ids != plan.diff_ids or plan.image_id not in (None, "sha256:" + saved.config_oid):
         raise DockerError("image %s changed while it was being pushed (now sha256:%s): run the push again"
                           % (plan.source, saved.config_oid))
@@ -338,7 +342,9 @@ def _push_through_daemon(daemon: Daemon, repo: Repository, plan: PushPlan, wante
             tidying = _drop_stale_names(daemon, server, "%s:%s" % (target, tag))
             try:
                 daemon.push(target, tag)
-            except DockerError:
+            except DockerError as exc:
+                if not server.requests:
+                    raise _EndpointUnreachable(exc)
                 if receiver.failures:   # Docker's message names a status code; ours says what was wrong
                     raise DockerError("Docker daemon %s: the push of %s failed: %s"
                                       % (daemon.host, plan.source, receiver.failures[0]))
@@ -505,7 +511,12 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
             result.update(bytes_transferred=0, reason=plan.describe(done=True))
         return result
     if plan.via_daemon:
-        fetched = _pull_through_daemon(daemon, repo, plan, progress)
+        try:
+            fetched = _pull_through_daemon(daemon, repo, plan, progress)
+        except _EndpointUnreachable:
+            plan.via_daemon, plan._layers = False, None     # plan again, for docker load
+            fetched = None
+    if plan.via_daemon:
         plan.moved(fetched)     # what Docker fetched: what check mode's plan predicts, by the same rule
         result = plan.result()
         info = daemon.inspect(plan.daemon_image_id)
@@ -527,6 +538,12 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
     return result
 
 
+class _EndpointUnreachable(Exception):
+    """Docker's push or pull failed without one request reaching the loopback endpoint: the daemon's 127.0.0.1
+    is not ours after all (a tcp:// address on our loopback that forwards to a daemon elsewhere). Nothing was
+    moved, so the operation goes the docker save / docker load way instead."""
+
+
 def _unique_layers(layers: List[LayerEntry]) -> List[LayerEntry]:
     return list({layer.oid: layer for layer in layers}.values())
 
@@ -544,7 +561,9 @@ def _pull_through_daemon(daemon: Daemon, repo: Repository, plan: PullPlan,
         tidying = _drop_stale_names(daemon, server, "%s@%s" % (source, app.digest))
         try:
             daemon.pull(source, app.digest)
-        except DockerError:
+        except DockerError as exc:
+            if not server.requests:
+                raise _EndpointUnreachable(exc)
             if app.failures:    # what Docker reports is a cut connection: say why it was cut
                 failure = app.failures[0]
                 if isinstance(failure, RemoteNotFoundError):

@@ -78,7 +78,7 @@ class LoopbackServer:
         for port in ports:
             # Docker opens a dozen connections at once (each request tries TLS first, then plain http):
             # cheroot's default listen backlog of 5 drops some, and a dropped SYN costs a 1 s retransmit.
-            self._server = cheroot_wsgi.Server(("127.0.0.1", port), app, numthreads=threads, server_name="dogestry",
+            self._server = cheroot_wsgi.Server(("127.0.0.1", port), self._counted(app), numthreads=threads, server_name="dogestry",
                                                timeout=60, request_queue_size=BACKLOG)
             self._server.stats["Enabled"] = False
             self._server.error_log = _quiet     # a body cut short is reported by the engine, in one line
@@ -95,6 +95,14 @@ class LoopbackServer:
         self.host = "127.0.0.1:%d" % self._server.bind_addr[1]
         self._thread = threading.Thread(target=self._server.serve, name="dogestry-loopback", daemon=True)
         self._thread.start()
+
+    requests = 0        # HTTP requests the daemon made: none after a failed push or pull means it never reached us
+
+    def _counted(self, app):
+        def counted(environ, start_response):
+            self.requests += 1
+            return app(environ, start_response)
+        return counted
 
     def close(self) -> None:
         self._server.stop()

@@ -21,6 +21,8 @@ description:
     module opens on 127.0.0.1 for the task, instead of C(docker load), each layer verified as it streams.
     A daemon on another host (C(docker_host) tcp:// or ssh:// to another address, with TLS or without) cannot
     reach that endpoint, so there the module uses C(docker load), as on the classic image store.
+    So it does when Docker fails without reaching the endpoint (a tcp:// address on this host that forwards to a
+    daemon elsewhere), before anything was moved.
   - Pulling an image the daemon already has under the tag changes nothing.
 extends_documentation_fragment:
   - dogestry.dogestry.remote

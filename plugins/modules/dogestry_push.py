@@ -20,6 +20,8 @@ description:
     remote lacks. The result and what is stored are the same.
     A daemon on another host (C(docker_host) tcp:// or ssh:// to another address, with TLS or without) cannot
     reach that endpoint, so there the module uses C(docker save), as on the classic image store.
+    So it does when Docker fails without reaching the endpoint (a tcp:// address on this host that forwards to a
+    daemon elsewhere), before anything was moved.
   - Blobs are written first, then the image config and manifest, then the tag, so a tag never
     points at incomplete data, even when a push is interrupted.
 extends_documentation_fragment:
