@@ -7,11 +7,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 import ssl
+import struct
 import traceback
 from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from urllib.parse import urlsplit
 
 try:
     import docker
@@ -33,8 +37,10 @@ except ImportError:
 
 from ._errors import DockerError, DogestryError
 from ._format import chain_ids, parse_digest
+from ._transfer import parallel_map
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+INSPECT_JOBS = 8        # image inspects in flight at once (the SDK keeps up to 10 connections to a daemon)
 # Set on the index.json descriptor of every image dogestry loads into the containerd image store:
 # its layers are then in the content store as uncompressed blobs named by their diff_ids, which
 # later loads may leave out (inspect shows a descriptor's annotations).
@@ -182,15 +188,18 @@ class Daemon:
         return (str(info.get("OSType") or "linux"),) + OCI_ARCHITECTURES.get(machine, (machine, None))
 
     def _all_images(self) -> Iterator[Dict]:
+        """Every image's inspect document, several requests at once (a pull plans with all of them)."""
         try:
-            image_ids = {image["Id"] for image in self.api.images(all=True)}
+            image_ids = sorted({image["Id"] for image in self.api.images(all=True)})
         except DockerException as exc:
             raise self._fail("listing images", exc)
-        for image_id in image_ids:
+
+        def inspect(image_id):
             try:
-                yield self.api.inspect_image(image_id)
+                return self.api.inspect_image(image_id)
             except DockerException:
-                continue    # removed since the listing (`docker image prune` running meanwhile): not there
+                return None     # removed since the listing (`docker image prune` running meanwhile): not there
+        return (info for info in parallel_map(inspect, image_ids, INSPECT_JOBS) if info is not None)
 
     def present_layer_blobs(self) -> Set[str]:
         """Containerd store: diff_ids whose uncompressed blob the content store holds, as far as we can
@@ -212,6 +221,53 @@ class Daemon:
         for info in self._all_images():
             found.update(chain_ids(image_layers(info)))
         return found
+
+    @property
+    def reaches_our_loopback(self) -> bool:
+        """Whether the daemon's 127.0.0.1 is ours, so that a registry endpoint we open there is one it can
+        push to and pull from: a daemon reached over our loopback, or through a unix socket whose
+        listener lives in our network namespace. Anything else (a remote host, ssh, a daemon in
+        another namespace, a namespace we may not inspect) is not assumed to."""
+        if not hasattr(self, "_reaches_loopback"):
+            self._reaches_loopback = _shares_our_loopback(self.host)
+        return self._reaches_loopback
+
+    def push(self, repository: str, tag: str) -> None:
+        """`docker push repository:tag` (a registry on 127.0.0.0/8: plain http, no credentials)."""
+        try:
+            events = self.api.push(repository, tag=tag, stream=True, decode=True)
+            _raise_on_error(events, "docker push of %s:%s" % (repository, tag), self.host)
+        except DockerException as exc:
+            raise self._fail("docker push of %s:%s" % (repository, tag), exc)
+
+    def pull(self, repository: str, reference: str) -> None:
+        """`docker pull repository@digest` (or :tag)."""
+        what = "docker pull of %s%s%s" % (repository, "@" if ":" in reference else ":", reference)
+        try:
+            events = self.api.pull(repository, tag=reference, stream=True, decode=True)
+            _raise_on_error(events, what, self.host)
+        except DockerException as exc:
+            raise self._fail(what, exc)
+
+    def names_under(self, repository: str) -> List[str]:
+        """The names of images in `repository` (host:port/path): its tags, and the name@digest of a pull by
+        digest on the containerd store (both are RepoTags; RepoDigests only describe, and removing one
+        would remove every name of the image in that repository)."""
+        try:
+            images = self.api.images(name=repository)
+        except DockerException as exc:
+            raise self._fail("listing images of %s" % repository, exc)
+        return sorted({name for image in images for name in image.get("RepoTags") or []
+                       if name.startswith(repository + ":") or name.startswith(repository + "@")})
+
+    def untag(self, ref: str) -> None:
+        """Remove one name of an image (the image stays while another name or a container holds it)."""
+        try:
+            self.api.remove_image(ref, noprune=True)
+        except (ImageNotFound, NotFound):
+            pass
+        except DockerException as exc:
+            raise self._fail("removing the name %s" % ref, exc)
 
     def save(self, ref: str) -> Iterator[bytes]:
         try:
@@ -245,6 +301,34 @@ class Daemon:
             pass
         except DockerException as exc:
             raise self._fail("removing %s" % ref, exc)
+
+
+def _raise_on_error(events, what: str, host: str) -> None:
+    for event in events:
+        if isinstance(event, dict) and (event.get("error") or event.get("errorDetail")):
+            detail = event.get("error") or (event.get("errorDetail") or {}).get("message")
+            raise DockerError("Docker daemon %s: %s failed: %s" % (host, what, " ".join(str(detail).split())))
+
+
+def _shares_our_loopback(host: str) -> bool:
+    scheme, _sep, rest = host.partition("://")
+    if scheme in ("tcp", "http", "https"):
+        hostname = urlsplit("%s://%s" % (scheme, rest)).hostname or ""
+        try:
+            return hostname == "localhost" or ipaddress.ip_address(hostname).is_loopback
+        except ValueError:
+            return False
+    if scheme != "unix" or not hasattr(socket, "SO_PEERCRED"):
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect("/" + rest.lstrip("/"))
+            pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        theirs, ours = os.stat("/proc/%d/ns/net" % pid), os.stat("/proc/self/ns/net")
+    except OSError:     # no such socket, or (not root) the daemon's namespace may not be inspected
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 # uname -m (what `docker info` reports) -> OCI (architecture, variant)

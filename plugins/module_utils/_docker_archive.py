@@ -20,7 +20,6 @@ import json
 import os
 import posixpath
 import tarfile
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Set
 
@@ -31,6 +30,7 @@ except ImportError:
     HAS_ZSTD = False
 
 from ._compress import decoder, encoder
+from ._decode import gzip_decompressobj, read_ahead
 from ._errors import BlobCorruptError, FormatError
 from ._format import diff_ids_of_config, full_name, sha256_hex
 from ._remote import unlink_quietly
@@ -131,7 +131,7 @@ def _gunzipped(data: bytes, reader, what: str) -> Iterator[bytes]:
     """Every member of a gzip stream, as Go's reader (Docker's) takes it: pigz -i and eStargz write several.
     Output comes in pieces of at most CHUNK (gzip bombs exist); anything after a member but another
     member is refused, and so is a stream that ends inside one."""
-    inflate = zlib.decompressobj(wbits=31)
+    inflate = gzip_decompressobj()
     while True:
         if not data:
             data = reader.read(CHUNK)
@@ -156,7 +156,7 @@ def _gunzipped(data: bytes, reader, what: str) -> Iterator[bytes]:
                 return
             if not data.startswith(_GZIP_MAGIC):
                 raise FormatError("%s has data after the end of its gzip stream" % what)
-            inflate = zlib.decompressobj(wbits=31)
+            inflate = gzip_decompressobj()
     raise FormatError("%s ends in the middle of a gzip member (truncated)" % what)
 
 
@@ -172,7 +172,7 @@ def spool_layer(reader, what: str, encoding: str, spool_dir: str, limit: Optiona
     try:
         with open(path, "wb") as out:
             fd = out
-            for raw in _decoded_chunks(counted, what):
+            for raw in read_ahead(_decoded_chunks(counted, what)):     # inflating on another core
                 digest.update(raw)
                 size += len(raw)
                 ceiling = min(limit.max_size, limit.ratio * counted.count + limit.floor) if limit else size

@@ -10,6 +10,11 @@ hash/encode/spool each missing layer -> upload in parallel -> config -> manifest
 Pull: tag -> manifest -> config (verified) -> plan by ChainID -> stream each missing layer
 (S3: parallel ranged GETs) -> verify while streaming into docker load (manifest.json last) -> tag.
 
+On Docker's containerd image store, when the daemon shares our loopback, both go through Docker's own
+push and pull instead of `docker save` / `docker load` (slow on that store): the engine serves the
+remote to the daemon on 127.0.0.1 for the operation (_loopback), so Docker sends only the layers the
+remote lacks and fetches only those it lacks; what is stored, and in which order, is the same.
+
 Every plan has a `reason`: a sentence saying what a real run would change, or None; the result of
 a real run carries `describe(done=True)`, the same sentence saying what was done.
 """
@@ -17,18 +22,20 @@ a real run carries `describe(done=True)`, the same sentence saying what was done
 from __future__ import annotations
 
 import shutil
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ._docker import LOADED_BY_DOGESTRY, Daemon, image_layers
-from ._docker_archive import LoadLayer, load_stream, oci_load_stream, read_save_stream
+from ._docker_archive import LoadLayer, SavedImage, load_stream, oci_load_stream, read_save_stream
 from ._errors import (
-    BlobCorruptError, DockerError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError, RemoteNotFoundError,
+    BlobCorruptError, DockerError, DogestryError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError, RemoteNotFoundError,
 )
 from ._format import (
-    ENCODINGS, MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, LayerEntry, Manifest, blob_key, chain_ids, looks_like_id_prefix,
-    parse_digest, parse_image_ref, sha256_hex,
+    ENCODINGS, IMAGE_MANIFEST_MEDIA_TYPES, MANIFEST_MEDIA_TYPE, Descriptor, ImageRef, LayerEntry, Manifest, blob_key,
+    chain_ids, looks_like_id_prefix, parse_digest, parse_image_ref, sha256_hex,
 )
+from ._loopback import ENGINE_NAME, ENGINE_PORT, HAS_CHEROOT, LoopbackServer, PullServer, PushReceiver, only_under, private_tag
 from ._prune import drop_lease, push_lease
 from ._remote import temp_dir_for
 from ._repository import READ_JOBS, Repository, Target
@@ -66,6 +73,7 @@ class PushPlan:
     up_to_date: bool = False
     current_image_id: Optional[str] = None     # image the remote tag points at now
     same_as: Optional[ImageRef] = None         # an earlier plan of this run stores the image: tag only
+    via_daemon: bool = False                   # Docker pushes it into the engine's loopback endpoint
 
     @property
     def config_oid(self) -> Optional[str]:
@@ -130,6 +138,8 @@ def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
         raise ImageReferenceError("%s is an image ID prefix, not a name: push by name:tag (docker tag %s name:tag)"
                                   % (source, source))
     plan = PushPlan(source, ref, info["Id"], image_layers(info), None, None, info["Id"], daemon.containerd_store)
+    plan.via_daemon = plan.containerd and _serves_daemon(daemon) and \
+        (info.get("Descriptor") or {}).get("mediaType") in IMAGE_MANIFEST_MEDIA_TYPES      # an index: docker save
     found = {}
     if _remote_exists(repo):
         plan.current = repo.read_tag(ref)
@@ -155,6 +165,13 @@ def plan_push(daemon: Daemon, repo: Repository, source: str) -> PushPlan:
         plan.image_id = None
     plan.config_missing = plan.image_id is None or blob_key(plan.config_oid) not in found
     return _plan_layers(plan, found)
+
+
+def _serves_daemon(daemon: Daemon) -> bool:
+    """Whether the engine can serve the remote to the daemon as a registry (_loopback): on the containerd
+    store its push and pull move only what is missing, where `docker save` / `docker load` move the whole
+    image slowly. On the classic store those are faster than Docker's push (which gzips every layer)."""
+    return HAS_CHEROOT and daemon.containerd_store and daemon.reaches_our_loopback
 
 
 def _plan_layers(plan: PushPlan, found) -> PushPlan:
@@ -245,7 +262,12 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
     if plan.existing:
         return _tag_existing(repo, plan, result)
     uploaded: Dict[str, int] = {}
-    saved = _save_and_upload(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded, progress)
+    export = _push_through_daemon if plan.via_daemon else _save_and_upload
+    try:
+        saved = export(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded, progress)
+    except _EndpointUnreachable:
+        plan.via_daemon, export = False, _save_and_upload
+        saved = export(daemon, repo, plan, set(plan.missing), compression, jobs, uploaded, progress)
     if saved.diff_ids != plan.diff_ids or plan.image_id not in (None, "sha256:" + saved.config_oid):
         raise DockerError("image %s changed while it was being pushed (now sha256:%s): run the push again"
                           % (plan.source, saved.config_oid))
@@ -257,10 +279,10 @@ def _write_image(daemon: Daemon, repo: Repository, plan: PushPlan, compression: 
     damaged = damaged_reused_layers(repo, plan.present, saved.sizes)
     if damaged:
         # Stored copies that cannot be this layer: move them aside and upload the layer again
-        # (a second pass over `docker save`, in this rare case only).
+        # (a second pass over `docker save`, or a second push by Docker, in this rare case only).
         for oid in damaged:
             repo.quarantine(plan.present.pop(oid).key)
-        again = _save_and_upload(daemon, repo, plan, set(damaged), compression, jobs, uploaded, progress)
+        again = export(daemon, repo, plan, set(damaged), compression, jobs, uploaded, progress)
         saved.layers.update(again.layers)
         plan.missing.extend(damaged)
         result.update(plan.result(), layers_repaired=["sha256:" + oid for oid in damaged])
@@ -305,6 +327,50 @@ def _save_and_upload(daemon: Daemon, repo: Repository, plan: PushPlan, wanted, c
     return saved
 
 
+def _push_through_daemon(daemon: Daemon, repo: Repository, plan: PushPlan, wanted, compression: str, _jobs: int,
+                         uploaded: Dict[str, int], progress: Callable[[str, int], None]) -> SavedImage:
+    """Docker's own push into the engine's loopback endpoint (containerd store): Docker sends only the
+    layers whose pushed digest the remote does not vouch for, compressed as it keeps them; each is
+    decoded while it arrives and stored by diff_id. Returns what `docker save` would have told."""
+    spool = temp_dir_for(repo.remote)
+    tag = private_tag()
+    receiver = PushReceiver(repo, plan.present, compression, spool, tag, on_stored=progress)
+    try:
+        with LoopbackServer(only_under(ENGINE_NAME, receiver)) as server:
+            target = "%s/%s" % (server.host, ENGINE_NAME)
+            daemon.tag(plan.daemon_id, target, tag)
+            tidying = _drop_stale_names(daemon, server, "%s:%s" % (target, tag))
+            try:
+                daemon.push(target, tag)
+            except DockerError as exc:
+                if not server.requests:
+                    raise _EndpointUnreachable(exc)
+                if receiver.failures:   # Docker's message names a status code; ours says what was wrong
+                    raise DockerError("Docker daemon %s: the push of %s failed: %s"
+                                      % (daemon.host, plan.source, receiver.failures[0]))
+                raise
+            finally:
+                daemon.untag("%s:%s" % (target, tag))
+                if tidying is not None:
+                    tidying.join()
+        _manifest, config, layers = receiver.image(lambda config_hex: repo.remote.get(blob_key(config_hex)))
+    except FormatError as exc:
+        raise DockerError("Docker daemon %s: the push of %s sent something other than one whole image: %s"
+                          % (daemon.host, plan.source, exc))
+    except OSError as exc:      # the spool's filesystem: full, read-only, gone
+        raise RemoteError("spooling %s into %s failed: %s" % (plan.source, spool, exc.strerror or exc))
+    finally:
+        receiver.close()
+        shutil.rmtree(spool, ignore_errors=True)
+    uploaded.update(receiver.stored)
+    pushed_id = "sha256:" + sha256_hex(receiver.manifest)
+    if pushed_id != plan.daemon_id:
+        raise DockerError("image %s changed while it was being pushed (now %s): run the push again" % (plan.source, pushed_id))
+    diff_ids = [layer.oid for layer in layers]
+    return SavedImage(sha256_hex(config), config, diff_ids, [], {layer.oid: layer.size for layer in layers},
+                      {layer.oid: layer for layer in layers if layer.oid in wanted})
+
+
 # ---- pull -----------------------------------------------------------------------------------
 
 @dataclass
@@ -316,9 +382,31 @@ class PullPlan:
     config: Optional[bytes] = None
     image_present: bool = False
     tag_present: bool = False
-    missing: List[LayerEntry] = field(default_factory=list)      # what must be downloaded
-    skipped: List[LayerEntry] = field(default_factory=list)      # what the daemon already has
     containerd: bool = False
+    via_daemon: bool = False        # Docker pulls it from the engine's loopback endpoint
+    # (what must be downloaded, what the daemon already has), planned when first asked for: a pull Docker
+    # makes itself finds out without inspecting every image of the daemon, so only check mode (and
+    # whoever reads them before the pull) pays for that
+    _layers: Optional[Tuple[List[LayerEntry], List[LayerEntry]]] = field(default=None, repr=False)
+    _planner: Optional[Callable[[], Tuple[List[LayerEntry], List[LayerEntry]]]] = field(default=None, repr=False)
+
+    @property
+    def missing(self) -> List[LayerEntry]:
+        return self._planned()[0]
+
+    @property
+    def skipped(self) -> List[LayerEntry]:
+        return self._planned()[1]
+
+    def _planned(self) -> Tuple[List[LayerEntry], List[LayerEntry]]:
+        if self._layers is None:
+            self._layers = self._planner() if self._planner else ([], [])
+        return self._layers
+
+    def moved(self, missing: List[LayerEntry]) -> None:
+        """What a pull actually downloaded: the rest was present."""
+        oids = {layer.oid for layer in missing}
+        self._layers = (_unique_layers(missing), [layer for layer in self.manifest.layers if layer.oid not in oids])
     signature: Optional[object] = None      # _signing.Verified, when a policy required one
 
     @property
@@ -375,46 +463,147 @@ def plan_pull(daemon: Daemon, repo: Repository, requested: str, policy=None) -> 
         plan.tag_present = ref is None or str(ref) in set(info.get("RepoTags") or [])
         return plan
     plan.config = repo.read_config(manifest)
-    layers = list(manifest.layers)
-    if plan.containerd:
+    plan.via_daemon = plan.containerd and ref is not None and _serves_daemon(daemon)
+    plan._planner = lambda: _plan_downloads(daemon, repo, plan)
+    if not plan.via_daemon:
+        plan._planned()
+    return plan
+
+
+def _plan_downloads(daemon: Daemon, repo: Repository, plan: PullPlan) -> Tuple[List[LayerEntry], List[LayerEntry]]:
+    """(layers to download, layers the daemon has); BlobCorruptError if one to download is not stored."""
+    layers = list(plan.manifest.layers)
+    if plan.containerd and not plan.via_daemon:
         # `docker load` into containerd needs every layer blob its content store lacks, wherever
         # it sits in the stack (snapshots alone do not do: the image would register without layers).
         present = daemon.present_layer_blobs()
-        plan.skipped = [layer for layer in layers if layer.oid in present]
+        skipped = [layer for layer in layers if layer.oid in present]
         remaining = [layer for layer in layers if layer.oid not in present]
     else:
-        # The classic store skips a layer when it has its ChainID (that layer and all below it).
+        # The classic store's load, and any pull Docker makes itself, skip a layer when the daemon has
+        # its ChainID (that layer and all below it).
         present = daemon.present_chain_ids()
         have = 0
         for chain in chain_ids([layer.oid for layer in layers]):
             if chain not in present:
                 break
             have += 1
-        plan.skipped, remaining = layers[:have], layers[have:]
-    seen = set()
-    for layer in remaining:
-        if layer.oid not in seen:
-            seen.add(layer.oid)
-            plan.missing.append(layer)
-    stored = repo.remote.stat([layer.key for layer in plan.missing]) if plan.missing else {}
-    absent = [layer for layer in plan.missing if layer.key not in stored]
+        skipped, remaining = layers[:have], layers[have:]
+    missing = _unique_layers(remaining)
+    stored = repo.remote.stat([layer.key for layer in missing]) if missing else {}
+    absent = [layer for layer in missing if layer.key not in stored]
     if absent:
-        raise BlobCorruptError("%s is damaged: layer sha256:%s of %s is missing (push the image again)"
-                               % (repo.url, absent[0].oid, ref or requested))
-    return plan
+        raise BlobCorruptError(_missing_layer(repo, plan, absent[0]))
+    return missing, skipped
+
+
+def _missing_layer(repo: Repository, plan: PullPlan, layer: LayerEntry) -> str:
+    return "%s is damaged: layer sha256:%s of %s is missing (push the image again)" % (
+        repo.url, layer.oid, plan.ref or plan.requested)
 
 
 def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
                  progress: Callable[[LoadLayer], None] = lambda layer: None) -> Dict:
-    result = plan.result()
-    if plan.reason is None:
-        return result
     if plan.image_present:
-        daemon.tag(plan.daemon_image_id, plan.ref.name, plan.ref.tag)
-        result.update(bytes_transferred=0, reason=plan.describe(done=True))
+        result = plan.result()
+        if plan.reason is not None:
+            daemon.tag(plan.daemon_image_id, plan.ref.name, plan.ref.tag)
+            result.update(bytes_transferred=0, reason=plan.describe(done=True))
         return result
-    missing = {layer.oid for layer in plan.missing}
-    readers = _LayerReaders(repo.remote, plan.missing)
+    if plan.via_daemon:
+        try:
+            fetched = _pull_through_daemon(daemon, repo, plan, progress)
+        except _EndpointUnreachable:
+            plan.via_daemon, plan._layers = False, None     # plan again, for docker load
+            fetched = None
+    if plan.via_daemon:
+        plan.moved(fetched)     # what Docker fetched: what check mode's plan predicts, by the same rule
+        result = plan.result()
+        info = daemon.inspect(plan.daemon_image_id)
+        if info is not None and image_layers(info) == [layer.oid for layer in plan.manifest.layers]:
+            result["reason"] = plan.describe(done=True)
+            return result
+        # Docker does not fetch a layer it has unpacked already; if that copy came from an image of its
+        # own (compressed blobs), the new image lacks the layer's blob: load the skipped layers' blobs.
+        known = daemon.present_layer_blobs()
+        plan.moved(fetched + [layer for layer in plan.skipped if layer.oid not in known])
+        load = [layer for layer in plan.missing if layer.oid not in {f.oid for f in fetched}]
+        result.update(plan.result())
+        _load(daemon, repo, plan, load, progress)
+        result["reason"] = plan.describe(done=True)
+        return result
+    result = plan.result()
+    _load(daemon, repo, plan, plan.missing, progress)
+    result["reason"] = plan.describe(done=True)
+    return result
+
+
+class _EndpointUnreachable(Exception):
+    """Docker's push or pull failed without one request reaching the loopback endpoint: the daemon's 127.0.0.1
+    is not ours after all (a tcp:// address on our loopback that forwards to a daemon elsewhere). Nothing was
+    moved, so the operation goes the docker save / docker load way instead."""
+
+
+def _unique_layers(layers: List[LayerEntry]) -> List[LayerEntry]:
+    return list({layer.oid: layer for layer in layers}.values())
+
+
+def _pull_through_daemon(daemon: Daemon, repo: Repository, plan: PullPlan,
+                         progress: Callable[[LoadLayer], None]) -> List[LayerEntry]:
+    """Docker's own pull from the engine's loopback endpoint (containerd store), by the digest of the
+    image as dogestry shows it (the daemon's image ID afterwards): Docker fetches the layers it lacks,
+    each decoded and verified while it streams; then the pull is given its name. Returns the layers
+    Docker fetched."""
+    app = PullServer(repo, plan.manifest, plan.config, lambda layer: progress(
+        LoadLayer(layer.oid, layer.size, layer.encoding, None)))
+    with LoopbackServer(only_under(ENGINE_NAME, app)) as server:
+        source = "%s/%s" % (server.host, ENGINE_NAME)
+        tidying = _drop_stale_names(daemon, server, "%s@%s" % (source, app.digest))
+        try:
+            daemon.pull(source, app.digest)
+        except DockerError as exc:
+            if not server.requests:
+                raise _EndpointUnreachable(exc)
+            if app.failures:    # what Docker reports is a cut connection: say why it was cut
+                failure = app.failures[0]
+                if isinstance(failure, RemoteNotFoundError):
+                    raise BlobCorruptError(_missing_layer(repo, plan, app.failed_layers[0]))
+                raise failure if isinstance(failure, DogestryError) else RemoteError(
+                    "reading %s failed: %s" % (repo.url, failure))
+            raise
+        finally:
+            if tidying is not None:
+                tidying.join()
+        # named while this process holds the port: another run's tidying takes no name of a live pull
+        daemon.tag(app.digest, plan.ref.name, plan.ref.tag)
+        daemon.untag("%s@%s" % (source, app.digest))
+    return [layer for layer in plan.manifest.layers if layer.oid in app.served]
+
+
+def _drop_stale_names(daemon: Daemon, server: LoopbackServer, keep: str) -> Optional[threading.Thread]:
+    """Drop the names of the endpoint that a killed run left on the daemon, beside the operation (a
+    thread: it costs the daemon a listing). While this process holds the fixed port no other run uses
+    it, so every name under it but `keep` (this run's) is stale. join() the thread before moving on."""
+    if not server.host.endswith(":%d" % ENGINE_PORT):
+        return None
+
+    def drop():
+        try:
+            for name in daemon.names_under("%s/%s" % (server.host, ENGINE_NAME)):
+                if name != keep:
+                    daemon.untag(name)
+        except DockerError:
+            pass        # only tidying: the next run tries again
+    thread = threading.Thread(target=drop, name="dogestry-tidy", daemon=True)
+    thread.start()
+    return thread
+
+
+def _load(daemon: Daemon, repo: Repository, plan: PullPlan, send: List[LayerEntry],
+          progress: Callable[[LoadLayer], None]) -> None:
+    """`docker load` of an archive holding the layers `send` (those the daemon lacks), each verified while it streams."""
+    missing = {layer.oid for layer in send}
+    readers = _LayerReaders(repo.remote, send)
     load_layers = []
     for layer in plan.manifest.layers:
         if layer.oid in missing:
@@ -438,8 +627,6 @@ def execute_pull(daemon: Daemon, repo: Repository, plan: PullPlan,
             daemon.remove(plan.daemon_image_id)     # registered without its layers: never leave it usable
         raise DockerError("Docker daemon %s accepted the archive but has no complete image %s afterwards"
                           % (daemon.host, plan.daemon_image_id))
-    result["reason"] = plan.describe(done=True)
-    return result
 
 
 class _LayerReaders:

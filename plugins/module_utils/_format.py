@@ -182,7 +182,7 @@ PUSHED_PREFIX = "pushed/"
 
 
 def pushed_key(digest: str) -> str:
-    """pushed/<alg>/<hex>: the record of a blob pushed through the registry API (see _registry_push)."""
+    """pushed/<alg>/<hex>: the PushRecord of a blob pushed through a registry endpoint (_registry_push, _loopback)."""
     algo, hexdigest = split_digest(digest)
     return "%s%s/%s" % (PUSHED_PREFIX, algo, hexdigest)
 
@@ -349,6 +349,33 @@ class Manifest:
             return cls(parse_digest(doc["config"]["digest"]), _size(doc["config"]["size"]), layers)
         except (ValueError, TypeError, KeyError, AttributeError, FormatError) as exc:
             raise FormatError("manifest %s is malformed (%s)" % (where, exc))
+
+
+@dataclass(frozen=True)
+class PushRecord:
+    """What a blob pushed through a registry endpoint (the registry API, or the engine's loopback endpoint) was
+    stored as, under pushed/<alg>/<hex> (pushed_key; docs/FORMAT.md, "Push records"): its size, and for a layer,
+    the layer it decoded to."""
+    blob_size: int                      # bytes of the blob as pushed
+    layer: Optional[LayerEntry] = None  # the stored layer: diff_id, uncompressed size, encoding, stored size
+
+    def to_bytes(self) -> bytes:
+        doc = {"blob_size": self.blob_size}
+        if self.layer is not None:
+            doc.update(diff_id="sha256:" + self.layer.oid, size=self.layer.size, encoding=self.layer.encoding,
+                       stored_size=self.layer.stored_size)
+        return canonical_json(doc)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> "PushRecord":
+        try:
+            doc = load_json(data)
+            if "diff_id" not in doc:
+                return cls(_size(doc["blob_size"]))
+            return cls(_size(doc["blob_size"]), LayerEntry(parse_digest(doc["diff_id"]), _size(doc["size"]),
+                                                           _encoding(doc["encoding"]), _size(doc["stored_size"])))
+        except (ValueError, TypeError, KeyError, AttributeError, FormatError) as exc:
+            raise FormatError("push record %s is malformed (%s)" % (where, exc))
 
 
 def _size(value) -> int:

@@ -30,15 +30,14 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ._docker_archive import DecodeLimit, SpooledLayer, looks_like_layer, spool_layer
 from ._errors import BlobCorruptError, DogestryError, FormatError, RemoteNotFoundError
 from ._format import (
-    DIGEST_ALGORITHMS, ENCODINGS, Descriptor, ImageRef, LayerEntry, Manifest, OciManifest, blob_key, canonical_json,
-    diff_ids_of_config, digest_of, load_json, manifest_key, object_key, oci_manifest_key, parse_digest, pushed_key,
-    sha256_hex, split_digest,
+    DIGEST_ALGORITHMS, ENCODINGS, Descriptor, ImageRef, LayerEntry, Manifest, OciManifest, PushRecord, blob_key,
+    diff_ids_of_config, digest_of, manifest_key, object_key, oci_manifest_key, parse_digest, pushed_key, sha256_hex,
+    split_digest,
 )
 from ._prune import drop_lease, write_lease
 from ._remote import unlink_quietly
@@ -61,38 +60,6 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers=()):
         Exception.__init__(self, message)
         self.status, self.code, self.message, self.headers = status, code, message, list(headers)
-
-
-@dataclass(frozen=True)
-class PushRecord:
-    """What a blob pushed through the registry API was stored as (pushed/<alg>/<hex>): its size, and for a
-    layer, the layer it decoded to."""
-    blob_size: int                      # bytes of the blob as pushed
-    layer: Optional[LayerEntry] = None  # the stored layer: diff_id, uncompressed size, encoding, stored size
-
-    def to_bytes(self) -> bytes:
-        doc = {"blob_size": self.blob_size}
-        if self.layer is not None:
-            doc.update(diff_id="sha256:" + self.layer.oid, size=self.layer.size, encoding=self.layer.encoding,
-                       stored_size=self.layer.stored_size)
-        return canonical_json(doc)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, where: str) -> "PushRecord":
-        try:
-            doc = load_json(data)
-            keys = ("size", "stored_size", "blob_size") if "diff_id" in doc else ("blob_size",)
-            sizes = [doc[key] for key in keys]
-            if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sizes):
-                raise ValueError("bad sizes %r" % (sizes,))
-            if "diff_id" not in doc:
-                return cls(doc["blob_size"])
-            if doc["encoding"] not in ENCODINGS:
-                raise ValueError("unknown encoding %r" % (doc["encoding"],))
-            return cls(doc["blob_size"], LayerEntry(parse_digest(doc["diff_id"]), doc["size"], doc["encoding"],
-                                                    doc["stored_size"]))
-        except (ValueError, TypeError, KeyError, FormatError) as exc:
-            raise FormatError("push record %s is malformed (%s)" % (where, exc))
 
 
 class StoredBlobs:

@@ -506,6 +506,8 @@ def _open_files_limit() -> int:
 
 def _build_server(app, listen: str, threads: int, tls: Optional[Tuple[str, str]]) -> "_Server":
     host, port = parse_listen(listen)
+    # A listen backlog of 128, not cheroot's 5: Docker opens a dozen connections at once (each request tries
+    # TLS first on a plain-http registry), and a connection the backlog drops waits 1 s for its SYN retry.
     server = _Server((host, port), app, numthreads=threads, server_name="dogestry", timeout=TIMEOUT,
                      request_queue_size=128)
     server.stats["Enabled"] = False

@@ -16,6 +16,13 @@ description:
     in parallel.
   - Every byte is checked against its sha256 before the daemon can register it; a corrupt
     or truncated blob fails the task and leaves no image behind.
+  - On Docker's containerd image store, when the daemon shares the host's network namespace and the
+    Python package C(cheroot) is installed, Docker's own pull fetches the image from an endpoint the
+    module opens on 127.0.0.1 for the task, instead of C(docker load), each layer verified as it streams.
+    A daemon on another host (C(docker_host) tcp:// or ssh:// to another address, with TLS or without) cannot
+    reach that endpoint, so there the module uses C(docker load), as on the classic image store.
+    So it does when Docker fails without reaching the endpoint (a tcp:// address on this host that forwards to a
+    daemon elsewhere), before anything was moved.
   - Pulling an image the daemon already has under the tag changes nothing.
 extends_documentation_fragment:
   - dogestry.dogestry.remote

@@ -14,6 +14,14 @@ description:
     content-addressed format, so that hosts can pull them without a registry.
   - Only layers the remote lacks are read from C(docker save), hashed, compressed and uploaded,
     in one pass. When the remote already has the image under the tag, nothing is saved.
+  - On Docker's containerd image store, when the daemon shares the host's network namespace and the
+    Python package C(cheroot) is installed, Docker's own push sends the image to an endpoint the module
+    opens on 127.0.0.1 for the task, instead of C(docker save); Docker then sends only the layers the
+    remote lacks. The result and what is stored are the same.
+    A daemon on another host (C(docker_host) tcp:// or ssh:// to another address, with TLS or without) cannot
+    reach that endpoint, so there the module uses C(docker save), as on the classic image store.
+    So it does when Docker fails without reaching the endpoint (a tcp:// address on this host that forwards to a
+    daemon elsewhere), before anything was moved.
   - Blobs are written first, then the image config and manifest, then the tag, so a tag never
     points at incomplete data, even when a push is interrupted.
 extends_documentation_fragment:

@@ -6,6 +6,7 @@ import tarfile
 
 import pytest
 
+from ansible_collections.dogestry.dogestry.plugins.module_utils import _decode
 from ansible_collections.dogestry.dogestry.plugins.module_utils._compress import decoder
 from ansible_collections.dogestry.dogestry.plugins.module_utils._docker_archive import (
     DecodeLimit, LoadLayer, load_stream, read_save_stream, spool_layer,
@@ -122,6 +123,14 @@ def test_load_stream_raises_before_manifest_on_any_mismatch(stored, match):
     assert b"manifest.json" not in b"".join(sent)
 
 
+@pytest.fixture(params=["zlib-ng", "zlib"])
+def inflater(request, monkeypatch):
+    """Gzip is decoded by zlib-ng when it is installed, else by the standard library: both must behave alike."""
+    if request.param == "zlib-ng" and not _decode.HAS_ZLIB_NG:
+        pytest.fail("zlib-ng is in requirements.txt: scripts/setup.sh installs it")
+    monkeypatch.setattr(_decode, "HAS_ZLIB_NG", request.param == "zlib-ng")
+
+
 def _gzip_cli(*parts):
     """Real bytes of the gzip tool: each part compressed on its own, the outputs concatenated (as pigz -i does)."""
     import subprocess
@@ -130,7 +139,7 @@ def _gzip_cli(*parts):
 
 
 @pytest.mark.parametrize("split", [[], [512], [512, 1 << 20, (1 << 20) + 7]])
-def test_every_member_of_a_multi_member_gzip_layer_is_decoded(tmp_path, split):
+def test_every_member_of_a_multi_member_gzip_layer_is_decoded(tmp_path, inflater, split):
     layer = LAYERS[1]
     bounds = [0] + split + [len(layer)]
     blob = _gzip_cli(*[layer[a:b] for a, b in zip(bounds, bounds[1:])])
@@ -140,7 +149,7 @@ def test_every_member_of_a_multi_member_gzip_layer_is_decoded(tmp_path, split):
 
 @pytest.mark.parametrize("tail, match", [(b"not gzip at all", "after the end of its gzip"),
                                          (b"\x1f\x8b\x08", "truncated")])
-def test_what_follows_a_gzip_member_must_be_another_whole_member(tmp_path, tail, match):
+def test_what_follows_a_gzip_member_must_be_another_whole_member(tmp_path, inflater, tail, match):
     with pytest.raises(FormatError, match=match):
         spool_layer(io.BytesIO(_gzip_cli(LAYERS[0]) + tail), "layer", "none", str(tmp_path))
     assert os.listdir(tmp_path) == []
@@ -168,7 +177,7 @@ def _bomb(kind):
 
 
 @pytest.mark.parametrize("kind", ["gzip", "zstd"])
-def test_a_bomb_is_abandoned_early_under_a_decode_limit(tmp_path, kind):
+def test_a_bomb_is_abandoned_early_under_a_decode_limit(tmp_path, inflater, kind):
     bomb = _bomb(kind)
     reader = _CountingReader(bomb)
     with pytest.raises(FormatError, match="decodes to more than"):
@@ -177,7 +186,7 @@ def test_a_bomb_is_abandoned_early_under_a_decode_limit(tmp_path, kind):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_decode_limit_caps_the_decoded_size(tmp_path):
+def test_a_decode_limit_caps_the_decoded_size(tmp_path, inflater):
     data = os.urandom(3 << 20)
     with pytest.raises(FormatError, match="decodes to more than 2097152 bytes"):
         spool_layer(io.BytesIO(gzip.compress(data, compresslevel=1)), "pushed blob", "none", str(tmp_path),

@@ -13,12 +13,10 @@ import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import ImageReferenceError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
-    PUSHED_PREFIX, canonical_json, object_key, parse_image_ref, pushed_key,
+    PUSHED_PREFIX, PushRecord, canonical_json, object_key, parse_image_ref, pushed_key,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._registry_api import RegistryApi
-from ansible_collections.dogestry.dogestry.plugins.module_utils._registry_push import (
-    PushRecord, RegistryWriter,
-)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._registry_push import RegistryWriter
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
 
