@@ -18,7 +18,7 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
     LayerEntry, Manifest, PushRecord, blob_key, canonical_json, pushed_key, sha256_hex,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._loopback import (
-    ENGINE_NAME, LoopbackServer, PullServer, PushReceiver, only_under,
+    ENGINE_NAME, ENGINE_PORT, LoopbackServer, PullServer, PushReceiver, only_under,
 )
 from ansible_collections.dogestry.dogestry.plugins.module_utils._compress import encoder
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
@@ -46,7 +46,7 @@ def call(app, method, path, body=b"", query=""):
 
     def start_response(status, headers):
         answer["status"], answer["headers"] = int(status.split()[0]), dict(headers)
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "HTTP_HOST": "127.0.0.1:22376",
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "HTTP_HOST": "127.0.0.1:%d" % ENGINE_PORT,
                "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
     chunks = app(environ, start_response)
     try:
@@ -74,8 +74,8 @@ def receiver(repo, tmp_path):
 
 def push_blob(app, data):
     status, headers, _body = call(app, "POST", "/v2/%s/blobs/uploads/" % ENGINE_NAME)
-    assert status == 202 and headers["Location"].startswith("http://127.0.0.1:22376/v2/%s/blobs/uploads/" % ENGINE_NAME)
-    path = headers["Location"][len("http://127.0.0.1:22376"):]
+    assert status == 202 and headers["Location"].startswith("http://127.0.0.1:%d/v2/%s/blobs/uploads/" % (ENGINE_PORT, ENGINE_NAME))
+    path = headers["Location"][len("http://127.0.0.1:%d" % ENGINE_PORT):]
     return call(app, "PUT", path, data, "digest=" + digest(data).replace(":", "%3A"))
 
 
@@ -120,7 +120,7 @@ def test_a_size_only_record_of_the_registry_api_names_no_layer_so_docker_must_se
 def test_a_blob_that_is_not_what_its_digest_says_is_refused_and_nothing_is_stored(repo, receiver):
     blob = gzip.compress(layer_tar(b"y" * 5000))
     status, headers, _body = call(receiver, "POST", "/v2/%s/blobs/uploads/" % ENGINE_NAME)
-    path = headers["Location"][len("http://127.0.0.1:22376"):]
+    path = headers["Location"][len("http://127.0.0.1:%d" % ENGINE_PORT):]
     status, _headers, body = call(receiver, "PUT", path, blob, "digest=sha256:" + "0" * 64)
     assert status == 400 and json.loads(body)["errors"][0]["code"] == "DIGEST_INVALID"
     assert not receiver.stored and not list(repo.remote.list("pushed/"))
