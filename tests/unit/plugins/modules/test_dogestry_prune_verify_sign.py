@@ -11,6 +11,12 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import L
 from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
 from ansible_collections.dogestry.dogestry.plugins.modules import dogestry_prune, dogestry_sign, dogestry_verify
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
+from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.module_runner import module_runner
+
+
+@pytest.fixture
+def run_module(monkeypatch):
+    return module_runner(monkeypatch)
 
 
 @pytest.fixture

@@ -9,8 +9,14 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import D
 from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
 from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
 from ansible_collections.dogestry.dogestry.plugins.modules import dogestry_pull, dogestry_push
+from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.module_runner import module_runner
 
 IMAGE_ID = "sha256:" + "1" * 64
+
+
+@pytest.fixture
+def run_module(monkeypatch):
+    return module_runner(monkeypatch)
 
 
 @pytest.fixture(autouse=True)

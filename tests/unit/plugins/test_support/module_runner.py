@@ -1,4 +1,6 @@
-"""Running a module's main() in-process: exit_json and fail_json raise with the result they were given."""
+"""Running a module's main() in-process: exit_json and fail_json raise with the result they were given.
+
+A helper module, not a conftest.py: the suite's tests import the top-level conftest by its bare name."""
 
 import json
 
@@ -15,9 +17,8 @@ class Exited(Exception):
         self.failed, self.result = failed, result
 
 
-@pytest.fixture
-def run_module(monkeypatch):
-    """run_module(main, args, check_mode=False, diff=False) -> Exited (its .failed, its .result)."""
+def module_runner(monkeypatch):
+    """A function run(main, args, check_mode=False, diff=False) -> Exited (its .failed, its .result)."""
     def exit_json(self, **result):
         raise Exited(False, result)
 
