@@ -100,13 +100,9 @@ def test_tls_options(tmp_path):
 
 def test_a_tls_failure_deep_in_a_chain_is_named_with_its_hint():
     cause = ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1000)")
-    try:
-        try:
-            raise cause
-        except ssl.SSLError as inner:
-            raise ConnectionError("Max retries exceeded") from inner
-    except ConnectionError as outer:
-        message = _one_line(outer)
+    outer = ConnectionError("Max retries exceeded")
+    outer.__cause__ = cause             # as requests wraps urllib3's wrapping of the SSLError
+    message = _one_line(outer)
     assert message.startswith("TLS handshake failed: certificate verify failed: self-signed certificate (is the CA")
     alert = ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required (_ssl.c:2000)")
     assert _one_line(alert) == ("TLS handshake failed: tlsv13 alert certificate required (the daemon wants a client certificate "

@@ -121,8 +121,8 @@ def test_an_unknown_tag_is_an_image_reference_error(repo):
 
 
 def test_tag_planning_and_its_wording(repo):
-    first, _ = store_image(repo, "app:1", [b"one"])
-    second, _ = store_image(repo, "app:2", [b"two"])
+    first = store_image(repo, "app:1", [b"one"])[0]
+    second = store_image(repo, "app:2", [b"two"])[0]
     ref = parse_image_ref("app:stable")
     change = plan_tag(repo, ref, "app:1")
     assert (change.before, change.after) == (None, first)

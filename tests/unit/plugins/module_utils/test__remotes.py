@@ -18,11 +18,11 @@ from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import T
 ])
 def test_a_path_or_file_url_is_a_directory_remote(url, root):
     remote = remote_from_url(url)
-    assert type(remote) is LocalRemote and remote.root == root
+    assert isinstance(remote, LocalRemote) and remote.root == root
 
 
 def test_an_https_url_is_an_http_remote_and_a_signed_one_a_ticket(monkeypatch):
-    assert type(remote_from_url("https://dl.example/dogestry/")) is HttpRemote
+    assert isinstance(remote_from_url("https://dl.example/dogestry/"), HttpRemote)
     opened = []     # a ticket is fetched when opened: record what the factory hands it instead
     monkeypatch.setattr(TicketRemote, "from_url", classmethod(lambda cls, url, **kw: opened.append((url, kw)) or "ticket"))
     assert remote_from_url("https://s3.example/b/tickets/1.json?X-Amz-Signature=ab", validate_certs=False, jobs=3) == "ticket"

@@ -32,7 +32,7 @@ def test_listing_filters_by_patterns_and_sets_broken_tags_apart_with_a_warning(r
     oid, manifest = store_image(repo, "app:1", [b"one"])
     store_image(repo, "app:2", [b"two"])
     store_image(repo, "web:1", [b"web"])
-    broken_oid, _ = store_image(repo, "app:old", [b"old"])
+    broken_oid = store_image(repo, "app:old", [b"old"])[0]
     repo.remote.delete(next(info.key for info in repo.remote.list("manifests/") if broken_oid in info.key))
     module = Module(repo)
     result = TagLister(module, "app", "*").run()
