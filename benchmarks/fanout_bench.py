@@ -10,11 +10,11 @@
   engine          `dogestry pull REMOTE IMAGE --docker-host A --docker-host B --docker-host C`
 
 The daemons are the system's dockerd 20.10, three more of them, each with its own data root and
-containerd namespace, in the host's network namespace (tests/integration/docker_daemons.py), so
+containerd namespace, in the host's network namespace (tests/support/docker_daemons.py), so
 that all reach servers on loopback. The image is bench.py's v1 (six layers: text, random, sparse,
 mixed), built on --docker-host and pushed untimed into each store. Stores: `dir` (a directory
 remote; the registry's filesystem storage) and `s3` (moto_server behind the test proxy,
-tests/integration/s3_faults.py, shaped like registry_bench.py's --s3 shaped: --s3-delay-ms 30 a
+tests/support/s3_faults.py, shaped like registry_bench.py's --s3 shaped: --s3-delay-ms 30 a
 request, --s3-mbps 60 a connection each way; `--s3 raw` talks to moto directly).
 
 Each measurement starts from three daemons holding none of the image's layers (checked) and servers
@@ -48,7 +48,7 @@ sys.path.insert(0, HERE)
 from bench import REPO, Engine, Moto, docker_build, log, make_context, run  # noqa: E402
 from registry_bench import VENV_DOGESTRY, Server, du, start_registry  # noqa: E402
 
-sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+sys.path.insert(0, os.path.join(REPO, "tests", "support"))
 from docker_daemons import Dockerd  # noqa: E402
 from s3_faults import FaultProxy  # noqa: E402
 

@@ -12,7 +12,7 @@ layer is random data, so compression cannot shrink the work. Target (issue 10): 
 command's (or Docker's) time, for comparing runs on one machine, not an S3 speed.
 
 With --s3 raw|shaped the same four run against an s3:// remote too: moto_server on loopback,
-`shaped` behind tests/integration/s3_faults.py's proxy (no faults; a delay per request and a
+`shaped` behind tests/support/s3_faults.py's proxy (no faults; a delay per request and a
 bandwidth cap per connection, as registry_bench.py), the accelerator with a --cache-dir as the
 role deploys it. moto reads the whole object for every ranged GET, so keep --layer-mb at 512 or
 so with --s3 (peaks do not depend on the layer's size once it spans a few parts); --s3-only skips
@@ -145,7 +145,7 @@ def main():
                 env.update({k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
             url = moto.url
             if args.s3 == "shaped":
-                sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+                sys.path.insert(0, os.path.join(REPO, "tests", "support"))
                 from s3_faults import FaultProxy
                 proxy = FaultProxy(moto.url, faults={}, delay=args.s3_delay_ms / 1000.0, rate=args.s3_mbps * 1e6)
                 url = proxy.url

@@ -4,11 +4,11 @@
 """Fleet peers, measured: 8 hosts pull one image from S3 at once, each through its own accelerator.
 
 Each host is an accelerator (`dogestry serve --cache-dir`) on a loopback address of its own, 127.0.0.N
-(tests/integration/peer_fleet.py: TLS and the fleet's secret between peers). Hosts 1-3 have a real Docker
+(tests/support/peer_fleet.py: TLS and the fleet's secret between peers). Hosts 1-3 have a real Docker
 daemon each (the system's dockerd, three more of them, as fanout_bench.py starts them) that `docker pull`s
 through its host's accelerator; hosts 4-8 are driven by skopeo (`skopeo copy docker://... dir:`), a registry
 client like any other. The image is bench.py's (six layers: text, random, sparse, mixed; --size-mb), pushed
-untimed into a bucket on moto_server, which every accelerator reads through tests/integration/s3_faults.py's
+untimed into a bucket on moto_server, which every accelerator reads through tests/support/s3_faults.py's
 proxy, shaped as registry_bench.py's --s3 shaped (30 ms a request, 60 MB/s a connection each way), which
 counts the bytes read.
 
@@ -46,7 +46,7 @@ sys.path.insert(0, HERE)
 from bench import REPO, Engine, Moto, docker_build, log, make_context, run  # noqa: E402
 from registry_bench import VENV_DOGESTRY  # noqa: E402
 
-sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+sys.path.insert(0, os.path.join(REPO, "tests", "support"))
 sys.path.insert(0, os.path.join(REPO, "plugins"))
 from docker_daemons import Dockerd  # noqa: E402
 from module_utils._peer_policy import ranked  # noqa: E402

@@ -42,7 +42,7 @@ within 1.2x of the registry's time. On the classic store, issues 8 and 10's (abo
 With --s3, three more columns store into S3 (moto_server on loopback): the registry with its S3
 storage driver, the accelerator and the engine with an s3:// remote. moto serves every ranged GET
 by reading the whole object and shares the cores, so `shaped` puts a proxy in front of it
-(tests/integration/s3_faults.py, without faults) with a delay per request and a bandwidth cap per
+(tests/support/s3_faults.py, without faults) with a delay per request and a bandwidth cap per
 connection (--s3-delay-ms 30, --s3-mbps 60), closer to S3 as seen from EC2; `raw` talks to moto.
 """
 
@@ -559,7 +559,7 @@ def main():
         bench.moto = Moto(tmp)          # also sets dummy AWS_* credentials for every client
         bench.s3_url = bench.moto.url
         if args.s3 == "shaped":
-            sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+            sys.path.insert(0, os.path.join(REPO, "tests", "support"))
             from s3_faults import FaultProxy
             proxy = FaultProxy(bench.moto.url, faults={}, delay=args.s3_delay_ms / 1000.0, rate=args.s3_mbps * 1e6)
             bench.s3_url = proxy.url

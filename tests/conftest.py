@@ -56,6 +56,11 @@ def _link_collection():
 
 _link_collection()
 
+# The suite's helpers (dogestry_cli, ansible_runner, docker_daemons, ...), imported by bare module name.
+SUPPORT = os.path.join(REPO, "tests", "support")
+if SUPPORT not in sys.path:
+    sys.path.insert(0, SUPPORT)
+
 SLOW_FIXTURES = {"docker_host", "docker26_host", "docker28_host", "any_docker_host", "engine", "build_image"}
 
 
@@ -65,7 +70,7 @@ def pytest_configure(config):
 
 
 def _runs_ansible(module):
-    """The test module runs ansible-playbook (tests/integration/ansible_runner) or molecule."""
+    """The test module runs ansible-playbook (tests/support/ansible_runner) or molecule."""
     return any(getattr(value, "__module__", None) == "ansible_runner" for value in vars(module).values()) \
         or "molecule" in module.__name__
 
@@ -154,7 +159,7 @@ def _pid_alive(pid):
 @pytest.fixture
 def servers():
     """servers(remote, tmp_path, ...) starts `dogestry serve` (dogestry_cli.Server); all stop at the test's end."""
-    from dogestry_cli import Server     # tests/integration is on sys.path once its tests are collected
+    from dogestry_cli import Server     # tests/support is on sys.path (above)
     started = []
     yield lambda *a, **kw: started.append(Server(*a, **kw)) or started[-1]
     for server in started:

@@ -148,4 +148,4 @@ def test_a_pull_over_http_survives_503s_resets_and_cut_bodies(daemon, build_imag
     layer_gets = [r for r in server.requests if r.method == "GET" and r.path == "/" + manifest.layers[-1].key]
     assert [r.fault for r in layer_gets] == ["truncate", "503", "truncate", "reset", None], "seed %d" % seed
     assert [r.range is not None for r in layer_gets] == [False, True, True, True, True], "seed %d" % seed
-    assert len(waits) >= 5 and daemon.inspect(image) is not None, "seed %d" % seed
+    assert len(waits) >= 5 and daemon.inspect(image)["Id"] == image, "seed %d" % seed

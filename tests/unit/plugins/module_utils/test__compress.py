@@ -2,9 +2,10 @@ import os
 import subprocess
 import sys
 
+import lz4.frame
 import pytest
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._compress import decoder, encoder
+from ansible_collections.dogestry.dogestry.plugins.module_utils._compress import LZ4_ENDS, decoder, encoder, lz4_frame_ends_intact
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import BlobCorruptError
 
 DATA = b"dogestry " * 100000 + os.urandom(100000)
@@ -83,3 +84,35 @@ def test_lz4_bomb_is_refused_with_memory_bounded(tmp_path, declared):
     assert "refused: bomb is corrupt" in out, out
     assert peak_kib < 100 * 1024, out
     print("lz4 bomb, declared %d bytes: peak RSS %.1f MiB" % (declared, peak_kib / 1024.0))
+
+
+# ---- the cheap checks a push makes before reusing a large stored lz4 layer: both ends of a whole frame ----
+
+FRAME_DATA = os.urandom(3 << 20) + b"\0" * (1 << 20)
+
+
+def ends(blob):
+    return lz4_frame_ends_intact(blob[:LZ4_ENDS], blob[-LZ4_ENDS:])
+
+
+@pytest.fixture(scope="module")
+def frame():
+    enc = encoder("lz4")
+    return enc.update(FRAME_DATA) + enc.finish()
+
+
+def test_a_whole_frame_passes_with_or_without_a_content_checksum(frame):
+    assert ends(frame)
+    assert ends(lz4.frame.compress(FRAME_DATA, content_checksum=True, block_size=lz4.frame.BLOCKSIZE_MAX4MB))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda f: f[:len(f) // 2],                       # truncated in a block
+    lambda f: f[:len(f) - 100000],                   # the end lost
+    lambda f: f + b"appended",
+    lambda f: b"junk!" + f[5:],                      # same size, the header overwritten
+    lambda f: b"\0" * len(f),
+    lambda f: f[:3],
+])
+def test_damaged_frames_fail(frame, damage):
+    assert not ends(damage(frame))

@@ -3,9 +3,9 @@ import os
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
-    RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
+    BlobCorruptError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError,
 )
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote, Remote
 from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
 
 
@@ -149,3 +149,20 @@ def test_an_acknowledged_write_survives_a_crash_its_directories_are_synced(remot
     remote.move("blobs/sha256/ab/abcd", "quarantine/t/blobs/sha256/ab/abcd")
     moved = os.path.join(root, "quarantine", "t", "blobs", "sha256", "ab", "abcd")
     assert _dirs_synced_after(syscalls, "rename", moved) == {os.path.dirname(moved), os.path.dirname(blob)}, syscalls
+
+
+# get_range: what a push reads of a stored lz4 layer before reusing it (directory: a seek; any other remote: the
+# streaming fallback)
+@pytest.mark.parametrize("reader", ["seek", "fallback"])
+def test_get_range_reads_exact_bytes_and_refuses_short_objects(tmp_path, reader):
+    remote = LocalRemote(str(tmp_path / "remote"))
+    data = os.urandom((1 << 20) + 100)
+    remote.put("blobs/x", data)
+    get_range = remote.get_range if reader == "seek" else lambda *a: Remote.get_range(remote, *a)
+    assert get_range("blobs/x", 0, 7) == data[:8]
+    assert get_range("blobs/x", len(data) - 8, len(data) - 1) == data[-8:]
+    assert get_range("blobs/x", 1 << 20, (1 << 20) + 9) == data[1 << 20:(1 << 20) + 10]
+    with pytest.raises(BlobCorruptError, match="shorter than its manifest says"):
+        get_range("blobs/x", len(data) - 4, len(data) + 3)
+    with pytest.raises(BlobCorruptError, match="shorter than its manifest says"):
+        get_range("blobs/x", len(data) + 10, len(data) + 17)
