@@ -23,6 +23,7 @@ class PlanningDaemon:
     def __init__(self, containerd=False, images=None, chains=(), blobs=()):
         self.platform = ("linux", "amd64", None)
         self.containerd_store = containerd
+        self.reaches_our_loopback = False       # the save/load path's planning (Docker's own pull plans its own)
         self.images = images or {}
         self.chains, self.blobs = set(chains), set(blobs)
 

@@ -3,6 +3,7 @@
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils import _metrics
+from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import BlobCorruptError, RemoteError
 from ansible_collections.dogestry.dogestry.plugins.module_utils._metrics import Metrics
 
 
@@ -21,14 +22,16 @@ def test_requests_are_counted_by_method_and_code_with_bytes_and_cache_and_remote
     metrics.cache_hit()
     metrics.cache_miss()
     metrics.cache_miss()
-    metrics.remote_error()
+    metrics.remote_error(RemoteError("the remote is unreachable"))
+    metrics.remote_error(BlobCorruptError("sha256:00 does not match its digest"))
     got = samples(metrics)
     assert float(got['dogestry_requests_total{code="200",method="GET"}']) == 2.0
     assert float(got['dogestry_requests_total{code="404",method="HEAD"}']) == 1.0
     assert float(got['dogestry_requests_total{code="201",method="other"}']) == 1.0
     assert float(got["dogestry_bytes_served_total"]) == 157.0
     assert (float(got["dogestry_cache_hits_total"]), float(got["dogestry_cache_misses_total"])) == (1.0, 2.0)
-    assert float(got["dogestry_remote_errors_total"]) == 1.0
+    assert float(got['dogestry_remote_errors_total{kind="unavailable"}']) == 1.0
+    assert float(got['dogestry_remote_errors_total{kind="corrupt"}']) == 1.0
     assert not [key for key in got if "PUT" in key]
 
 
