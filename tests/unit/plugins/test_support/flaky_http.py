@@ -118,6 +118,10 @@ class FlakyServer:
         if head:
             return
         if fault in ("truncate", "change"):
+            if fault == "change":
+                # Changed before the cut, not after: a client quick to resume must already find the new version.
+                with open(file_path, "ab") as f:
+                    f.write(b"changed")
             handler.wfile.write(body[:len(body) // 2])
             handler.wfile.flush()
             handler.close_connection = True
@@ -125,8 +129,5 @@ class FlakyServer:
                 handler.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            if fault == "change":
-                with open(file_path, "ab") as f:
-                    f.write(b"changed")
             return
         handler.wfile.write(body)
