@@ -121,20 +121,22 @@ class Store:
             self.remote_args = []
 
 
-class FanoutBench:
+class DaemonsBench:
+    """An image built once, and Docker daemons of the benchmark's own that pull it cold each round
+    (peers_bench.py builds on this too)."""
+    label = "bench"
+
     def __init__(self, args, engine, tmp, root):
         self.args, self.e, self.tmp, self.root = args, engine, tmp, root
         self.nonce = uuid.uuid4().hex[:12]
-        self.name = "dogestry-fanbench-%s" % self.nonce
+        self.name = "dogestry-%s-%s" % (self.label, self.nonce)
         self.image = self.name + ":v1"
-        self.samples = defaultdict(lambda: defaultdict(list))     # store -> variant -> [(seconds, bytes)]
         self.failures = []
         self.daemons = []
-        self.proxy = self.moto = None
 
     @property
     def env(self):
-        return dict(os.environ, PYTHONPATH=os.path.join(self.tmp, "shim"))
+        return dict(os.environ, PYTHONPATH=os.path.join(self.tmp, "shim"))      # with moto's credentials, once set
 
     # -- set-up ---------------------------------------------------------------------------------
     def build(self):
@@ -147,14 +149,32 @@ class FanoutBench:
         self.diff_ids = [d.split(":", 1)[1] for d in info["RootFS"]["Layers"]]
         self.image_size = info["Size"]
 
-    def start_daemons(self):
-        for i in range(DAEMONS):
-            self.daemons.append(Dockerd("fanbench-%d" % (i + 1), os.path.join(self.root, str(i + 1)),
+    def start_daemons(self, count):
+        for i in range(count):
+            self.daemons.append(Dockerd("%s-%d" % (self.label, i + 1), os.path.join(self.root, str(i + 1)),
                                         os.path.join(self.tmp, "dockerd-%d.log" % (i + 1)), network="host"))
         for daemon in self.daemons:
             daemon.start()
         for daemon in self.daemons:
             daemon.wait()
+
+    def clear_daemons(self):
+        for daemon in self.daemons:
+            api = daemon.api()
+            for image in api.images(all=True):
+                api.remove_image(image["Id"], force=True)
+            present = self.e.Daemon(daemon.host).present_chain_ids()
+            if any(c in present for c in self.e.chain_ids(self.diff_ids)):
+                sys.exit("%s still holds layers of the bench image: the pulls would not be cold" % daemon.name)
+
+
+class FanoutBench(DaemonsBench):
+    label = "fanbench"
+
+    def __init__(self, args, engine, tmp, root):
+        super().__init__(args, engine, tmp, root)
+        self.samples = defaultdict(lambda: defaultdict(list))     # store -> variant -> [(seconds, bytes)]
+        self.proxy = self.moto = None
 
     def dogestry(self, *cmd):
         return run([VENV_DOGESTRY] + list(cmd), env=self.env)
@@ -184,15 +204,6 @@ class FanoutBench:
         return total
 
     # -- one measurement ------------------------------------------------------------------------
-    def clear_daemons(self):
-        for daemon in self.daemons:
-            api = daemon.api()
-            for image in api.images(all=True):
-                api.remove_image(image["Id"], force=True)
-            present = self.e.Daemon(daemon.host).present_chain_ids()
-            if any(c in present for c in self.e.chain_ids(self.diff_ids)):
-                sys.exit("%s still holds layers of the bench image: the pulls would not be cold" % daemon.name)
-
     def accelerator(self, store, label):
         reads = os.path.join(self.tmp, "reads-%s" % label)
         cache = os.path.join(self.tmp, "cache-%s" % label)
@@ -357,7 +368,7 @@ def main():
                                      rate=args.s3_mbps * 1e6 if args.s3 == "shaped" else None)
         log("building the %d MB image, starting %d daemons" % (args.size_mb, DAEMONS))
         bench.build()
-        bench.start_daemons()
+        bench.start_daemons(DAEMONS)
         for kind in kinds:
             store = Store(kind, tmp, bench.proxy.url if kind == "s3" else None)
             log("pushing into the %s stores (untimed)" % kind)

@@ -43,12 +43,12 @@ from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench import REPO, Engine, Moto, docker_build, log, make_context, run  # noqa: E402
+from bench import REPO, Engine, Moto, log, run  # noqa: E402
 from registry_bench import VENV_DOGESTRY  # noqa: E402
+from fanout_bench import DaemonsBench  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests", "support"))
 sys.path.insert(0, os.path.join(REPO, "plugins"))
-from docker_daemons import Dockerd  # noqa: E402
 from module_utils._peer_policy import ranked  # noqa: E402
 from peer_fleet import Fleet  # noqa: E402
 from s3_faults import FaultProxy  # noqa: E402
@@ -56,39 +56,13 @@ from s3_faults import FaultProxy  # noqa: E402
 ROUNDS = ("alone", "no peers", "peers", "peers (2 killed)")
 
 
-class PeersBench:
+class PeersBench(DaemonsBench):
+    label = "peerbench"
+
     def __init__(self, args, engine, tmp, root):
-        self.args, self.e, self.tmp, self.root = args, engine, tmp, root
-        self.nonce = uuid.uuid4().hex[:12]
-        self.name = "dogestry-peerbench-%s" % self.nonce
-        self.image = self.name + ":v1"
-        self.daemons = []
+        super().__init__(args, engine, tmp, root)
         self.samples = defaultdict(list)        # round -> [dict]
-        self.failures = []
         self.base = 100
-
-    @property
-    def env(self):
-        return dict(os.environ, PYTHONPATH=os.path.join(self.tmp, "shim"))      # with moto's credentials, once set
-
-    # -- set-up ---------------------------------------------------------------------------------
-    def build(self):
-        ctx = os.path.join(self.tmp, "ctx")
-        make_context(ctx, self.args.size_mb, self.nonce)
-        docker_build(ctx, "Dockerfile.app-v1", self.image)
-        shutil.rmtree(ctx)
-        info = self.e.Daemon(self.args.docker_host).inspect(self.image)
-        self.image_id = info["Id"]
-        self.diff_ids = [d.split(":", 1)[1] for d in info["RootFS"]["Layers"]]
-
-    def start_daemons(self):
-        for i in range(self.args.docker):
-            self.daemons.append(Dockerd("peerbench-%d" % (i + 1), os.path.join(self.root, str(i + 1)),
-                                        os.path.join(self.tmp, "dockerd-%d.log" % (i + 1)), network="host"))
-        for daemon in self.daemons:
-            daemon.start()
-        for daemon in self.daemons:
-            daemon.wait()
 
     def push(self, moto, proxy):
         self.remote = "s3://bench/peers-%s/" % uuid.uuid4().hex[:6]
@@ -107,15 +81,6 @@ class PeersBench:
         self.proxy = proxy
 
     # -- one round ------------------------------------------------------------------------------
-    def clear_daemons(self):
-        for daemon in self.daemons:
-            api = daemon.api()
-            for image in api.images(all=True):
-                api.remove_image(image["Id"], force=True)
-            present = self.e.Daemon(daemon.host).present_chain_ids()
-            if any(c in present for c in self.e.chain_ids(self.diff_ids)):
-                sys.exit("%s still holds layers of the bench image: the pulls would not be cold" % daemon.name)
-
     def fleet(self, count, peers, label):
         self.base += 10         # fresh addresses (and empty caches) every round
         directory = os.path.join(self.tmp, "fleet-%s-%d" % (re.sub(r"\W+", "-", label), self.base))
@@ -335,7 +300,7 @@ def main():
         proxy = FaultProxy(moto.url, faults={}, delay=args.s3_delay_ms / 1000.0, rate=args.s3_mbps * 1e6)
         log("building the %d MB image, starting %d daemons" % (args.size_mb, args.docker))
         bench.build()
-        bench.start_daemons()
+        bench.start_daemons(args.docker)
         bench.push(moto, proxy)
         log("image stored as %.1f MB in %d layers" % (bench.stored / 1e6, len(bench.layers)))
         timed = [r for r in ROUNDS if r in rounds]
