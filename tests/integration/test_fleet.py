@@ -119,6 +119,12 @@ class Fleet:
                       for i in (1, 2, 3)]
         self.accelerators = {}
         self.registry_free = False
+        # The release key (the operator keeps it in a vault) and its public half, which the hosts trust.
+        self.signing_key = subprocess.run(
+            ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+        self.trusted_key = subprocess.run(["openssl", "pkey", "-pubout"], input=self.signing_key,
+                                          stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
 
     def start(self):
         for host in [self.build] + self.hosts:
@@ -167,6 +173,9 @@ class Fleet:
         with open(os.path.join(path, "group_vars", "dogestry_fleet.yml"), "w") as f:
             f.write("# No systemd on these test hosts: the test runs the installed command as the unit would.\n"
                     "accelerator_serve: false\n")
+            yaml.safe_dump({"dogestry_trusted_keys": [self.trusted_key]}, f)
+        with open(os.path.join(path, "group_vars", "dogestry_build.yml"), "w") as f:
+            yaml.safe_dump({"dogestry_signing_key": self.signing_key}, f)
         return path
 
     def make_registry_free(self):
@@ -300,6 +309,18 @@ def test_walkthrough_on_fresh_hosts_over_ssh(fleet, docker_host, build_image, tm
     assert releases(on_2) == {h.name: ("2", "1") for h in hosts}
     for host in hosts:
         assert host.dockerd.api().inspect_image(app + ":1")["Id"]
+
+    # A tag re-pointed in the remote by a writer without the release key (an image of its own, pushed
+    # straight into the remote): every host refuses it in phase one, none switches.
+    build_image(docker_host, app + ":4", [{"/release": "4"}], cmd=APP_CMD)
+    controller.play("publish", inventory, tag="4")
+    build_image(docker_host, app + ":4", [{"/release": "not the release"}], cmd=APP_CMD)
+    dogestry("push", fleet.remote, app + ":4", "--docker-host", docker_host)
+    output = controller.play("deploy", inventory, expect_ok=False, tag="4")
+    assert "PLAY [Phase two" not in output and "is not signed" in output, output[-3000:]
+    for host in hosts:
+        assert "fatal: [%s]" % host.name in output, output[-3000:]
+    assert running(hosts, app) == on_2, "no host may switch to an unsigned release"
 
     # A deploy where one host cannot reach the remote: refused before any host switches.
     unreachable = fleet.inventory(str(tmp_path / "inventory-unreachable"), app, unreachable="fleet-3")
