@@ -42,7 +42,7 @@ def main():
         key = load_signing_key(pem, None, "bench")
         execute_sign(repo, plan_sign(repo, "app:1", key), key)
         times = []
-        for _ in range(args.rounds):
+        for _round in range(args.rounds):
             start = time.perf_counter()
             policy = Policy(load_trusted_keys([public.decode()]))
             policy.require(repo, repo.read_target(parse_image_ref("app:1")), "app:1")
