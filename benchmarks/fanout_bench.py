@@ -158,6 +158,16 @@ class DaemonsBench:
         for daemon in self.daemons:
             daemon.wait()
 
+    def tidy(self):
+        """Stop the daemons, remove their state, and the bench image from the daemon it was built on."""
+        for daemon in self.daemons:
+            daemon.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            run(["docker", "rmi", "-f", self.image])
+        except subprocess.CalledProcessError:
+            pass
+
     def clear_daemons(self):
         for daemon in self.daemons:
             api = daemon.api()
@@ -385,13 +395,7 @@ def main():
         for failure in bench.failures:
             print("FAILED: %s" % failure)
     finally:
-        for daemon in bench.daemons:
-            daemon.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        try:
-            run(["docker", "rmi", "-f", bench.image])
-        except subprocess.CalledProcessError:
-            pass
+        bench.tidy()
         if bench.proxy:
             bench.proxy.stop()
         if bench.moto:

@@ -312,13 +312,7 @@ def main():
             bench.liar_round()
         bench.report()
     finally:
-        for daemon in bench.daemons:
-            daemon.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        try:
-            run(["docker", "rmi", "-f", bench.image])
-        except subprocess.CalledProcessError:
-            pass
+        bench.tidy()
         if proxy:
             proxy.stop()
         if moto:
