@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: MIT
 """Fleet peers at scale, by simulation: a deploy's phase one on 10, 100 and 1,000 hosts.
 
-The peer protocol's own code decides everything a host does: plugins/module_utils/_peer_policy.py
+The peer protocol's own code decides everything a host does: plugins/module_utils/_peers/policy.py
 (rendezvous ownership `ranked`, the source order `Fetch`, the health memory `PeerHealth`, upload slots
 `Uploads`, the holders an owner names `Holders`, what a peer answers `answer`), driven here in one
 process with a virtual clock instead of sockets. What the simulation supplies is the world:
@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "plugins", "module_utils"))
 sys.path.insert(0, os.path.join(HERE, "..", "plugins"))
 
-from module_utils._peer_policy import (  # noqa: E402  (the collection's own code, by path: no install needed)
+from module_utils._peers.policy import (  # noqa: E402  (the collection's own code, by path: no install needed)
     BUSY, FAILED, MISSING, SERVED, Fetch, Holders, PeerHealth, Settings, Uploads, answer, ranked,
 )
 

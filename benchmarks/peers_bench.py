@@ -49,7 +49,7 @@ from fanout_bench import DaemonsBench  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests", "support"))
 sys.path.insert(0, os.path.join(REPO, "plugins"))
-from module_utils._peer_policy import ranked  # noqa: E402
+from module_utils._peers.policy import ranked  # noqa: E402
 from peer_fleet import Fleet  # noqa: E402
 from s3_faults import FaultProxy  # noqa: E402
 

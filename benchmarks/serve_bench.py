@@ -39,10 +39,12 @@ def _engine():
 
 
 def make_remote(root, size_mb):
-    from dogestry._compress import encoder
-    from dogestry._format import LayerEntry, Manifest, blob_key, canonical_json, parse_image_ref
-    from dogestry._remote import LocalRemote
-    from dogestry._repository import Repository
+    from dogestry._codecs import encoder
+    from dogestry._format.keys import blob_key, canonical_json
+    from dogestry._format.manifest import LayerEntry, Manifest
+    from dogestry._format.reference import parse_image_ref
+    from dogestry._storage.local import LocalRemote
+    from dogestry._storage.repository import Repository
     import hashlib
     repo = Repository(LocalRemote(root))
     repo.check(create=True)
@@ -80,10 +82,10 @@ def make_remote(root, size_mb):
 
 def serve(kind, root, port):
     _engine()
-    from dogestry._registry_api import RegistryApi
-    from dogestry._remote import LocalRemote
-    from dogestry._repository import Repository
-    from dogestry._server import WsgiApp, serve as cheroot_serve
+    from dogestry._registry.api import RegistryApi
+    from dogestry._storage.local import LocalRemote
+    from dogestry._storage.repository import Repository
+    from dogestry._registry.server import WsgiApp, serve as cheroot_serve
     import logging
     logging.getLogger("dogestry").addHandler(logging.NullHandler())
     api = RegistryApi(Repository(LocalRemote(root)))

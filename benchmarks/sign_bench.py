@@ -20,12 +20,10 @@ os.makedirs(os.path.join(_ROOT, "ansible_collections", "dogestry"))
 os.symlink(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.join(_ROOT, "ansible_collections", "dogestry", "dogestry"))
 sys.path.insert(0, _ROOT)
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref  # noqa: E402
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote  # noqa: E402
-from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository  # noqa: E402
-from ansible_collections.dogestry.dogestry.plugins.module_utils._signing import (  # noqa: E402
-    Policy, execute_sign, load_signing_key, load_trusted_keys, plan_sign,
-)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.local import LocalRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.signing import Policy, execute_sign, load_signing_key, load_trusted_keys, plan_sign
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image  # noqa: E402
 
 

@@ -63,8 +63,8 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp_file" 2>/dev/null)" != "$stam
 fi
 
 # --- the `dogestry` command (pyproject.toml): .venv/bin/dogestry runs this checkout's engine ---------
-if [ "$("$VENV/bin/python" -c 'import dogestry._cli as c; print(c.__file__)' 2>/dev/null)" \
-     != "$ROOT/plugins/module_utils/_cli.py" ]; then
+if [ "$("$VENV/bin/python" -c 'import dogestry._cli.commands as c; print(c.__file__)' 2>/dev/null)" \
+     != "$ROOT/plugins/module_utils/_cli/commands.py" ] || ! grep -q "dogestry._cli.commands" "$VENV/bin/dogestry"; then
     say "pip install -e $ROOT (the dogestry command)"
     "$VENV/bin/python" -m pip install --disable-pip-version-check --no-deps -e "$ROOT" >"$VENV/pip-install-cli.log" 2>&1 \
         || { tail -n 30 "$VENV/pip-install-cli.log" >&2; die "pip install -e failed (log: $VENV/pip-install-cli.log)"; }

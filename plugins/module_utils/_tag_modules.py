@@ -8,10 +8,11 @@
 
 from __future__ import annotations
 
-from ._engine import describe_tags, execute_tag, plan_tag, target_digest
+from ._common import DogestryModule
 from ._errors import DogestryError
-from ._format import MANIFEST_MEDIA_TYPE, parse_image_ref
-from ._module import DogestryModule
+from ._format.manifest import MANIFEST_MEDIA_TYPE
+from ._format.reference import parse_image_ref
+from ._ops.tags import describe_tags, execute_tag, plan_tag, target_digest
 
 
 class TagLister:

@@ -116,12 +116,10 @@ spared_young:
   type: int
 """
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import human_size
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.common import human_size
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
-from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import (
-    DEFAULT_GRACE_PERIOD, execute_prune, parse_duration, plan_prune,
-)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._common import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.prune import DEFAULT_GRACE_PERIOD, execute_prune, parse_duration, plan_prune
 
 
 class DogestryPruner:

@@ -210,13 +210,12 @@ reason:
 
 from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_pull, human_size, plan_pull
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.common import human_size
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.pull import execute_pull, plan_pull
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import looks_like_id_prefix, parse_image_ref
-from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
-from ansible_collections.dogestry.dogestry.plugins.module_utils._signing import (
-    CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, Policy, load_trusted_keys,
-)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import looks_like_id_prefix, parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._common import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.signing import CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, Policy, load_trusted_keys
 
 
 class DogestryPuller:

@@ -156,12 +156,11 @@ bytes_transferred:
   sample: 1414642
 """
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import (
-    execute_push, human_size, plan_pushes,
-)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.common import human_size
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.push import execute_push, plan_pushes
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
-from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._common import DogestryModule
 
 
 class DogestryPusher:

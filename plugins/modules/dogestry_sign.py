@@ -128,8 +128,8 @@ reason:
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
-from ansible_collections.dogestry.dogestry.plugins.module_utils._signing import (
+from ansible_collections.dogestry.dogestry.plugins.module_utils._common import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.signing import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY, execute_sign, load_signing_key, plan_sign,
 )
 

@@ -94,9 +94,9 @@ import time
 from urllib.parse import unquote
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError, RemoteAuthError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
-from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
-from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import mint_pull_ticket, ticket_objects
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._common import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.ticket import mint_pull_ticket, ticket_objects
 
 MAX_EXPIRY = 7 * 86400
 

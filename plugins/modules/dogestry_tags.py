@@ -150,7 +150,7 @@ actions:
 """
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._common import DogestryModule
 from ansible_collections.dogestry.dogestry.plugins.module_utils._tag_modules import TagLister, TagSetter
 
 

@@ -90,8 +90,8 @@ moved:
 """
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
-from ansible_collections.dogestry.dogestry.plugins.module_utils._verify import verify
+from ansible_collections.dogestry.dogestry.plugins.module_utils._common import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.verify import verify
 
 
 class DogestryVerifier:

@@ -244,8 +244,8 @@ def test_cli_shows_a_progress_bar_on_a_terminal_only(tmp_path, docker_host, buil
 
 
 def test_cli_serve_refuses_non_loopback_and_busy_ports(tmp_path, servers):
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.local import LocalRemote
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
     Repository(LocalRemote(str(tmp_path / "r"))).check(create=True)
     proc = dogestry("serve", tmp_path / "r", "--listen", "0.0.0.0:%d" % free_port(), check=False, timeout=30)
     assert proc.returncode == 1 and "TLS" in proc.stderr and proc.stderr.count("\n") == 1

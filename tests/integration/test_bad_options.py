@@ -57,8 +57,8 @@ MODULE_CASES = [
 
 
 def test_every_module_refuses_bad_values_in_one_line(tmp_path, docker_host):
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.local import LocalRemote
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
     remote = str(tmp_path / "remote")
     Repository(LocalRemote(remote)).check(create=True)
     before = sorted(os.listdir(remote))
@@ -114,8 +114,8 @@ CLI_CASES = [
 @pytest.mark.parametrize("argv,status", CLI_CASES, ids=[" ".join(c[0]) for c in CLI_CASES])
 def test_cli_refuses_bad_flags_in_one_line(tmp_path, argv, status):
     argv = [str(tmp_path / "r") if a == "/r" else a for a in argv]
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.local import LocalRemote
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
     Repository(LocalRemote(str(tmp_path / "r"))).check(create=True)
     proc = dogestry(*argv, check=False, timeout=60)
     assert proc.returncode == status, (proc.returncode, proc.stderr)

@@ -41,7 +41,7 @@ def test_the_built_collection_holds_no_ignored_file_and_its_modules_run_installe
     assert not ignored, "the artifact packs %d files git ignores, e.g. %s" % (len(ignored), ignored[:5])
     size = os.path.getsize(artifact)
     assert size < 2 << 20, "the artifact is %d bytes" % size
-    for needed in ("meta/runtime.yml", "plugins/modules/dogestry_tags.py", "plugins/module_utils/_engine.py",
+    for needed in ("meta/runtime.yml", "plugins/modules/dogestry_tags.py", "plugins/module_utils/_ops/push.py",
                    "roles/accelerator/tasks/main.yml", "playbooks/deploy.yml"):
         assert needed in files, needed
 
@@ -53,8 +53,8 @@ def test_the_built_collection_holds_no_ignored_file_and_its_modules_run_installe
            env={"ANSIBLE_COLLECTIONS_PATH": str(installed)})
     assert sorted(os.listdir(str(installed / "ansible_collections"))) == ["dogestry"]
 
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.local import LocalRemote
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
     from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
     remote = str(tmp_path / "remote")
     store_image(Repository(LocalRemote(remote)), "app:1", [b"one layer"])

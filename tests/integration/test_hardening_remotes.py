@@ -10,18 +10,17 @@ import uuid
 
 import pytest
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._docker import Daemon
-from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import (
-    execute_pull, execute_push, plan_pull, plan_push,
-)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._docker.daemon import Daemon
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.pull import execute_pull, plan_pull
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.push import execute_push, plan_push
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import BlobCorruptError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
-    ImageRef, image_index_key, manifest_key, ref_document, tag_key,
-)
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote_http import HttpRemote
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
-from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
-from ansible_collections.dogestry.dogestry.plugins.module_utils._verify import verify
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.keys import image_index_key, manifest_key
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import ImageRef
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.tags import ref_document, tag_key
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.http import HttpRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.factory import remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.verify import verify
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.flaky_http import FlakyServer
 
 MiB = 1 << 20

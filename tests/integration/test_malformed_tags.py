@@ -9,9 +9,9 @@ import urllib.request
 
 import pytest
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import tag_key
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
-from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.tags import tag_key
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.local import LocalRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
 from ansible_runner import run_tasks
 from dogestry_cli import dogestry

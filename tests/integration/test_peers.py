@@ -37,13 +37,13 @@ from dogestry_cli import docker as docker_cli
 from peer_fleet import Fleet
 from s3_faults import FaultProxy
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._compress import encoder
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
-    LayerEntry, Manifest, blob_key, canonical_json, manifest_key, parse_image_ref, sha256_hex,
-)
-from ansible_collections.dogestry.dogestry.plugins.module_utils._peer_policy import ranked
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
-from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._codecs import encoder
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.keys import blob_key, canonical_json, manifest_key, sha256_hex
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.manifest import LayerEntry, Manifest
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._peers.policy import ranked
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.factory import remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
 
 MiB = 1 << 20
 PREFIX = "peers/"

@@ -13,18 +13,17 @@ import uuid
 
 import pytest
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._docker import Daemon
-from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import (
-    execute_pull, execute_push, plan_pull, plan_push,
-)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._docker.daemon import Daemon
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.pull import execute_pull, plan_pull
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.push import execute_push, plan_push
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import (
     BlobCorruptError, RemoteAuthError,
 )
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import ImageRef
-from ansible_collections.dogestry.dogestry.plugins.module_utils._prune import execute_prune, plan_prune
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
-from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
-from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import mint_pull_ticket
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import ImageRef
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.prune import execute_prune, plan_prune
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.factory import remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.ticket import mint_pull_ticket
 
 MiB = 1 << 20
 BIG = os.urandom(6 * MiB)       # random: lz4 cannot shrink it below one part
@@ -184,10 +183,10 @@ def test_interrupted_push_leaves_no_tag_and_rerun_skips_finished_blobs(daemon, b
 
 PUSH_SCRIPT = """
 import sys
-from ansible_collections.dogestry.dogestry.plugins.module_utils._docker import Daemon
-from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_push, plan_push
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
-from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._docker.daemon import Daemon
+from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.push import execute_push, plan_push
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.factory import remote_from_url
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
 host, url, endpoint, image = sys.argv[1:]
 daemon, repo = Daemon(host), Repository(remote_from_url(url, endpoint_url=endpoint, part_size=5 << 20, jobs=1))
 execute_push(daemon, repo, plan_push(daemon, repo, image), "lz4", 1)

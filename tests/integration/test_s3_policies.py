@@ -112,8 +112,8 @@ class IamS3:
         return "s3://%s/%s" % (self.bucket, prefix)
 
     def repo(self, keys, prefix):
-        from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
-        from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+        from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.factory import remote_from_url
+        from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
         return Repository(remote_from_url(self.remote(prefix), access_key=keys[0], secret_key=keys[1],
                                           endpoint_url=self.url, region="us-east-1"))
 
@@ -162,9 +162,9 @@ def test_the_push_policy_pushes_tags_and_signs_and_fails_without_each_action(iam
     assert pushed.returncode == 0, pushed.stderr
     assert json.loads(pushed.stdout)["image_id"] == image_id
     # moving a tag and minting a signed URL, with the same policy (the engine the modules run)
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._engine import execute_tag, plan_tag
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._ticket import mint_pull_ticket
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._ops.tags import execute_tag, plan_tag
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import parse_image_ref
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.ticket import mint_pull_ticket
     repo = iam_s3.repo(keys, "push/")
     execute_tag(repo, plan_tag(repo, parse_image_ref(name + ":prod"), name + ":1"))
     url, _expires = mint_pull_ticket(repo, parse_image_ref(name + ":prod"), 600)
@@ -275,7 +275,7 @@ def test_boto3_checksum_settings_reach_dogestrys_client_from_the_environment(s3_
         monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", setting)
     else:
         monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION", raising=False)
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._remotes import remote_from_url
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.factory import remote_from_url
     remote = remote_from_url("s3://%s/checksums/" % s3_bucket, endpoint_url=s3_env)
     sent = []
     remote.client.meta.events.register("before-send.s3.PutObject", lambda request, **_kw: sent.append(dict(request.headers)))

@@ -24,8 +24,8 @@ BOUND = 60      # seconds within which what must happen happens (generous: the m
 
 @pytest.fixture
 def remote(tmp_path):
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
-    from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.local import LocalRemote
+    from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
     path = str(tmp_path / "remote")
     Repository(LocalRemote(path)).check(create=True)
     return path

@@ -1,5 +1,5 @@
-"""Make DIR hold exactly the engine files given as JSON {name: text} on stdin; print the names it
-changed (or, with "check", would change). One run instead of a copy task per file, which over SSH
+"""Make DIR hold exactly the engine files given as JSON {relative path: text} on stdin; print the paths
+it changed (or, with "check", would change). One run instead of a copy task per file, which over SSH
 costs about a second each. Run by the host's own python3, before the role's virtualenv exists."""
 
 import json
@@ -9,7 +9,10 @@ import sys
 
 def main(target, check):
     files = json.load(sys.stdin)
-    present = set(os.listdir(target)) if os.path.isdir(target) else set()
+    present = set()
+    for root, dirs, names in os.walk(target):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        present.update(os.path.relpath(os.path.join(root, n), target) for n in names)
     changed = []
     for name, text in sorted(files.items()):
         path = os.path.join(target, name)
@@ -21,7 +24,7 @@ def main(target, check):
         if not same:
             changed.append(name)
             if not check:
-                os.makedirs(target, mode=0o755, exist_ok=True)
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
                 with open(path + ".tmp", "w", encoding="utf-8") as f:
                     f.write(text)
                 os.chmod(path + ".tmp", 0o644)

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
-from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.local import LocalRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
 from ansible_collections.dogestry.dogestry.plugins.module_utils._tag_modules import TagLister, TagSetter
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
 

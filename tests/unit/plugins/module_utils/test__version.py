@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils import _cli, _version
+from ansible_collections.dogestry.dogestry.plugins.module_utils import _version
+from ansible_collections.dogestry.dogestry.plugins.module_utils._cli import commands as _cli
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DogestryError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._module import _repository_from_params
+from ansible_collections.dogestry.dogestry.plugins.module_utils._common import _repository_from_params
 from ansible_collections.dogestry.dogestry.plugins.module_utils._version import MINIMUM_VERSIONS, too_old
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(_version.__file__), "..", ".."))

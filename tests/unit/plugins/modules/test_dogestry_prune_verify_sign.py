@@ -7,8 +7,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
-from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.local import LocalRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
 from ansible_collections.dogestry.dogestry.plugins.modules import dogestry_prune, dogestry_sign, dogestry_verify
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.module_runner import module_runner

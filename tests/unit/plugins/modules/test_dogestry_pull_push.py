@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from ansible_collections.dogestry.dogestry.plugins.module_utils._errors import DockerError
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
-from ansible_collections.dogestry.dogestry.plugins.module_utils._module import DogestryModule
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._common import DogestryModule
 from ansible_collections.dogestry.dogestry.plugins.modules import dogestry_pull, dogestry_push
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.module_runner import module_runner
 

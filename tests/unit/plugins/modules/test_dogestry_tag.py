@@ -3,9 +3,9 @@
 
 import pytest
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import parse_image_ref
-from ansible_collections.dogestry.dogestry.plugins.module_utils._remote import LocalRemote
-from ansible_collections.dogestry.dogestry.plugins.module_utils._repository import Repository
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import parse_image_ref
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.local import LocalRemote
+from ansible_collections.dogestry.dogestry.plugins.module_utils._storage.repository import Repository
 from ansible_collections.dogestry.dogestry.plugins.modules import dogestry_tag, dogestry_tag_info
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.fake_images import store_image
 from ansible_collections.dogestry.dogestry.tests.unit.plugins.test_support.module_runner import module_runner

@@ -1,8 +1,8 @@
 """Write small, well-formed images straight into a remote (no Docker): blobs, config, manifest, index, tag."""
 
-from ansible_collections.dogestry.dogestry.plugins.module_utils._format import (
-    LayerEntry, Manifest, blob_key, canonical_json, parse_image_ref, sha256_hex,
-)
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.keys import blob_key, canonical_json, sha256_hex
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.manifest import LayerEntry, Manifest
+from ansible_collections.dogestry.dogestry.plugins.module_utils._format.reference import parse_image_ref
 
 
 def store_image(repo, ref, layers, tag=True):
