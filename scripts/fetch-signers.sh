@@ -30,35 +30,13 @@ if [ -x "$BINARY" ] && "$BINARY" version >/dev/null 2>&1; then
     exit 0
 fi
 
-for tool in apt-get apt-cache dpkg-deb; do
-    command -v "$tool" >/dev/null || { log "$tool not found: need a Debian-like system"; exit 1; }
-done
-
-# The Debian mirror this machine already uses (first non-security .../debian URI), else the default.
-mirror=$(grep -rhoE '^[[:space:]]*(deb|URIs:)[[:space:]]+(\[[^]]*\][[:space:]]+)?https?://[^[:space:]]+/debian/?([[:space:]]|$)' \
-             /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-         | grep -oE 'https?://[^[:space:]]+' | head -n1 || true)
-mirror=${mirror:-http://deb.debian.org/debian}
-mirror=${mirror%/}
-
-# The same isolated sid state as fetch-docker.sh 28: one index download serves both.
-APT=$CACHE/apt-$SUITE
-mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$CACHE"
-echo "deb $mirror $SUITE main" > "$APT/sources.list"
-opts=(-q -o "Dir::Etc::SourceList=$APT/sources.list" -o Dir::Etc::SourceParts=/dev/null
-      -o "Dir::State::Lists=$APT/lists" -o "Dir::Cache=$APT/cache" -o APT::Sandbox::User=root)
-
-candidate() {
-    apt-cache "${opts[@]}" madison "$WHICH" 2>/dev/null | awk -F'|' '{gsub(/ /,"",$2); print $2}' \
-        | grep -E "^($MIN)" | head -n1 || true
-}
+# shellcheck source=scripts/isolated-apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/isolated-apt.sh"
+candidate() { isolated_apt_candidate "$WHICH" "^($MIN)"; }
 
 version=$(candidate)
 if [ -z "$version" ]; then
-    log "updating an isolated apt index for $SUITE from $mirror"
-    if ! apt-get "${opts[@]}" update >"$APT/update.log" 2>&1; then
-        log "apt-get update of the isolated $SUITE index failed:"; tail -n5 "$APT/update.log" >&2; exit 1
-    fi
+    isolated_apt_update
     version=$(candidate)
 fi
 [ -n "$version" ] || { log "no suitable $WHICH in $SUITE at $mirror"; exit 1; }
