@@ -13,7 +13,7 @@ must be the manifest's, and its bytes must hash to its digest). Blobs are read i
 `sample` of them chosen at random; the others are checked by size. Tags naming a missing or damaged
 manifest are reported.
 
-The checks a push makes before it reuses stored layers live here too (damaged_reused_layers).
+The checks a push makes before it reuses stored layers are reuse.py's (damaged_reused_layers).
 
 Repair moves damaged objects (corrupt blobs and manifests, wrong index entries) aside under
 quarantine/<time>/<key>: nothing is deleted, and the next push of an affected image finds the
@@ -29,6 +29,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
+
 from .._errors import BlobCorruptError, FormatError, RemoteNotFoundError
 from .._format.keys import (
     DIGEST_ALGORITHMS, OCI_MANIFESTS_PREFIX, blob_key, image_index_prefix, manifest_key, object_key, oci_manifest_key, parse_digest, sha256_hex, split_digest,
@@ -115,28 +116,34 @@ def verify(repo: Repository, sample: Optional[int] = None, repair: bool = False,
 
 
 def _check_manifests(repo: Repository, report: VerifyReport) -> Dict[str, Manifest]:
+    """Every dogestry manifest, read and verified against its address: oid -> manifest."""
     oids = []
     for info in repo.remote.list("manifests/sha256/"):
         try:
             oids.append(parse_digest("sha256:" + info.key.rsplit("/", 1)[-1]))
         except FormatError:
             continue        # not a key of this format: prune and verify leave it alone
+    report.manifests += len(oids)
+    return _read_each(repo.read_manifest, oids, manifest_key, report)
 
-    def read(oid):
+
+def _read_each(read_one, names: List[str], key_of, report: VerifyReport) -> dict:
+    """read_one(name) for each name, in parallel: name -> what was read. A corrupt one is a problem of
+    the report; one deleted since the listing is left out."""
+    def read(name):
         try:
-            return repo.read_manifest(oid)
+            return read_one(name)
         except (BlobCorruptError, FormatError) as exc:
             return exc
         except RemoteNotFoundError:
-            return None     # deleted since the listing
-    manifests = {}
-    for oid, manifest in zip(oids, parallel_map(read, oids, READ_JOBS)):
-        report.manifests += 1
-        if isinstance(manifest, Exception):
-            report.problems.append(Problem(manifest_key(oid), "corrupt", str(manifest), True))
-        elif manifest is not None:
-            manifests[oid] = manifest
-    return manifests
+            return None
+    found = {}
+    for name, read_back in zip(names, parallel_map(read, names, READ_JOBS)):
+        if isinstance(read_back, Exception):
+            report.problems.append(Problem(key_of(name), "corrupt", str(read_back), True))
+        elif read_back is not None:
+            found[name] = read_back
+    return found
 
 
 def _check_configs(repo: Repository, manifests: Dict[str, Manifest], report: VerifyReport) -> None:
@@ -166,22 +173,8 @@ def _check_oci_manifests(repo: Repository, report: VerifyReport) -> Dict[str, Oc
                 digests.append("%s:%s" % split_digest("%s:%s" % (parts[1], parts[2])))
         except FormatError:
             continue        # not a key of this format
-
-    def read(digest):
-        try:
-            return repo.read_oci_manifest(digest)
-        except (BlobCorruptError, FormatError) as exc:
-            return exc
-        except RemoteNotFoundError:
-            return None
-    manifests = {}
-    for digest, manifest in zip(digests, parallel_map(read, digests, READ_JOBS)):
-        report.oci_manifests += 1
-        if isinstance(manifest, Exception):
-            report.problems.append(Problem(oci_manifest_key(digest), "corrupt", str(manifest), True))
-        elif manifest is not None:
-            manifests[digest] = manifest
-    return manifests
+    report.oci_manifests += len(digests)
+    return _read_each(repo.read_oci_manifest, digests, oci_manifest_key, report)
 
 
 def _check_blobs(repo: Repository, manifests: Dict[str, Manifest], oci: Dict[str, OciManifest], report: VerifyReport,
