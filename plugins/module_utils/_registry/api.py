@@ -4,7 +4,7 @@
 #
 # PRIVATE to the collection: this file may change without notice.
 """The OCI distribution API over a dogestry remote: request in, Response out. This file routes and
-serves reads; pushes are _registry_push's (RegistryWriter), and POST /dogestry/pull loads an
+serves reads; pushes are writer.py's (RegistryWriter), and POST /dogestry/pull loads an
 image into the local Docker through a callable the front end passes in.
 
 No HTTP server here (server.py is the glue), so every rule is testable without sockets.
@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import threading
 from typing import Dict, List, Optional, Tuple, Union
+
 from .._errors import BlobCorruptError, DockerError, DogestryError, FormatError, ImageReferenceError, RemoteMissingError, RemoteNotFoundError
 from .._format.keys import sha256_hex, split_digest
 from .._format.manifest import Manifest
 from .._format.oci import Descriptor
-from .._format.reference import ImageRef
+from .._format.reference import _TAG, ImageRef
 from .._metrics import Metrics
 from .._ops.signing import SignatureError
 from .._storage.repository import Repository
@@ -34,7 +35,7 @@ from .blobs import BlobInfo, BlobReads
 from .catalog import Listings
 from .manifests import ManifestReads
 from .routes import (
-    ApiError, Response, _CONTENT_LENGTH, _DIGEST, _LOOSE_ROUTE, _NS, _ROUTE, _TAG, _UPLOAD_ROUTE, _header, candidate_names, check_path, error_response,
+    ApiError, Response, _CONTENT_LENGTH, _DIGEST, _LOOSE_ROUTE, _NS, _ROUTE, _UPLOAD_ROUTE, _header, candidate_names, check_path, error_response,
 )
 from .writer import MAX_MANIFEST, RegistryWriter
 
@@ -49,10 +50,10 @@ class RegistryApi(ManifestReads, BlobReads, Listings):
 
     def __init__(self, repo: Repository, cache=None, metrics: Optional[Metrics] = None,
                  writer: Optional[RegistryWriter] = None, puller=None, policy=None):
-        """`cache`: a _blob_cache.BlobCache for stored layers (None: every read goes to the remote);
+        """`cache`: a _storage/blob_cache.py BlobCache for stored layers (None: every read goes to the remote);
         `writer`: takes pushes (None: the registry is read-only); `puller(image) -> result dict`:
         loads an image from the remote into the local Docker (POST /dogestry/pull?image=NAME:TAG,
-        the original's server-side pulls; None: no such endpoint); `policy`: a _signing.Policy that
+        the original's server-side pulls; None: no such endpoint); `policy`: an _ops/signing.py Policy that
         every image manifest served must satisfy (None: serve what is stored)."""
         self.repo = repo
         self.policy = policy

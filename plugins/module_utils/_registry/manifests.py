@@ -17,11 +17,13 @@ import json
 import logging
 from typing import Dict, List, Union
 from time import monotonic as _monotonic
+
 from .._errors import FormatError, RemoteNotFoundError
 from .._format.keys import load_json, referrers_prefix
 from .._format.oci import Descriptor, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE
+from .._format.reference import _TAG
 from .._ops.signing import SignatureError
-from .routes import ApiError, MAX_REFERRERS, Response, _TAG, accepts_oci
+from .routes import ApiError, MAX_REFERRERS, Response, accepts_oci
 
 
 class ManifestReads:

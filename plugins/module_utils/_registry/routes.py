@@ -15,18 +15,18 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple, Union
+
 from .._format.oci import OCI_MANIFEST_MEDIA_TYPE
+from .._format.reference import _COMPONENT     # one reference grammar for the engine and the registry
 
 
 # distribution's reference grammar for repository paths (no domain: that is the host we are)
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _ROUTE = re.compile(r"^/v2/(?P<name>%s(?:/%s)*)/(?P<kind>manifests|blobs|tags|referrers)/(?P<ref>[^/]+)$"
                     % (_COMPONENT, _COMPONENT))
 
 
 _UPLOAD_ROUTE = re.compile(r"^/v2/(?P<name>%s(?:/%s)*)/blobs/uploads/(?P<session>[0-9a-f]{0,64})$" % (_COMPONENT, _COMPONENT))
 _LOOSE_ROUTE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs|tags|referrers)/(?P<ref>[^/]*)$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _NS = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?$")
 _CONTENT_LENGTH = re.compile(r"^[0-9]{1,20}$")
