@@ -60,7 +60,7 @@ DAEMONS = 3
 # by $DOGESTRY_BENCH_READS at exit (serve exits cleanly on SIGTERM).
 COUNTING = """
 import atexit, os, sys, threading
-from dogestry import _remote
+from dogestry._storage import local as _remote
 total, lock = [0], threading.Lock()
 class Counted:
     def __init__(self, handle):
@@ -93,7 +93,7 @@ def report():
     with open(os.environ["DOGESTRY_BENCH_READS"], "w") as out:
         out.write(str(total[0]))
 atexit.register(report)
-from dogestry._cli import main
+from dogestry._cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 

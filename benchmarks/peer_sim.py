@@ -299,7 +299,7 @@ class Sim:
         flow.on_done, flow.on_fail = (lambda f: self.got(host, key)), (lambda f, why: None)
         self.start_flow(flow)
 
-    # -- the protocol: _peer_policy decides ---------------------------------------------------------
+    # -- the protocol: _peers/policy.py decides ---------------------------------------------------
     def step(self, host, key, fetch, offset):
         if host.dead:
             return
@@ -324,7 +324,7 @@ class Sim:
         self.step(host, key, fetch, offset)
 
     def ask(self, host, key, fetch, offset, step, peer):
-        """`peer` gets `host`'s request: what it answers is _peer_policy.answer's."""
+        """`peer` gets `host`'s request: what it answers is _peers/policy.py's answer's."""
         half = self.args.rtt_ms / 2000.0
         if peer.dead:
             self.later(self.settings.connect_timeout, self.failed, host, key, fetch, offset, step)

@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: MIT
 """Which HTTP server should `dogestry serve` stand on? Same app, same remote, several servers.
 
-Each candidate serves the real registry API (_registry_api.RegistryApi, via _server.WsgiApp)
+Each candidate serves the real registry API (_registry/api.py's RegistryApi, via _registry/server.py's WsgiApp)
 over a directory remote holding one big lz4 layer and 50 small ones, in its own process, and is
 measured with curl clients (not Python, so the client's GIL does not cap the numbers):
 

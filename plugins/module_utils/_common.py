@@ -3,7 +3,10 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""The Ansible side of the engine: common options, building remotes and daemons, failing cleanly."""
+"""The Ansible side of the engine: common options, building remotes and daemons, failing cleanly.
+
+The Ansible front end: may import Ansible and every layer below; not _cli or _registry.
+"""
 
 from __future__ import annotations
 

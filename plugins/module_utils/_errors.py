@@ -3,7 +3,10 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""Every failure the engine raises is a DogestryError whose str() is a one-line message for users."""
+"""Every failure the engine raises is a DogestryError whose str() is a one-line message for users.
+
+Imports nothing of the collection: every layer imports it.
+"""
 
 from __future__ import annotations
 

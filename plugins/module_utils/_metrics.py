@@ -3,7 +3,10 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""The accelerator's Prometheus metrics (prometheus_client, one private registry per server)."""
+"""The accelerator's Prometheus metrics (prometheus_client, one private registry per server).
+
+A base module (the registry and the fleet peers both count): may import _errors only.
+"""
 
 from __future__ import annotations
 

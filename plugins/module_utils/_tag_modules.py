@@ -4,7 +4,10 @@
 #
 # PRIVATE to the collection: this file may change without notice.
 """The Ansible side of the tag modules: listing (dogestry_tag_info) and setting or removing one tag
-(dogestry_tag), shared with dogestry_tags, the deprecated module that did both."""
+(dogestry_tag), shared with dogestry_tags, the deprecated module that did both.
+
+The Ansible front end: may import Ansible, _common and every layer below; not _cli or _registry.
+"""
 
 from __future__ import annotations
 

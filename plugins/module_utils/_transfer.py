@@ -3,7 +3,10 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""Bounded parallelism for blob transfers: at most `jobs` running, a few more queued, first error wins."""
+"""Bounded parallelism for blob transfers: at most `jobs` running, a few more queued, first error wins.
+
+A base module (the storage backends read in parallel too): imports nothing of the collection.
+"""
 
 from __future__ import annotations
 

@@ -5,7 +5,10 @@
 # PRIVATE to the collection: this file may change without notice.
 """Minimum versions of the Python libraries the collection uses: the one table that requirements.txt,
 pyproject.toml, meta/ee-requirements.txt and the modules' documented requirements state
-(tests/unit/plugins/module_utils/test__version.py keeps them in step), and that the front ends check."""
+(tests/unit/plugins/module_utils/test__version.py keeps them in step), and that the front ends check.
+
+A base module: may import _errors only.
+"""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from typing import Dict, List, Optional
+
 from .._errors import DogestryError, RemoteMissingError, RemoteNotFoundError
 from .._storage.local import LocalRemote
 from .._storage.spooled import _SpooledRemote

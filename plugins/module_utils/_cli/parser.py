@@ -14,6 +14,7 @@ import argparse
 import os
 import re
 import sys
+
 from .._errors import DogestryError
 from .._ops.prune import DEFAULT_GRACE_PERIOD, parse_duration
 from .._storage.factory import remote_from_urls

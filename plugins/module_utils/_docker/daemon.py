@@ -3,7 +3,10 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""The few Docker daemon calls the engine needs, through the Docker SDK, API version negotiated."""
+"""The few Docker daemon calls the engine needs, through the Docker SDK, API version negotiated.
+
+May import _errors, _transfer, _format, _storage and _codecs.
+"""
 
 from __future__ import annotations
 

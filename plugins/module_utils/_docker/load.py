@@ -16,6 +16,7 @@ import json
 import tarfile
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional
+
 from .._codecs import CHUNK, decoder
 from .._errors import BlobCorruptError
 from .._format.keys import sha256_hex

@@ -16,6 +16,7 @@ import posixpath
 import tarfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Set
+
 from .._codecs import CHUNK, SpooledLayer, _GZIP_MAGIC, _Prefixed, _ZSTD_MAGIC, spool_layer
 from .._errors import BlobCorruptError, FormatError
 from .._format.keys import sha256_hex

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from typing import Tuple
+
 from .._errors import FormatError
 
 
@@ -145,6 +146,6 @@ PUSHED_PREFIX = "pushed/"
 
 
 def pushed_key(digest: str) -> str:
-    """pushed/<alg>/<hex>: the PushRecord of a blob pushed through a registry endpoint (_registry_push, _loopback)."""
+    """pushed/<alg>/<hex>: the PushRecord of a blob pushed through a registry endpoint (the registry's writer, the engine's loopback endpoint)."""
     algo, hexdigest = split_digest(digest)
     return "%s%s/%s" % (PUSHED_PREFIX, algo, hexdigest)

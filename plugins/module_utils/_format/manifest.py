@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
+
 from .._errors import FormatError
 from .keys import ENCODINGS, blob_key, canonical_json, load_json, parse_digest, sha256_hex
 from .oci import OCI_CONFIG_MEDIA_TYPE, OCI_LAYER_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, _size

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
+
 from .._errors import FormatError
 from .keys import canonical_json, load_json, split_digest
 

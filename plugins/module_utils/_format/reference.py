@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Optional
+
 from .._errors import ImageReferenceError
 
 

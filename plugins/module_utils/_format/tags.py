@@ -12,6 +12,7 @@ Pure: no I/O. May import _errors and the rest of _format.
 from __future__ import annotations
 
 from typing import Optional, Union
+
 from .._errors import FormatError
 from .keys import load_json, parse_digest
 from .oci import Descriptor

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from typing import List, Optional
+
 from .._docker.daemon import Daemon
 from .._errors import DockerError
 from .loopback import ENGINE_NAME, ENGINE_PORT, HAS_CHEROOT, LoopbackServer
@@ -31,7 +32,7 @@ def human_size(size: int) -> str:
 
 
 def _serves_daemon(daemon: Daemon) -> bool:
-    """Whether the engine can serve the remote to the daemon as a registry (_loopback): on the containerd
+    """Whether the engine can serve the remote to the daemon as a registry (loopback.py): on the containerd
     store its push and pull move only what is missing, where `docker save` / `docker load` move the whole
     image slowly. On the classic store those are faster than Docker's push (which gzips every layer)."""
     return HAS_CHEROOT and daemon.containerd_store and daemon.reaches_our_loopback

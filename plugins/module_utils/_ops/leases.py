@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from typing import Iterable, List, Optional, Set, Tuple
+
 from .._errors import DogestryError, FormatError, RemoteError
 from .._format.keys import blob_key, canonical_json, load_json, manifest_key, parse_digest, split_digest
 from .._storage.base import ObjectInfo
@@ -62,7 +63,7 @@ def write_lease(repo: Repository, oids: Iterable[str], expect: Iterable[str] = (
 
 
 def push_lease(repo: Repository, plan) -> str:
-    """write_lease() for an _engine.PushPlan: its config, layers and reused manifest, and what it found stored."""
+    """write_lease() for a push.py PushPlan: its config, layers and reused manifest, and what it found stored."""
     oids = [oid for oid in [plan.config_oid, plan.existing] if oid] + list(plan.diff_ids)
     expect = [entry.key for entry in plan.present.values()]
     if plan.existing:

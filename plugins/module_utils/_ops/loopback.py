@@ -45,6 +45,7 @@ try:
 except ImportError:
     HAS_CHEROOT = False
     CHEROOT_IMPORT_ERROR = traceback.format_exc()
+
 from .._docker.load import LoadLayer, verified_chunks
 from .._errors import DogestryError
 from .._format.keys import sha256_hex

@@ -16,6 +16,7 @@ import threading
 import uuid
 from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs
+
 from .._codecs import _Prefixed, looks_like_layer, spool_layer
 from .._errors import DogestryError, FormatError, RemoteNotFoundError
 from .._format.keys import blob_key, parse_digest, pushed_key, sha256_hex, split_digest

@@ -41,6 +41,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set
+
 from .._errors import BlobCorruptError, DogestryError, FormatError, RemoteNotFoundError
 from .._format.keys import (
     DIGEST_ALGORITHMS, ENCODINGS, OCI_MANIFESTS_PREFIX, REFERRERS_PREFIX, image_index_prefix, parse_digest, referrers_prefix, sha256_hex, split_digest,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
+
 from .._docker.daemon import Daemon, LOADED_BY_DOGESTRY, image_layers
 from .._docker.load import LoadLayer, load_stream, oci_load_stream
 from .._errors import BlobCorruptError, DockerError, DogestryError, RemoteError, RemoteNotFoundError
@@ -63,7 +64,7 @@ class PullPlan:
         """What a pull actually downloaded: the rest was present."""
         oids = {layer.oid for layer in missing}
         self._layers = (_unique_layers(missing), [layer for layer in self.manifest.layers if layer.oid not in oids])
-    signature: Optional[object] = None      # _signing.Verified, when a policy required one
+    signature: Optional[object] = None      # signing.py's Verified, when a policy required one
 
     @property
     def daemon_image_id(self) -> str:
@@ -105,7 +106,7 @@ class PullPlan:
 
 
 def plan_pull(daemon: Daemon, repo: Repository, requested: str, policy=None) -> PullPlan:
-    """`policy` (a _signing.Policy): refuse, before Docker is asked anything, what no trusted key signed."""
+    """`policy` (a signing.py Policy): refuse, before Docker is asked anything, what no trusted key signed."""
     repo.check()
     ref, target = repo.resolve_target(requested)
     # the tag is read once: what is verified is what is loaded (an index's signature pins its platforms)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
+
 from .._docker.daemon import Daemon, image_layers
 from .._docker.save import SavedImage, read_save_stream
 from .._errors import BlobCorruptError, DockerError, FormatError, ImageReferenceError, RemoteError, RemoteMissingError, RemoteNotFoundError

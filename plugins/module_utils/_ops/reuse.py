@@ -12,6 +12,7 @@ May import _format, _codecs and _storage.
 from __future__ import annotations
 
 from typing import Dict, List
+
 from .._codecs import LZ4_ENDS, lz4_frame_ends_intact
 from .._docker.load import LoadLayer, verified_chunks
 from .._errors import BlobCorruptError, RemoteNotFoundError

@@ -19,6 +19,8 @@ and Docker records. An index's signature covers the platform images it names by 
 Nothing read is trusted before it is checked: the signature manifest and the bundle against their
 digests and size bounds, the DSSE signature against a trusted key, and only then the statement's
 subject against the digest being pulled.
+
+May import every layer below (_format, _storage, _codecs, _docker); not _peers, no front end.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
+
 from .._errors import BlobCorruptError, FormatError, ImageReferenceError, RemoteNotFoundError
 from .._format.manifest import MANIFEST_MEDIA_TYPE
 from .._format.oci import Descriptor

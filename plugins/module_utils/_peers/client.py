@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from typing import Callable, Optional, Tuple
+
 from .._errors import BlobCorruptError
 from .._format.content_keys import peer_key
 from .._storage.base import MAX_SMALL_OBJECT, Reader, Remote, read_bounded

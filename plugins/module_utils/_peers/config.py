@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional
 from urllib.parse import urlsplit
+
 from .._codecs import decoder
 from .._errors import BlobCorruptError, DogestryError
 from .._format.content_keys import peer_key
@@ -105,7 +106,7 @@ def peer_url(text: str, where: str = "peer") -> str:
 # ---- verifying what a key promises ----------------------------------------------------------
 
 def verifier_for(key: str, what: str) -> Callable[[Reader], Iterator[bytes]]:
-    """A verifier (as _blob_cache takes it) of the object stored under a peer key: it reads the object as
+    """A verifier (as _storage/blob_cache.py takes it) of the object stored under a peer key: it reads the object as
     it is iterated and raises BlobCorruptError at the end unless the content is the one the key names."""
     promise = peer_key(key)
     if promise is None:

@@ -6,7 +6,7 @@
 """Fleet peers as pure code: who owns an object, which source to read next, what a peer answers.
 
 No sockets, no threads, no sleeping: a clock (monotonic seconds) and a random generator come in from
-the caller, so the same code drives the real peer client and server (_peers) and the simulator
+the caller, so the same code drives the real peer client and server (client.py, server.py) and the simulator
 (benchmarks/peer_sim.py) with its virtual hosts and time.
 
 - Ownership: rendezvous (highest-random-weight) hashing of the object's key over the peer list, so
@@ -20,7 +20,7 @@ the caller, so the same code drives the real peer client and server (_peers) and
 - A peer answers (answer) with the object while it has an upload slot (Uploads), else "busy" and
   the holders it knows: an object spreads as a tree, not from one host to all.
 
-Pure: no sockets, no threads. May import _format.
+May import nothing of the collection.
 """
 
 from __future__ import annotations

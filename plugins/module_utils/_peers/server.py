@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from typing import Iterator, List, Optional, Tuple
+
 from .._errors import BlobCorruptError, DogestryError, RemoteError, RemoteNotFoundError
 from .._format.content_keys import peer_key
 from .client import PeerClient

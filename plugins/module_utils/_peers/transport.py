@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
+
 from .config import POOL, PeerFailure
 from .policy import Settings
 
@@ -119,5 +120,5 @@ def _one_line(text) -> str:
 
 
 def printable(text: str, limit: int = 300) -> str:
-    """Request text as a log line may hold it (as _server's): escaped, so that a request cannot forge a line."""
+    """Request text as a log line may hold it (as the registry server's): escaped, so that a request cannot forge a line."""
     return text[:limit].encode("unicode_escape").decode("ascii").replace('"', '\\"')

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 from time import monotonic as _monotonic
+
 from .._codecs import CHUNK, decoder
 from .._docker.load import LoadLayer, verified_chunks
 from .._errors import BlobCorruptError, FormatError, RemoteError, RemoteNotFoundError

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 from urllib.parse import quote
+
 from .routes import ApiError, MAX_PAGE, Response
 
 

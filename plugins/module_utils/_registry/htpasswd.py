@@ -9,6 +9,8 @@ A check costs one bcrypt comparison whoever asks: an unknown user is compared wi
 as distribution's registry/auth/htpasswd does, so timing does not tell who exists. Wrong
 passwords are throttled per client address, and the file is read again when it changes, so a
 removed user loses access without a restart.
+
+May import every layer below and the rest of _registry; not _cli or _common.
 """
 
 from __future__ import annotations

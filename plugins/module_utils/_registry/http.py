@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 from typing import Tuple
+
 from .._errors import DogestryError
 
 

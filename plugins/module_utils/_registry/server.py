@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""`dogestry serve`: the registry API (_registry_api, _registry_push) behind cheroot, a threaded WSGI server.
+"""`dogestry serve`: the registry API (api.py, writer.py) behind cheroot, a threaded WSGI server.
 
 cheroot (CherryPy's server) was chosen by measurement (benchmarks/serve_bench.py): the engine
 and its remotes are blocking code, so a threaded server streams them without an executor hop,
@@ -13,7 +13,7 @@ mid-stream, which is how a blob that fails verification is refused.
 A worker thread takes a connection once its request head has arrived whole: cheroot hands a
 connection to a worker as soon as one byte is readable, and the worker then blocks reading the
 rest, so a few clients trickling their headers (or, with TLS, their handshake) would hold every
-worker. _HeaderGate reads heads (and TLS handshakes) without blocking, in one thread, within a
+worker. _HeaderGate (header_gate.py) reads heads (and TLS handshakes) without blocking, in one thread, within a
 total deadline (HEADER_SECONDS) and a size bound (MAX_HEADER); bodies are the API's to bound.
 
 May import _errors and the rest of _registry.
@@ -49,6 +49,7 @@ except ImportError:
     cheroot_server = types.SimpleNamespace(HTTPRequest=_Missing, HTTPConnection=_Missing, ChunkedRFile=_Missing)
     cheroot_wsgi = types.SimpleNamespace(Server=_Missing, Gateway_10=_Missing)
     BuiltinSSLAdapter = _Missing
+
 from .._errors import DogestryError
 from .api import RegistryApi
 from .header_gate import MAX_HEADER, MAX_WAITING, _HeaderGate

@@ -17,6 +17,7 @@ import os
 import threading
 import uuid
 from typing import Optional, Tuple
+
 from .._codecs import DecodeLimit, SpooledLayer, looks_like_layer, spool_layer
 from .._errors import FormatError
 from .._format.keys import DIGEST_ALGORITHMS, split_digest

@@ -3,7 +3,8 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""The write side of the registry API: blob uploads and manifests, stored in the remote's format.
+"""The write side of the registry API: finished uploads and manifests, stored in the remote's format
+(the upload sessions themselves are uploads.py's).
 
 What a client pushes is kept as pushed (format version 2): every blob under its digest, every
 manifest, index or artifact byte for byte, so digests, signatures and referrers stay valid and
@@ -31,6 +32,7 @@ import tempfile
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
+
 from .._codecs import SpooledLayer, spool_layer
 from .._errors import BlobCorruptError, DogestryError, FormatError, RemoteNotFoundError
 from .._format.keys import ENCODINGS, blob_key, digest_of, manifest_key, object_key, oci_manifest_key, parse_digest, pushed_key, sha256_hex, split_digest
@@ -220,7 +222,7 @@ class RegistryWriter(UploadSessions):
         (default: blobs stored as pushed, verbatim_size); each blob must have the size the manifest gives.
 
         What it names and reuses is leased before the first write and checked again after any running
-        prune (_prune.write_lease): a prune never takes a blob between this check and the tag."""
+        prune (_ops/leases.py's write_lease): a prune never takes a blob between this check and the tag."""
         data = body.read(MAX_MANIFEST + 1) if body is not None else b""
         if len(data) > MAX_MANIFEST:
             raise ApiError(413, "SIZE_INVALID", "manifest larger than %d bytes" % MAX_MANIFEST)

@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""The one small interface every remote implements, and the local-directory remote.
+"""The one small interface every remote implements (the directory remote is local.py).
 
 A remote is a dumb key/value object store. Keys are '/'-separated relative paths (see _format).
 The engine never writes anything but a tag twice, so remotes only need create-only writes
@@ -19,6 +19,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional
+
 from .._errors import BlobCorruptError, FormatError
 
 

@@ -20,6 +20,8 @@ byte of it until the whole object is verified. If it is not the object, the read
 that served it and gives a reader of it from the next source (`fallback()`: other peers, the remote
 last), whose bytes replace them; the readers never notice. Entries that land are announced (`on_stored`), so this host can serve them
 to peers.
+
+May import _errors, _transfer, _format and the rest of _storage.
 """
 
 from __future__ import annotations

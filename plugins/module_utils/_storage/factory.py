@@ -7,6 +7,8 @@
 
 It sits above every backend (they never import it), so nothing imports in a circle, and it is
 where a malformed URL becomes one line saying what is wrong.
+
+May import _errors, _transfer, _format and the rest of _storage.
 """
 
 from __future__ import annotations

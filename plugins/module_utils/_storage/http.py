@@ -14,8 +14,10 @@ with jittered exponential backoff (a Retry-After is honoured) on 408, 429, 5xx a
 that fail before a response, and a body cut short is resumed from the byte it reached with a Range
 request of the same version (If-Range on its ETag or Last-Modified), as the S3 remote does.
 
-A URL that carries a query string or ends in ``.json`` is a signed pull URL instead (see _ticket;
-_remotes.remote_from_url tells them apart).
+A URL that carries a query string or ends in ``.json`` is a signed pull URL instead (see ticket.py;
+factory.py's remote_from_url tells them apart).
+
+May import _errors, _transfer, _format and the rest of _storage.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import os
 import stat as stat_module
 import time
 import uuid
+
 from .._errors import RemoteAuthError, RemoteError, RemoteNotFoundError, RemoteUnsupportedError
 from .base import ObjectInfo, Remote, _whole_range, unlink_quietly
 

@@ -12,6 +12,8 @@ timeout once, not on every read. What a copy says about a key decides for tags a
 object (the first copy that answers is the authority: "no such tag" there is the answer); a
 content-addressed object it lacks is looked for in the next copies, which may hold it (a replica
 that lags, a mirror that is ahead).
+
+May import _errors, _transfer, _format and the rest of _storage.
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 # SPDX-License-Identifier: MIT
 #
 # PRIVATE to the collection: this file may change without notice.
-"""A remote seen through the format: version check, tags, manifests and configs, verified on read."""
+"""A remote seen through the format: version check, tags, manifests and configs, verified on read.
+
+May import _errors, _transfer, _format and the rest of _storage.
+"""
 
 from __future__ import annotations
 

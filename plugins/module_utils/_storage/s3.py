@@ -43,6 +43,7 @@ except ImportError:
         pass
 
     ClientError = ProfileNotFound = BotoCoreError
+
 from .._errors import BlobCorruptError, DogestryError, RemoteAuthError, RemoteError, RemoteUnsupportedError
 from .._transfer import parallel_map
 from .base import ObjectInfo, Remote

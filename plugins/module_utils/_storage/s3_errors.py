@@ -21,6 +21,7 @@ except ImportError:  # the S3 remote reports boto3's absence (s3.py); these keep
         pass
 
     ClientError = BotoConnectionError = EndpointConnectionError = NoCredentialsError = PartialCredentialsError = SSLError = BotoCoreError
+
 from .._errors import DogestryError, RemoteAuthError, RemoteError, RemoteMissingError, RemoteNotFoundError, RemoteUnsupportedError
 
 

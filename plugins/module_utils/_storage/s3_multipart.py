@@ -20,6 +20,7 @@ except ImportError:  # the S3 remote reports boto3's absence (s3.py); these keep
         pass
 
     ClientError = BotoCoreError
+
 from .._errors import RemoteError
 from .s3_ranged import MiB, _FileRange
 

@@ -25,6 +25,7 @@ except ImportError:  # the S3 remote reports boto3's absence; these keep the exc
         pass
 
     ClientError = BotoCoreError
+
 from .._errors import BlobCorruptError, DogestryError, RemoteError
 from .base import Reader
 

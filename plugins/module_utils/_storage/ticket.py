@@ -21,6 +21,8 @@ that serves exactly those keys and answers the tag key of the ticket's image wit
 manifest, so the engine's plan_pull/execute_pull run unchanged and verify every byte by sha256.
 The URL's query (its signature, and with temporary credentials the session token) is the secret: it
 never appears in `url` or messages.
+
+May import _errors, _transfer, _format and the rest of _storage.
 """
 
 from __future__ import annotations
