@@ -1,5 +1,5 @@
 """The collection as operators get it: `ansible-galaxy collection build` in a checkout where
-scripts/setup.sh ran (as the README says), installed into an empty collections path, and a module
+scripts/setup.sh ran (as the README says), installed into an empty collections path, and every module
 run from the installed copy by ansible-playbook."""
 
 import os
@@ -60,11 +60,31 @@ def test_the_built_collection_holds_no_ignored_file_and_its_modules_run_installe
     store_image(Repository(LocalRemote(remote)), "app:1", [b"one layer"])
     # Only the installed copy on the collections path: not this checkout's.
     only_installed = {"ANSIBLE_COLLECTIONS_PATH": str(installed), "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false"}
+    # Every module, run from the installed copy: AnsiballZ must ship each one's whole closure of engine
+    # files (the packages under plugins/module_utils). Those that need Docker or an S3 remote are given
+    # none and must say so in their own words: an engine file missing from the payload would fail first.
+    no_docker = "unix://" + str(tmp_path / "no-docker.sock")
     results = run_tasks(tmp_path, [
         {"dogestry.dogestry.dogestry_tags": {"remote": remote}, "register": "listed"},
         {"ansible.builtin.shell": "%s -t module dogestry.dogestry.dogestry_tags | head -n 1" % os.path.join(VENV_BIN, "ansible-doc"),
          "register": "doc", "environment": only_installed},
+        {"dogestry.dogestry.dogestry_tag_info": {"remote": remote}, "register": "tag_info"},
+        {"dogestry.dogestry.dogestry_tag": {"remote": remote, "name": "app", "tag": "2", "image": "app:1"}, "register": "tag",
+         "check_mode": True},
+        {"dogestry.dogestry.dogestry_verify": {"remote": remote}, "register": "verify"},
+        {"dogestry.dogestry.dogestry_prune": {"remote": remote}, "register": "prune", "check_mode": True},
+        {"dogestry.dogestry.dogestry_sign": {"remote": remote, "image": "app:1", "private_key_path": str(tmp_path / "no-key.pem")},
+         "register": "sign"},
+        {"dogestry.dogestry.dogestry_signed_url": {"remote": remote, "image": "app:1"}, "register": "signed_url"},
+        {"dogestry.dogestry.dogestry_pull": {"remote": remote, "image": "app:1", "docker_host": no_docker}, "register": "pull"},
+        {"dogestry.dogestry.dogestry_push": {"remote": remote, "images": ["app:1"], "docker_host": no_docker}, "register": "push"},
     ], env=only_installed)
     assert not results["listed"].get("failed"), results["listed"]
     assert list(results["listed"]["tags"]) == ["app:1"], results["listed"]
     assert str(installed) in results["doc"]["stdout"], results["doc"]
+    for name in ("tag_info", "tag", "verify", "prune"):
+        assert not results[name].get("failed"), (name, results[name])
+    assert results["tag"]["changed"], results["tag"]
+    for name, says in (("sign", "no-key.pem"), ("signed_url", "s3://"), ("pull", "no-docker.sock"), ("push", "no-docker.sock")):
+        assert results[name].get("failed") and "module_stderr" not in results[name], (name, results[name])
+        assert says in results[name]["msg"] and "\n" not in results[name]["msg"], (name, results[name]["msg"])
