@@ -9,6 +9,9 @@ import sys
 
 def main(target, check):
     files = json.load(sys.stdin)
+    outside = [name for name in files if os.path.isabs(name) or ".." in name.split("/")]
+    if outside:      # a path the role computed wrongly must not write (or delete) anything
+        sys.exit("sync_engine: engine paths must be relative to the engine directory: %s" % outside[:3])
     present = set()
     for root, dirs, names in os.walk(target):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
