@@ -21,6 +21,7 @@ import docker
 import pytest
 
 from ansible_runner import run_tasks
+from docker_daemons import container_output
 from dogestry_cli import DOGESTRY, MiB, cli_env, dogestry, netns_of_docker
 from test_faults import assert_remote_whole
 from test_modules_local import BASE, pull, push
@@ -139,7 +140,7 @@ def test_modules_through_docker_in_check_real_idempotent_rhythm(tmp_path, docker
     info = api28.inspect_image(name + ":1")
     assert info["Id"] == pulled["real"]["daemon_image_id"] and "annotations" not in info["Descriptor"]
     assert not pulled["idem_check"]["changed"] and not pulled["idem"]["changed"]
-    out = docker.DockerClient(base_url=docker28_host).containers.run(name + ":1", network_mode="none", remove=True)
+    out = container_output(docker28_host, name + ":1")
     assert out == b"hello through docker\n"
 
 
@@ -165,7 +166,7 @@ def test_pull_through_docker_fetches_only_missing_layers_and_leaves_the_same_ima
         assert not near_json("pull", remote, name + ":1", "--docker-host", docker28_host)["changed"]
         update = near_json("pull", remote, name + ":2", "--docker-host", docker28_host)
         assert update["layers_transferred"] == pushed["layers_transferred"][-1:], (update, pushed)
-        out = docker.DockerClient(base_url=docker28_host).containers.run(name + ":2", network_mode="none", remove=True)
+        out = container_output(docker28_host, name + ":2")
         assert out == b"two\n"
         assert not transient_names(api28), transient_names(api28)
         # the same image ID the load path gives: a pull outside the namespace finds it present
@@ -250,6 +251,6 @@ def test_killed_pushes_and_pulls_through_docker_leave_no_tag_on_incomplete_data(
             pass
         dogestry_near("pull", remote, ref, "--docker-host", docker28_host)
         assert api28.inspect_image(ref)["RootFS"]["Layers"] == expected, why
-        out = docker.DockerClient(base_url=docker28_host).containers.run(ref, network_mode="none", remove=True)
+        out = container_output(docker28_host, ref)
         assert out.decode() == name, why
     assert killed >= TRIALS, "most trials must kill a running push or pull (seed %d)" % seed

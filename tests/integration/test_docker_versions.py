@@ -9,6 +9,7 @@ import docker
 import pytest
 
 from ansible_runner import run_tasks
+from docker_daemons import container_output
 from test_modules_local import BASE, pull, push
 
 ENGINES = {"20.10": "docker_host", "26": "docker26_host", "28-containerd": "docker28_host"}
@@ -21,7 +22,7 @@ def daemons(request):
 
 
 def run(host, image):
-    return docker.DockerClient(base_url=host).containers.run(image, network_mode="none", remove=True)
+    return container_output(host, image)
 
 
 def test_push_from_one_engine_pull_into_the_other_and_run(tmp_path, daemons, build_image):

@@ -10,6 +10,7 @@ import docker
 import pytest
 
 from ansible_runner import run_tasks
+from docker_daemons import container_output
 
 BASE = {"/etc/base.txt": b"base layer shared by all test images\n" * 100}
 
@@ -39,11 +40,7 @@ def blob_files(remote):
 
 
 def run_output(host, image):
-    client = docker.DockerClient(base_url=host)
-    try:
-        return client.containers.run(image, network_mode="none", remove=True).decode()
-    finally:
-        client.close()
+    return container_output(host, image).decode()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import docker
 import pytest
 
 from ansible_runner import run_tasks
+from docker_daemons import container_output
 from test_modules_local import BASE, pull, push, tags
 
 SECRET = "s3cr3t-%s" % uuid.uuid4().hex
@@ -49,7 +50,7 @@ def test_push_pull_tags_through_s3_with_module_defaults(tmp_path, engine, s3_end
     r2 = run_tasks(tmp_path, [pull(remote, name + ":1", "pull"), pull(remote, name + ":1", "again")],
                    module_defaults=defaults(s3_endpoint), env=env)
     assert r2["pull"]["changed"] and r2["pull"]["image_id"] == image_id and not r2["again"]["changed"]
-    output = docker.DockerClient(base_url=docker_host).containers.run(name + ":1", network_mode="none", remove=True)
+    output = container_output(docker_host, name + ":1")
     assert output == b"via s3\n"
     assert SECRET not in r["_output"] + r2["_output"]
     assert SECRET not in repr(r) + repr(r2)

@@ -9,13 +9,13 @@ import json
 import os
 import subprocess
 
-import docker as docker_sdk
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ansible_runner import run_tasks
 from conftest import REPO
+from docker_daemons import container_output
 from dogestry_cli import docker, dogestry, netns_of_docker
 
 FETCH_SIGNERS = os.path.join(REPO, "scripts", "fetch-signers.sh")
@@ -168,9 +168,4 @@ def test_modules_sign_and_pull_only_what_a_trusted_key_signed(tmp_path, docker_h
     pulled = results["pull_real"]
     assert pulled["changed"] and pulled["signature"] == dict(results["pull_signed"]["signature"])
     assert pulled["signature"]["digest"] == real["digest"]
-    client = docker_sdk.DockerClient(base_url=docker_host)
-    try:
-        assert client.containers.run(name + ":1", ["/bin/busybox", "cat", "/release.txt"], network_mode="none",
-                                     remove=True) == b"1"
-    finally:
-        client.close()
+    assert container_output(docker_host, name + ":1", ["/bin/busybox", "cat", "/release.txt"]) == b"1"
