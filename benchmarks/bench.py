@@ -69,17 +69,17 @@ class Engine:
         sys.path.insert(0, root)
         base = "ansible_collections.dogestry.dogestry.plugins.module_utils."
         import importlib
-        eng = importlib.import_module(base + "_engine")
-        self.plan_push, self.execute_push = eng.plan_push, eng.execute_push
-        self.plan_pull, self.execute_pull = eng.plan_pull, eng.execute_pull
-        self.remote_from_url = importlib.import_module(base + "_remotes").remote_from_url
-        self.Repository = importlib.import_module(base + "_repository").Repository
-        self.Daemon = importlib.import_module(base + "_docker").Daemon
-        self.chain_ids = importlib.import_module(base + "_format").chain_ids
+        push, pull = importlib.import_module(base + "_ops.push"), importlib.import_module(base + "_ops.pull")
+        self.plan_push, self.execute_push = push.plan_push, push.execute_push
+        self.plan_pull, self.execute_pull = pull.plan_pull, pull.execute_pull
+        self.remote_from_url = importlib.import_module(base + "_storage.factory").remote_from_url
+        self.Repository = importlib.import_module(base + "_storage.repository").Repository
+        self.Daemon = importlib.import_module(base + "_docker.daemon").Daemon
+        self.chain_ids = importlib.import_module(base + "_format.manifest").chain_ids
         self.base = base
         self.s3_error = None
         try:
-            importlib.import_module(base + "_remote_s3")
+            importlib.import_module(base + "_storage.s3")
         except Exception as exc:  # noqa: BLE001 - reported, S3 column skipped
             self.s3_error = "%s: %s" % (type(exc).__name__, exc)
 
