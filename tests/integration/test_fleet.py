@@ -346,6 +346,58 @@ def test_walkthrough_on_fresh_hosts_over_ssh(fleet, docker_host, build_image, tm
     assert running(hosts, app) == before
 
 
+def test_deploy_through_each_hosts_accelerator(fleet, docker_host, build_image, tmp_path):
+    """Phase one on hosts that run an accelerator (deploy_pull_via's default there, and deploy_pull_via=accelerator):
+    each host's Docker pulls the release through its accelerator, by the digest the release key signed; a tag re-pointed
+    to an unsigned image stops phase one on every host before Docker asks its accelerator for anything."""
+    fleet.make_registry_free()
+    hosts, controller = fleet.hosts, fleet.controller
+    app = "dogestry-fleet-%s" % uuid.uuid4().hex[:8]
+    image_id = build_image(docker_host, app + ":1", [{"/release": "1"}], cmd=APP_CMD)
+    build_image(docker_host, app + ":2", [{"/release": "2"}], cmd=APP_CMD)
+    inventory = fleet.inventory(str(tmp_path / "inventory"), app)
+    for tag in ("1", "2"):
+        controller.play("publish", inventory, tag=tag)
+
+    # These hosts' accelerators run without the role's unit: record one as the role does where it runs the unit, so
+    # that phase one takes its default way for such hosts, through the accelerator.
+    records = {}
+    for host in hosts:
+        records[host.name] = fleet.recorded(host)
+        with open(host.path("/etc/ansible/facts.d/dogestry.fact"), "w") as f:
+            json.dump(dict(records[host.name], accelerator={"user": "dogestry", "user_created": True,
+                                                            "listen": "127.0.0.1:%d" % MIRROR_PORT}), f)
+    starts = {host.name: len(fleet.accelerator_output(host)) for host in hosts}
+    try:
+        controller.play("deploy", inventory, tag="1")
+    finally:
+        for host in hosts:
+            with open(host.path("/etc/ansible/facts.d/dogestry.fact"), "w") as f:
+                json.dump(records[host.name], f)
+    assert releases(running(hosts, app)) == {h.name: ("1", "") for h in hosts}
+    for host in hosts:
+        image = host.dockerd.api().inspect_image(app + ":1")
+        assert image["Id"] == image_id, (host.name, image["Id"], image_id)
+        log = fleet.accelerator_output(host)[starts[host.name]:]
+        fetched = re.findall(r'"GET /v2/%s/manifests/(sha256:[0-9a-f]{64})" 200' % re.escape(app), log)
+        assert len(set(fetched)) == 1, "%s: Docker must pull the signed digest through its accelerator: %s" % (host.name, log[-2000:])
+        assert image["RepoDigests"] == ["127.0.0.1:%d/%s@%s" % (MIRROR_PORT, app, fetched[0])], (host.name, image["RepoDigests"])
+    on_1 = running(hosts, app)
+
+    # The tag re-pointed by a writer without the release key: refused on every host, by the signature check before
+    # Docker's pull, so no accelerator is even asked for it.
+    build_image(docker_host, app + ":2", [{"/release": "not the release"}], cmd=APP_CMD)
+    dogestry("push", fleet.remote, app + ":2", "--docker-host", docker_host)
+    starts = {host.name: len(fleet.accelerator_output(host)) for host in hosts}
+    output = controller.play("deploy", inventory, expect_ok=False, tag="2", deploy_pull_via="accelerator")
+    assert "PLAY [Phase two" not in output and "is not signed" in output, output[-3000:]
+    for host in hosts:
+        assert "fatal: [%s]" % host.name in output, output[-3000:]
+        log = fleet.accelerator_output(host)[starts[host.name]:]
+        assert "/v2/%s/" % app not in log, "%s asked its accelerator for a refused release: %s" % (host.name, log[-2000:])
+    assert running(hosts, app) == on_1, "no host may switch to an unsigned release"
+
+
 def test_plain_docker_pull_and_run_through_each_hosts_accelerator(fleet, docker_host, build_image, tmp_path):
     fleet.make_registry_free()
     app = "dogestry-fleet-%s" % uuid.uuid4().hex[:8]
