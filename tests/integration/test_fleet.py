@@ -346,6 +346,67 @@ def test_walkthrough_on_fresh_hosts_over_ssh(fleet, docker_host, build_image, tm
     assert running(hosts, app) == before
 
 
+def test_deploy_through_each_hosts_accelerator(fleet, docker_host, build_image, tmp_path):
+    """Phase one with deploy_pull_via=accelerator: each host's Docker pulls the release through the accelerator the
+    role recorded, by the digest the release key signed; without deploy_pull_via the same hosts take the default way,
+    dogestry_pull, and ask no accelerator; a tag re-pointed to an unsigned image stops phase one on every host before
+    Docker asks its accelerator for anything."""
+    fleet.make_registry_free()
+    hosts, controller = fleet.hosts, fleet.controller
+    app = "dogestry-fleet-%s" % uuid.uuid4().hex[:8]
+    image_id = build_image(docker_host, app + ":1", [{"/release": "1"}], cmd=APP_CMD)
+    build_image(docker_host, app + ":2", [{"/release": "2"}], cmd=APP_CMD)
+    inventory = fleet.inventory(str(tmp_path / "inventory"), app)
+    for tag in ("1", "2"):
+        controller.play("publish", inventory, tag=tag)
+
+    # These hosts' accelerators run without the role's unit: record one as the role does where it runs the unit, so
+    # that phase one finds its address there.
+    records = {}
+    for host in hosts:
+        records[host.name] = fleet.recorded(host)
+        with open(host.path("/etc/ansible/facts.d/dogestry.fact"), "w") as f:
+            json.dump(dict(records[host.name], accelerator={"user": "dogestry", "user_created": True,
+                                                            "listen": "127.0.0.1:%d" % MIRROR_PORT}), f)
+    try:
+        starts = {host.name: len(fleet.accelerator_output(host)) for host in hosts}
+        controller.play("deploy", inventory, tag="1", deploy_pull_via="accelerator")
+        assert releases(running(hosts, app)) == {h.name: ("1", "") for h in hosts}
+        for host in hosts:
+            image = host.dockerd.api().inspect_image(app + ":1")
+            assert image["Id"] == image_id, (host.name, image["Id"], image_id)
+            log = fleet.accelerator_output(host)[starts[host.name]:]
+            fetched = re.findall(r'"GET /v2/%s/manifests/(sha256:[0-9a-f]{64})" 200' % re.escape(app), log)
+            assert len(set(fetched)) == 1, "%s: Docker must pull the signed digest through its accelerator: %s" % (host.name, log[-2000:])
+            assert image["RepoDigests"] == ["127.0.0.1:%d/%s@%s" % (MIRROR_PORT, app, fetched[0])], (host.name, image["RepoDigests"])
+
+        # The default way, with the accelerator recorded all the same: dogestry_pull, no request to any accelerator.
+        starts = {host.name: len(fleet.accelerator_output(host)) for host in hosts}
+        controller.play("deploy", inventory, tag="2")
+        assert releases(running(hosts, app)) == {h.name: ("2", "1") for h in hosts}
+        for host in hosts:
+            log = fleet.accelerator_output(host)[starts[host.name]:]
+            assert "/v2/%s/" % app not in log, "%s: the default way asked the accelerator: %s" % (host.name, log[-2000:])
+    finally:
+        for host in hosts:
+            with open(host.path("/etc/ansible/facts.d/dogestry.fact"), "w") as f:
+                json.dump(records[host.name], f)
+    on_2 = running(hosts, app)
+
+    # Tag 1 re-pointed by a writer without the release key: refused on every host, by the signature check before
+    # Docker's pull, so no accelerator is even asked for it.
+    build_image(docker_host, app + ":1", [{"/release": "not the release"}], cmd=APP_CMD)
+    dogestry("push", fleet.remote, app + ":1", "--docker-host", docker_host)
+    starts = {host.name: len(fleet.accelerator_output(host)) for host in hosts}
+    output = controller.play("deploy", inventory, expect_ok=False, tag="1", deploy_pull_via="accelerator")
+    assert "PLAY [Phase two" not in output and "is not signed" in output, output[-3000:]
+    for host in hosts:
+        assert "fatal: [%s]" % host.name in output, output[-3000:]
+        log = fleet.accelerator_output(host)[starts[host.name]:]
+        assert "/v2/%s/" % app not in log, "%s asked its accelerator for a refused release: %s" % (host.name, log[-2000:])
+    assert running(hosts, app) == on_2, "no host may switch to an unsigned release"
+
+
 def test_plain_docker_pull_and_run_through_each_hosts_accelerator(fleet, docker_host, build_image, tmp_path):
     fleet.make_registry_free()
     app = "dogestry-fleet-%s" % uuid.uuid4().hex[:8]
