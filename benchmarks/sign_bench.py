@@ -63,7 +63,7 @@ def measure_plans(engine, modules, url, options, public, rounds, docker_host):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--no-s3", action="store_true", help="only the directory remote (no moto_server)")
     parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
