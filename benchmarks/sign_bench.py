@@ -13,7 +13,10 @@ With a Docker daemon (--docker-host, default $DOCKER_HOST or the local socket) i
 (plan_pull, what check mode and every pull do before moving a layer) with and without the policy, interleaved.
 Exit status 1 if the verification adds 50 ms or more (issue 20's limit) anywhere.
 
-    .venv/bin/python benchmarks/sign_bench.py [--rounds N] [--no-s3] [--docker-host URL | --no-docker]
+--s3-delay-ms MS puts tests/support/s3_faults.py's proxy (without faults) in front of moto with that delay per
+request, closer to S3 as seen from EC2 than loopback's none (registry_bench.py's `--s3 shaped` does the same).
+
+    .venv/bin/python benchmarks/sign_bench.py [--rounds N] [--no-s3 | --s3-delay-ms MS] [--docker-host URL | --no-docker]
 """
 
 import argparse
@@ -27,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Engine, Moto  # noqa: E402
+from bench import REPO, Engine, Moto  # noqa: E402
 
 TARGET_MS = 50      # issue 20: the verification adds under 50 ms to a pull
 
@@ -66,6 +69,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--no-s3", action="store_true", help="only the directory remote (no moto_server)")
+    parser.add_argument("--s3-delay-ms", type=float, default=0.0, help="a delay per S3 request (a proxy before moto)")
     parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
     parser.add_argument("--no-docker", action="store_true", help="only the verification, no pull plans")
     args = parser.parse_args()
@@ -77,7 +81,13 @@ def main():
         modules = Modules(engine.base)
         remotes = [("directory", os.path.join(tmp, "remote"), {})]
         moto = None if args.no_s3 else Moto(tmp)
-        if moto:
+        proxy = None
+        if moto and args.s3_delay_ms:
+            sys.path.insert(0, os.path.join(REPO, "tests", "support"))
+            from s3_faults import FaultProxy
+            proxy = FaultProxy(moto.url, faults={}, delay=args.s3_delay_ms / 1000.0)
+            remotes.append(("S3 (+%g ms/request)" % args.s3_delay_ms, "s3://bench/sign", {"endpoint_url": proxy.url}))
+        elif moto:
             remotes.append(("S3 (moto, loopback)", "s3://bench/sign", {"endpoint_url": moto.url}))
         try:
             failed = False
@@ -102,6 +112,8 @@ def main():
                              statistics.median(with_policy) / statistics.median(without), added,
                              "PASS" if added < TARGET_MS else "FAIL"))
         finally:
+            if proxy:
+                proxy.stop()
             if moto:
                 moto.stop()
     sys.exit(1 if failed else 0)

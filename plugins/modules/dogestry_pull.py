@@ -75,7 +75,7 @@ options:
     type: path
   trusted_keys:
     description:
-      - Refuse the image, before anything reaches Docker, unless one of these keys signed the manifest digest
+      - Refuse the image, before any of its bytes reach Docker, unless one of these keys signed the manifest digest
         the tag names (with M(dogestry.dogestry.dogestry_sign), or C(cosign sign --key) through C(dogestry serve)).
         The task then fails with one line saying why (no signature, a key that is not trusted, a signature of
         another digest, a malformed signature).

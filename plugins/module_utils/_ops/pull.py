@@ -14,6 +14,7 @@ May import _format, _codecs, _storage, _docker and the rest of _ops; no front en
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -106,14 +107,29 @@ class PullPlan:
 
 
 def plan_pull(daemon: Daemon, repo: Repository, requested: str, policy=None) -> PullPlan:
-    """`policy` (a signing.py Policy): refuse, before Docker is asked anything, what no trusted key signed."""
+    """`policy` (a signing.py Policy): refuse, before anything is handed to Docker, what no trusted key signed."""
     repo.check()
     ref, target = repo.resolve_target(requested)
-    # the tag is read once: what is verified is what is loaded (an index's signature pins its platforms)
-    signature = policy.require(repo, target, str(ref or requested)) if policy is not None else None
+    if policy is None:
+        return _plan_target(daemon, repo, requested, ref, target)
+    # The tag is read once: what is verified is what is loaded (an index's signature pins its platforms).
+    # The check's three dependent reads (referrers, signature, bundle) run beside the plan's own; the plan
+    # is returned only once the signature holds, and an unsigned release says so before any other fault.
+    with ThreadPoolExecutor(1) as pool:
+        signature = pool.submit(policy.require, repo, target, str(ref or requested))
+        try:
+            plan = _plan_target(daemon, repo, requested, ref, target)
+        except Exception:
+            signature.result()
+            raise
+        plan.signature = signature.result()
+    return plan
+
+
+def _plan_target(daemon: Daemon, repo: Repository, requested: str, ref: Optional[ImageRef], target) -> PullPlan:
     manifest_oid = repo.image_for(target, daemon.platform, str(ref))
     manifest = repo.read_manifest(manifest_oid)
-    plan = PullPlan(requested, ref, manifest_oid, manifest, containerd=daemon.containerd_store, signature=signature)
+    plan = PullPlan(requested, ref, manifest_oid, manifest, containerd=daemon.containerd_store)
     info = daemon.inspect(plan.daemon_image_id)
     if info is not None and image_layers(info) == [layer.oid for layer in manifest.layers]:
         plan.image_present = True

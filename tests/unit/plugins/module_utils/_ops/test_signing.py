@@ -167,10 +167,12 @@ def test_trusted_keys_are_pem_texts_files_or_certificates(tmp_path, keys):
 # ---- hostile cases: each is refused, in one line, before anything is loaded ---------------------
 
 class UntouchableDaemon:
-    """A pull refused by its policy never reaches Docker: any use of the daemon fails the test."""
+    """Every use of the daemon fails. The signature check runs beside the plan's own reads (which ask Docker what it
+    has), so here the plan fails too: a pull its policy refuses must still say why in the signature's words, and a
+    plan is never returned, so nothing can be handed to Docker."""
 
     def __getattr__(self, name):
-        raise AssertionError("Docker was asked for %s before the signature was checked" % name)
+        raise AssertionError("Docker was asked for %s (the plan's side, which fails here)" % name)
 
 
 def test_an_unsigned_release_is_refused_before_docker_is_asked_anything(repo, keys):
