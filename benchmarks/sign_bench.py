@@ -11,7 +11,8 @@ manifest's referrers and reading and checking the signature's manifest, payload 
 
 With a Docker daemon (--docker-host, default $DOCKER_HOST or the local socket) it also times a whole pull plan
 (plan_pull, what check mode and every pull do before moving a layer) with and without the policy, interleaved.
-Exit status 1 if the verification adds 50 ms or more (issue 20's limit) anywhere.
+Exit status 1 if the policy adds 50 ms or more (issue 20's limit) to a pull plan (with --no-docker: if the check
+alone takes that long) on any remote.
 
 --s3-delay-ms MS puts tests/support/s3_faults.py's proxy (without faults) in front of moto with that delay per
 request, closer to S3 as seen from EC2 than loopback's none (registry_bench.py's `--s3 shaped` does the same).
@@ -97,20 +98,21 @@ def main():
                 key = modules.load_signing_key(pem.decode(), None, "bench")
                 modules.execute_sign(repo, modules.plan_sign(repo, "app:1", key), key)
                 baseline, verification = measure(engine, modules, url, options, public, args.rounds)
-                added = statistics.median(verification)
-                failed |= added >= TARGET_MS
-                print("%-20s tag+manifest read %.2f ms (max %.2f), verification adds %.2f ms (max %.2f): %.2fx the read;"
-                      " %s (limit %d ms), %d rounds"
-                      % (label, statistics.median(baseline), max(baseline), added, max(verification),
-                         added / statistics.median(baseline), "PASS" if added < TARGET_MS else "FAIL", TARGET_MS, args.rounds))
-                if not args.no_docker:
+                alone = statistics.median(verification)
+                print("%-20s tag+manifest read %.2f ms (max %.2f); the check alone %.2f ms (max %.2f): %.2fx the read; %d rounds"
+                      % (label, statistics.median(baseline), max(baseline), alone, max(verification),
+                         alone / statistics.median(baseline), args.rounds))
+                if args.no_docker:      # no pull plan to add it to: the check alone is what a pull would add
+                    added, what = alone, "the check alone"
+                else:
                     without, with_policy = measure_plans(engine, modules, url, options, public, args.rounds, args.docker_host)
-                    added = statistics.median(with_policy) - statistics.median(without)
-                    failed |= added >= TARGET_MS
-                    print("%-20s pull plan %.2f ms without the policy, %.2f ms with it (%.2fx): adds %.2f ms; %s"
+                    added, what = statistics.median(with_policy) - statistics.median(without), "the pull plan"
+                    print("%-20s pull plan %.2f ms without the policy, %.2f ms with it (%.2fx)"
                           % ("", statistics.median(without), statistics.median(with_policy),
-                             statistics.median(with_policy) / statistics.median(without), added,
-                             "PASS" if added < TARGET_MS else "FAIL"))
+                             statistics.median(with_policy) / statistics.median(without)))
+                failed |= added >= TARGET_MS
+                print("%-20s %s  the policy adds %.2f ms to %s (limit %d ms)"
+                      % ("", "PASS" if added < TARGET_MS else "FAIL", added, what, TARGET_MS))
         finally:
             if proxy:
                 proxy.stop()
