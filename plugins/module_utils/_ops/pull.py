@@ -27,6 +27,7 @@ from .._format.reference import ImageRef
 from .._storage.repository import Repository
 from .common import _EndpointUnreachable, _drop_stale_names, _serves_daemon, _unique, human_size
 from .loopback import ENGINE_NAME, LoopbackServer, PullServer, only_under
+from .signing import subject_digest
 
 
 # ---- pull -----------------------------------------------------------------------------------
@@ -113,10 +114,12 @@ def plan_pull(daemon: Daemon, repo: Repository, requested: str, policy=None) -> 
     if policy is None:
         return _plan_target(daemon, repo, requested, ref, target)
     # The tag is read once: what is verified is what is loaded (an index's signature pins its platforms).
-    # The check's three dependent reads (referrers, signature, bundle) run beside the plan's own; the plan
-    # is returned only once the signature holds, and an unsigned release says so before any other fault.
+    # The digest signed is read here (the manifest, which the plan reads next from the cache); the check's
+    # three dependent reads (referrers, signature, bundle) run beside the plan's own. The plan is returned
+    # only once the signature holds, and an unsigned release says so before any other fault.
+    digest = subject_digest(repo, target)
     with ThreadPoolExecutor(1) as pool:
-        signature = pool.submit(policy.require, repo, target, str(ref or requested))
+        signature = pool.submit(policy.require_digest, repo, digest, str(ref or requested))
         try:
             plan = _plan_target(daemon, repo, requested, ref, target)
         except Exception:
