@@ -19,6 +19,7 @@ import urllib.request
 import uuid
 
 import boto3
+import botocore.exceptions
 import docker
 import pytest
 
@@ -153,6 +154,28 @@ def test_the_docs_hold_the_three_policies_and_the_lifecycle_rule():
     assert actions("pull") == ["s3:GetObject", "s3:ListBucket"]
     assert actions("push") == ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]
     assert actions("maintenance") == ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]
+
+
+def test_moto_authorizes_s3_requests_by_iam_action_as_aws_does(iam_s3):
+    """What the policy tests stand on: HEAD of an object needs s3:GetObject and a listing s3:ListBucket, as AWS
+    documents (moto 5.2.6 checked s3:HeadObject and s3:ListObjectsV2, actions no policy can grant; when this fails,
+    the moto in tests/requirements.txt is the cause, not docs/s3.md)."""
+    admin = boto3.client("s3", **iam_s3.client_args(iam_s3.admin))
+    admin.put_object(Bucket=iam_s3.bucket, Key="canary/object", Body=b"canary")
+    reader = boto3.client("s3", **iam_s3.client_args(iam_s3.user({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::" + iam_s3.bucket},
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::%s/canary/*" % iam_s3.bucket}]})))
+    assert reader.head_object(Bucket=iam_s3.bucket, Key="canary/object")["ContentLength"] == 6
+    assert [o["Key"] for o in reader.list_objects_v2(Bucket=iam_s3.bucket, Prefix="canary/")["Contents"]] == [
+        "canary/object"]
+    with pytest.raises(botocore.exceptions.ClientError) as missing:
+        reader.head_object(Bucket=iam_s3.bucket, Key="canary/none")
+    assert missing.value.response["Error"]["Code"] == "404"      # with s3:ListBucket, AWS says 404, not 403
+    stranger = boto3.client("s3", **iam_s3.client_args(iam_s3.user({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::%s/canary/*" % iam_s3.bucket}]})))
+    with pytest.raises(botocore.exceptions.ClientError) as denied:
+        stranger.head_object(Bucket=iam_s3.bucket, Key="canary/object")
+    assert denied.value.response["Error"]["Code"] == "403"
 
 
 def test_the_push_policy_pushes_tags_and_signs_and_fails_without_each_action(iam_s3, docker_host, build_image, name):
