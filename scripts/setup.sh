@@ -5,7 +5,8 @@
 #     tests pull with), docker-registry (CNCF distribution 2.8: what benchmarks/registry_bench.py
 #     compares with), openssh-server and -client (the fleet test reaches its hosts over SSH) (skipped
 #     when all are installed already);
-#   - a virtualenv at .venv with requirements.txt + tests/requirements.txt (skipped when unchanged),
+#   - a virtualenv at .venv with requirements.txt + tests/requirements.txt, at the versions of
+#     tests/constraints.txt (what the suite last passed with) (skipped when unchanged),
 #     and this checkout installed editable into it (.venv/bin/dogestry, from pyproject.toml);
 #   - community.docker and ansible.posix for molecule, from the ansible wheel, into .venv/collections;
 #   - Docker 26 (trixie) and 28 with containerd 2.1 (sid) unpacked into a cache dir
@@ -50,14 +51,15 @@ fi
 
 # --- virtualenv ----------------------------------------------------------------------------------
 reqs=("$ROOT/requirements.txt" "$ROOT/tests/requirements.txt")
-stamp_want=$( { "$PYTHON" -c 'import sys; print(sys.version)'; cat "${reqs[@]}"; } | sha256sum | cut -d' ' -f1)
+constraints=$ROOT/tests/constraints.txt
+stamp_want=$( { "$PYTHON" -c 'import sys; print(sys.version)'; cat "${reqs[@]}" "$constraints"; } | sha256sum | cut -d' ' -f1)
 stamp_file=$VENV/.dogestry-requirements.sha256
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_want" ]; then
-    say "creating/updating $VENV (pip install -r requirements.txt -r tests/requirements.txt)"
+    say "creating/updating $VENV (pip install -r requirements.txt -r tests/requirements.txt -c tests/constraints.txt)"
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     piplog=$VENV/pip-install.log
     { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip \
-      && "$VENV/bin/python" -m pip install --disable-pip-version-check -r "${reqs[0]}" -r "${reqs[1]}"; } \
+      && "$VENV/bin/python" -m pip install --disable-pip-version-check -r "${reqs[0]}" -r "${reqs[1]}" -c "$constraints"; } \
         >"$piplog" 2>&1 || { tail -n 30 "$piplog" >&2; die "pip install failed (log: $piplog)"; }
     echo "$stamp_want" > "$stamp_file"
 fi
