@@ -161,8 +161,11 @@ def test_a_peer_killed_before_and_the_owner_of_a_layer_killed_while_serving_it(w
     started = fleet(4, 30)
     urls = [host.url for host in started.hosts]
     layer_keys = [layer.key for layer in manifest.layers]
-    # The host killed before the run, and the one that owns a layer once it is gone (killed while serving it).
-    dead = started.hosts[random.Random(fault_seed).randrange(4)]
+    # The host killed before the run owns a layer (ranks first for it; the hosts' ports, and so the ranks, differ
+    # from run to run), so the clients must find it dead; the one that owns a layer once it is gone is killed
+    # while serving it.
+    dead_key = layer_keys[random.Random(fault_seed).randrange(len(layer_keys))]
+    dead = next(host for host in started.hosts if host.url == ranked(dead_key, urls)[0])
     owners = {key: ranked(key, [u for u in urls if u != dead.url])[0] for key in layer_keys}
     victim = next(host for host in started.hosts if host.url == owners[layer_keys[0]])
     clients = [host for host in started.hosts if host not in (dead, victim)]
