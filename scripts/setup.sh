@@ -78,12 +78,13 @@ if [ "${DOGESTRY_SETUP_VENV_ONLY:-}" = 1 ]; then
 fi
 
 # --- collections molecule's docker driver needs (community.docker, ansible.posix) -------------------
-# Galaxy cannot be reached here: take them from the `ansible` wheel on the package index, by name.
+# Galaxy cannot be reached here: take them from the `ansible` wheel on the package index, by name (at the
+# version of tests/constraints.txt).
 COLLECTIONS_DIR=$VENV/collections
 if [ ! -d "$COLLECTIONS_DIR/ansible_collections/community/docker" ] || [ ! -d "$COLLECTIONS_DIR/ansible_collections/ansible/posix" ]; then
     say "installing community.docker and ansible.posix into $COLLECTIONS_DIR (from the ansible wheel)"
     wheel_dir=$(mktemp -d)
-    { "$VENV/bin/python" -m pip download --disable-pip-version-check --no-deps -q -d "$wheel_dir" 'ansible>=12,<13' \
+    { "$VENV/bin/python" -m pip download --disable-pip-version-check --no-deps -q -d "$wheel_dir" -c "$constraints" 'ansible>=12,<13' \
       && (cd "$wheel_dir" && "$VENV/bin/python" -m zipfile -e ansible-*.whl unpacked) \
       && "$VENV/bin/ansible-galaxy" collection install --offline -p "$COLLECTIONS_DIR" \
              "$wheel_dir/unpacked/ansible_collections/community/library_inventory_filtering_v1" \
