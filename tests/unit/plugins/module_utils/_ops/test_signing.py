@@ -175,7 +175,7 @@ class UntouchableDaemon:
         raise AssertionError("Docker was asked for %s (the plan's side, which fails here)" % name)
 
 
-def test_an_unsigned_release_is_refused_before_docker_is_asked_anything(repo, keys):
+def test_an_unsigned_release_is_refused_before_anything_is_handed_to_docker(repo, keys):
     store_image(repo, "app:1", [b"layer"])
     refuse(lambda: plan_pull(UntouchableDaemon(), repo, "app:1", policy(keys, "release")),
            "app:1 (sha256:", "is not signed: no signature is stored for it")
